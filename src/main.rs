@@ -1,0 +1,16 @@
+//! argv in, exit code out.
+
+use std::process::ExitCode;
+
+use pct_passthrough::{app, cli, paths::Paths};
+
+fn main() -> ExitCode {
+    let cmd = match cli::parse(std::env::args_os().skip(1)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("pct-passthrough: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    ExitCode::from(app::run(cmd, &Paths::from_env()))
+}

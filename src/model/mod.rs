@@ -1,0 +1,9 @@
+//! The pure model: file formats and decisions, no syscalls.
+#![forbid(unsafe_code)]
+
+pub mod event;
+pub mod policy;
+pub mod prestart;
+pub mod pveconf;
+pub mod state;
+pub mod text;

@@ -1,0 +1,135 @@
+//! The optional per-container policy (`/etc/pve/pct-passthrough/<vmid>.toml`),
+//! parsed strictly: unknown keys and bad syntax are errors with the line.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// How a device gets into the container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceMethod {
+    /// A `devN` entry: PVE makes a private node with the wanted owner and mode.
+    Dev,
+    /// `lxc.mount.entry` bind of the host node, a cgroup rule and a 1:1 group map.
+    Bind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DevicePolicy {
+    pub path: Spanned<String>,
+    #[serde(default)]
+    pub method: Option<DeviceMethod>,
+    #[serde(default)]
+    pub container_path: Option<String>,
+    #[serde(default)]
+    pub required: bool,
+    /// Lets `/dev/mem`, `/dev/kmem`, `/dev/port` and block devices through.
+    #[serde(default)]
+    pub allow_dangerous: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// `false` turns the hook off for this container.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// LXD/Incus `raw.idmap` lines, host ID first: `"both 1000 1000"`.
+    #[serde(default)]
+    pub idmap: Vec<Spanned<String>>,
+    /// Devices to pass through.
+    #[serde(default, rename = "device")]
+    pub devices: Vec<DevicePolicy>,
+    /// Another hookscript to run as well, like `local:snippets/old-hook.pl`.
+    #[serde(default)]
+    pub chain: Option<String>,
+    /// Upper bound for post-start's detached worker, in seconds.
+    #[serde(default)]
+    pub detect_timeout: Option<u32>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for Policy {
+    fn default() -> Policy {
+        Policy {
+            enabled: true,
+            idmap: Vec::new(),
+            devices: Vec::new(),
+            chain: None,
+            detect_timeout: None,
+        }
+    }
+}
+
+/// 1-based line of byte offset `pos` in `text`.
+pub fn line_of(text: &str, pos: usize) -> usize {
+    text.as_bytes()[..pos.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+impl Policy {
+    /// Parses policy text; `file` names it in errors.
+    pub fn parse(file: &str, text: &str) -> Result<Policy, String> {
+        let policy: Policy = toml::from_str(text).map_err(|e| {
+            let line = e.span().map(|s| line_of(text, s.start));
+            let msg = e.message().trim_end().to_string();
+            match line {
+                Some(l) => {
+                    format!("{file} line {l}: {msg}; see the policy reference in the README")
+                }
+                None => format!("{file}: {msg}; see the policy reference in the README"),
+            }
+        })?;
+        if policy.detect_timeout == Some(0) {
+            return Err(format!("{file}: detect_timeout must be at least 1 second"));
+        }
+        Ok(policy)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_contract_keys() {
+        let text = "enabled = true\nidmap = [\"both 1000 1000\", \"gid 44 44\"]\n\n[[device]]\npath = \"/dev/ttyUSB0\"\nmethod = \"bind\"\nrequired = true\n";
+        let p = Policy::parse("p.toml", text).unwrap();
+        assert!(p.enabled);
+        assert_eq!(p.idmap.len(), 2);
+        assert_eq!(line_of(text, p.idmap[1].span().start), 2);
+        assert_eq!(p.devices[0].method, Some(DeviceMethod::Bind));
+        assert!(p.devices[0].required);
+    }
+
+    #[test]
+    fn unknown_keys_name_the_line() {
+        let e = Policy::parse(
+            "/etc/pve/pct-passthrough/105.toml",
+            "enabled = true\nidmaps = []\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.starts_with("/etc/pve/pct-passthrough/105.toml line 2: unknown field `idmaps`"),
+            "{e}"
+        );
+        let e =
+            Policy::parse("p", "[[device]]\npath = \"/dev/x\"\nmethod = \"usb\"\n").unwrap_err();
+        assert!(e.contains("line 3"), "{e}");
+        let e = Policy::parse("p", "enabled = \n").unwrap_err();
+        assert!(e.contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn defaults_to_enabled() {
+        assert!(Policy::parse("p", "").unwrap().enabled);
+        assert!(!Policy::parse("p", "enabled = false").unwrap().enabled);
+    }
+}

@@ -1,0 +1,165 @@
+//! Every host path the tool touches, under one root (`PCT_PASSTHROUGH_ROOT`,
+//! default `/`). `/proc` and `/sys` are never prefixed and are not here.
+
+use std::fmt;
+use std::path::{Component, Path, PathBuf};
+
+/// A Proxmox guest ID, 100 to 999999999.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Vmid(u32);
+
+impl Vmid {
+    pub const MIN: u32 = 100;
+    pub const MAX: u32 = 999_999_999;
+
+    pub fn new(n: u32) -> Option<Vmid> {
+        (Self::MIN..=Self::MAX).contains(&n).then_some(Vmid(n))
+    }
+
+    /// Parses decimal digits only: no sign, no spaces, no leading `+`.
+    pub fn parse(s: &str) -> Option<Vmid> {
+        if s.is_empty() || s.len() > 9 || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        Vmid::new(s.parse().ok()?)
+    }
+
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+impl fmt::Display for Vmid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Host paths, all under `root`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Paths {
+    root: PathBuf,
+}
+
+impl Paths {
+    pub const ROOT_ENV: &'static str = "PCT_PASSTHROUGH_ROOT";
+
+    /// Reads `PCT_PASSTHROUGH_ROOT`; an empty or unset value means `/`.
+    pub fn from_env() -> Paths {
+        match std::env::var_os(Self::ROOT_ENV) {
+            Some(v) if !v.is_empty() => Paths::with_root(PathBuf::from(v)),
+            _ => Paths::with_root(PathBuf::from("/")),
+        }
+    }
+
+    pub fn with_root(root: impl Into<PathBuf>) -> Paths {
+        Paths { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn is_real_root(&self) -> bool {
+        self.root == Path::new("/")
+    }
+
+    /// `abs` (an absolute host path such as `/etc/subuid`) under the root.
+    pub fn host(&self, abs: impl AsRef<Path>) -> PathBuf {
+        let rel: PathBuf = abs
+            .as_ref()
+            .components()
+            .filter(|c| matches!(c, Component::Normal(_)))
+            .collect();
+        self.root.join(rel)
+    }
+
+    pub fn pve_conf(&self, vmid: Vmid) -> PathBuf {
+        self.host(format!("/etc/pve/lxc/{vmid}.conf"))
+    }
+
+    pub fn policy(&self, vmid: Vmid) -> PathBuf {
+        self.host(format!("/etc/pve/pct-passthrough/{vmid}.toml"))
+    }
+
+    pub fn storage_cfg(&self) -> PathBuf {
+        self.host("/etc/pve/storage.cfg")
+    }
+
+    pub fn subuid(&self) -> PathBuf {
+        self.host("/etc/subuid")
+    }
+
+    pub fn subgid(&self) -> PathBuf {
+        self.host("/etc/subgid")
+    }
+
+    /// shadow's `lckpwdf()` lock file.
+    pub fn pwd_lock(&self) -> PathBuf {
+        self.host("/etc/.pwd.lock")
+    }
+
+    pub fn nsswitch(&self) -> PathBuf {
+        self.host("/etc/nsswitch.conf")
+    }
+
+    /// The config PVE generated for this start.
+    pub fn lxc_config(&self, vmid: Vmid) -> PathBuf {
+        self.host(format!("/var/lib/lxc/{vmid}/config"))
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.host("/var/lib/pct-passthrough")
+    }
+
+    pub fn state(&self, vmid: Vmid) -> PathBuf {
+        self.state_dir().join(format!("{vmid}.json"))
+    }
+
+    pub fn lock_dir(&self) -> PathBuf {
+        self.host("/run/lock/pct-passthrough")
+    }
+
+    /// The tool's own per-container lock (post-start worker, state).
+    pub fn own_lock(&self, vmid: Vmid) -> PathBuf {
+        self.lock_dir().join(format!("{vmid}.lock"))
+    }
+
+    /// The tool's host-wide lock around subordinate-ID edits.
+    pub fn subid_lock(&self) -> PathBuf {
+        self.lock_dir().join("subid.lock")
+    }
+
+    /// PVE's config lock, taken by by-hand runs only.
+    pub fn pve_config_lock(&self, vmid: Vmid) -> PathBuf {
+        self.host(format!("/run/lock/lxc/pve-config-{vmid}.lock"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vmid_range_is_exact() {
+        assert_eq!(Vmid::parse("99"), None);
+        assert_eq!(Vmid::parse("100").map(Vmid::get), Some(100));
+        assert_eq!(Vmid::parse("999999999").map(Vmid::get), Some(999_999_999));
+        assert_eq!(Vmid::parse("1000000000"), None);
+        assert_eq!(Vmid::parse("+105"), None);
+        assert_eq!(Vmid::parse("0105").map(Vmid::get), Some(105));
+        assert_eq!(Vmid::parse(""), None);
+    }
+
+    #[test]
+    fn host_paths_stay_under_the_root() {
+        let p = Paths::with_root("/tmp/r");
+        let v = Vmid::new(105).unwrap();
+        assert_eq!(p.pve_conf(v), PathBuf::from("/tmp/r/etc/pve/lxc/105.conf"));
+        assert_eq!(p.host("/../../etc/x"), PathBuf::from("/tmp/r/etc/x"));
+        assert_eq!(
+            p.pve_config_lock(v),
+            PathBuf::from("/tmp/r/run/lock/lxc/pve-config-105.lock")
+        );
+    }
+}

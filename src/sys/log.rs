@@ -1,0 +1,108 @@
+//! The two log sinks: short human lines on stderr (the Proxmox task log) and
+//! an audit trail in syslog (ident `pct-passthrough`). Syslog being
+//! unavailable is never an error.
+
+use std::io::Write;
+
+use crate::model::event::{Event, Level};
+
+type SyslogWriter = syslog::Logger<syslog::LoggerBackend, syslog::Formatter3164>;
+
+enum Syslog {
+    NotTried,
+    Open(Box<SyslogWriter>),
+    Unavailable,
+}
+
+/// Logger for one run: `pct-passthrough <vmid> <phase>: ...` on stderr and
+/// `vmid=… phase=… event=…` in syslog.
+pub struct Log {
+    vmid: String,
+    phase: String,
+    syslog: Syslog,
+}
+
+impl Log {
+    pub fn new(vmid: impl ToString, phase: impl ToString) -> Log {
+        Log {
+            vmid: vmid.to_string(),
+            phase: phase.to_string(),
+            syslog: Syslog::NotTried,
+        }
+    }
+
+    pub fn set_phase(&mut self, phase: impl ToString) {
+        self.phase = phase.to_string();
+    }
+
+    /// The task-log prefix, as STYLE.md shows it.
+    pub fn prefix(&self) -> String {
+        if self.vmid.is_empty() {
+            "pct-passthrough".to_string()
+        } else {
+            format!("pct-passthrough {} {}", self.vmid, self.phase)
+        }
+    }
+
+    pub fn emit(&mut self, event: &Event) {
+        let line = format!("{}: {}\n", self.prefix(), event);
+        // A closed stderr (detached worker) is fine.
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+        self.audit(event);
+    }
+
+    /// Syslog only: for detail the task log does not need.
+    pub fn audit(&mut self, event: &Event) {
+        let record = format!(
+            "vmid={} phase={} event={} msg={:?}",
+            self.vmid, self.phase, event.name, event.message
+        );
+        if let Some(w) = self.writer() {
+            let r = match event.level {
+                Level::Info => w.info(&record),
+                Level::Warn => w.warning(&record),
+                Level::Error => w.err(&record),
+            };
+            if r.is_err() {
+                self.syslog = Syslog::Unavailable;
+            }
+        }
+    }
+
+    pub fn emit_all(&mut self, events: &[Event]) {
+        for e in events {
+            self.emit(e);
+        }
+    }
+
+    pub fn info(&mut self, name: &'static str, msg: impl Into<String>) {
+        self.emit(&Event::info(name, msg));
+    }
+
+    pub fn warn(&mut self, name: &'static str, msg: impl Into<String>) {
+        self.emit(&Event::warn(name, msg));
+    }
+
+    pub fn error(&mut self, name: &'static str, msg: impl Into<String>) {
+        self.emit(&Event::error(name, msg));
+    }
+
+    fn writer(&mut self) -> Option<&mut SyslogWriter> {
+        if let Syslog::NotTried = self.syslog {
+            let formatter = syslog::Formatter3164 {
+                facility: syslog::Facility::LOG_DAEMON,
+                hostname: None,
+                process: "pct-passthrough".into(),
+                pid: std::process::id(),
+            };
+            self.syslog = match syslog::unix(formatter) {
+                Ok(w) => Syslog::Open(Box::new(w)),
+                Err(_) => Syslog::Unavailable,
+            };
+        }
+        match &mut self.syslog {
+            Syslog::Open(w) => Some(w),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,6 @@
+//! The syscall layer: files, locks, logging, processes and namespaces.
+//! Everything that touches the host or a container goes through here.
+
+pub mod fs;
+pub mod lock;
+pub mod log;
