@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# Reverses what install.sh did on this node, from its manifest, newest change
+# first: re-registers each container's previous hookscript (or removes ours),
+# takes out the chain lines it wrote, removes the binary it put on the
+# snippets storage, and restores storage.cfg byte for byte.
+set -euo pipefail
+PROG=pct-passthrough-uninstall
+# shellcheck source=install/common.sh
+. "$(dirname "$(readlink -f "$0")")/common.sh"
+
+usage() {
+    cat <<EOF
+usage: uninstall.sh [VMID...]
+
+Without VMIDs: undoes everything install.sh recorded on this node in
+/var/lib/pct-passthrough/install/manifest. With VMIDs: only unregisters those
+containers (their previous hookscript comes back) and keeps the binary.
+Safe to re-run. PCT_PASSTHROUGH_ROOT prefixes every host path.
+EOF
+}
+
+ONLY=()
+while [ $# -gt 0 ]; do
+    case $1 in
+    -h | --help)
+        usage
+        exit 0
+        ;;
+    -*) die "unknown option '$1' (see --help)" ;;
+    *)
+        valid_vmid "$1" || die "invalid vmid '$1': expected a number from 100 to 999999999"
+        ONLY+=("$1")
+        shift
+        ;;
+    esac
+done
+
+if [ ! -f "$MANIFEST" ]; then
+    say "nothing to undo: /var/lib/pct-passthrough/install/manifest does not exist"
+    exit 0
+fi
+
+selected() { # vmid
+    [ ${#ONLY[@]} -eq 0 ] && return 0
+    local v
+    for v in "${ONLY[@]}"; do [ "$v" = "$1" ] && return 0; done
+    return 1
+}
+
+# Drops the first line equal to $2 from file $1, keeping everything else.
+drop_line() {
+    awk -v l="$2" '!done && $0 == l { done = 1; next } { print }' "$1" | replace_with_stdin "$1"
+}
+
+failed=0
+kept=()
+mapfile -t records < <(tac "$MANIFEST")
+for rec in "${records[@]}"; do
+    IFS=$'\t' read -r kind a b c <<<"$rec"
+    undone=1
+    case $kind in
+    hookscript)
+        vmid=$a old=$b ours=$c
+        if ! selected "$vmid"; then
+            undone=0
+        elif [ ! -f "$(r "/etc/pve/lxc/$vmid.conf")" ]; then
+            warn "container $vmid: /etc/pve/lxc/$vmid.conf is gone (migrated or destroyed?); nothing to unregister here"
+        elif [ "$(conf_hookscript "$vmid")" != "$ours" ]; then
+            say "container $vmid: its hookscript is no longer $ours; left as it is"
+        elif [ "$old" = - ]; then
+            need_pct
+            if pct set "$vmid" --delete hookscript; then
+                say "container $vmid: hookscript removed"
+            else
+                warn "container $vmid: 'pct set $vmid --delete hookscript' failed"
+                failed=1 undone=0
+            fi
+        else
+            need_pct
+            if pct set "$vmid" --hookscript "$old"; then
+                say "container $vmid: hookscript $old restored"
+            else
+                warn "container $vmid: 'pct set $vmid --hookscript $old' failed"
+                failed=1 undone=0
+            fi
+        fi
+        ;;
+    policy-line)
+        vmid=$a line=$b
+        policy=$POLICY_DIR/$vmid.toml
+        if ! selected "$vmid"; then
+            undone=0
+        elif [ -f "$policy" ] && grep -qxF -- "$line" "$policy"; then
+            drop_line "$policy" "$line"
+            say "container $vmid: removed '$line' from /etc/pve/pct-passthrough/$vmid.toml"
+        fi
+        ;;
+    policy-created)
+        vmid=$a sum=$b
+        policy=$POLICY_DIR/$vmid.toml
+        if ! selected "$vmid"; then
+            undone=0
+        elif [ ! -f "$policy" ]; then
+            :
+        elif [ "$(sha256sum "$policy" | cut -d' ' -f1)" = "$sum" ]; then
+            rm -f "$policy"
+            rmdir "$POLICY_DIR" 2>/dev/null || true
+            say "container $vmid: removed /etc/pve/pct-passthrough/$vmid.toml"
+        else
+            say "container $vmid: /etc/pve/pct-passthrough/$vmid.toml was edited since install; kept, without its chain line"
+            chain=$(grep -m1 -E '^[[:space:]]*chain[[:space:]]*=' "$policy" || true)
+            [ -z "$chain" ] || drop_line "$policy" "$chain"
+        fi
+        ;;
+    binary)
+        how=$a dest=$b backup=$c
+        if [ ${#ONLY[@]} -gt 0 ]; then
+            undone=0
+        elif [ "$how" = replaced ] && [ -f "$backup" ]; then
+            mv -f "$backup" "$dest"
+            say "restored the earlier ${dest#"$ROOT"}"
+        else
+            rm -f "$dest"
+            say "removed ${dest#"$ROOT"}"
+        fi
+        ;;
+    storage)
+        id=$a backup=$b sum=$c
+        if [ ${#ONLY[@]} -gt 0 ]; then
+            undone=0
+        elif [ ! -f "$backup" ]; then
+            warn "the storage.cfg backup $backup is missing; remove 'snippets' from the content of storage '$id' by hand if you want"
+        elif [ "$(sha256sum "$STORAGE_CFG" | cut -d' ' -f1)" = "$sum" ]; then
+            replace_with_stdin "$STORAGE_CFG" <"$backup"
+            rm -f "$backup"
+            say "restored /etc/pve/storage.cfg as it was before install (snippets off for '$id' again)"
+        else
+            warn "/etc/pve/storage.cfg changed since install; left as it is (snippets stay enabled on '$id'; the original is at ${backup#"$ROOT"})"
+            undone=2
+        fi
+        ;;
+    *)
+        warn "unknown manifest line '$rec'; kept"
+        undone=0
+        ;;
+    esac
+    [ "$undone" = 1 ] || kept+=("$rec")
+done
+
+if [ ${#kept[@]} -eq 0 ]; then
+    rm -f "$MANIFEST"
+    rmdir "$STATE_DIR" "${STATE_DIR%/install}" 2>/dev/null || true
+    say "uninstalled"
+else
+    # Keep what is left, oldest first, so a later run can finish the job.
+    printf '%s\n' "${kept[@]}" | tac | replace_with_stdin "$MANIFEST"
+fi
+exit $failed
