@@ -1,0 +1,82 @@
+//! Hostile or broken input files get one clear error naming the file and
+//! line, never a panic, never a write.
+
+use rstest::rstest;
+
+mod common;
+use common::{stderr, TempRoot};
+
+fn garbage(len: usize) -> Vec<u8> {
+    // Deterministic pseudo-random bytes.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[rstest]
+#[case::binary_garbage(garbage(4096), "not valid UTF-8")]
+#[case::fifty_mib(vec![b'a'; 50 << 20], "larger than the 1048576 bytes allowed")]
+#[case::invalid_utf8_line_3(b"arch: amd64\ncores: 1\nhostname: \xff\xfe\n".to_vec(), "line 3: not valid UTF-8")]
+#[case::one_mib_line(format!("arch: amd64\ndescription: {}\n", "x".repeat((1 << 20) - 100)).into_bytes(), "line 2: longer than")]
+#[case::nul_byte(b"arch: amd64\n\0\n".to_vec(), "line 2: contains a NUL byte")]
+fn bad_container_config(#[case] bytes: Vec<u8>, #[case] expect: &str) {
+    let root = TempRoot::new();
+    let conf = root.write("/etc/pve/lxc/105.conf", &bytes);
+    let out = root.run(&["105", "pre-start"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&conf.display().to_string()),
+        "names the file: {err}"
+    );
+    assert!(err.contains(expect), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert_eq!(root.read("/etc/pve/lxc/105.conf"), bytes, "nothing written");
+}
+
+#[rstest]
+#[case::garbage(garbage(512), "not valid UTF-8")]
+#[case::bad_toml(b"enabled = yes\n".to_vec(), "line 1")]
+#[case::unknown_key(b"enabled = true\nidmapp = []\n".to_vec(), "line 2: unknown field `idmapp`")]
+#[case::huge(vec![b'#'; 20 << 20], "larger than")]
+fn bad_policy_refuses_pre_start(#[case] bytes: Vec<u8>, #[case] expect: &str) {
+    let root = TempRoot::new();
+    root.write(
+        "/etc/pve/lxc/105.conf",
+        common::fixture("debian-basic.conf"),
+    );
+    let policy = root.write("/etc/pve/pct-passthrough/105.toml", &bytes);
+    let before = root.snapshot();
+    let out = root.run(&["105", "pre-start"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(&policy.display().to_string()), "{err}");
+    assert!(err.contains(expect), "{err}");
+    assert_eq!(root.snapshot(), before);
+}
+
+#[rstest]
+#[case::garbage(garbage(300))]
+#[case::future_version(br#"{"version": 99, "vmid": 105}"#.to_vec())]
+#[case::truncated(br#"{"version": 1, "vmid": 1"#.to_vec())]
+fn bad_state_is_reported_and_ignored(#[case] bytes: Vec<u8>) {
+    let root = TempRoot::new();
+    root.write(
+        "/etc/pve/lxc/105.conf",
+        common::fixture("debian-basic.conf"),
+    );
+    root.write("/var/lib/pct-passthrough/105.json", &bytes);
+    let out = root.run(&["105", "pre-start"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("105.json"), "{err}");
+    assert!(err.contains("ignored"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
