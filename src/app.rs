@@ -28,6 +28,10 @@ pub fn run(cmd: Command, paths: &Paths) -> u8 {
                         "unknown-phase",
                         format!("unknown phase '{name}'; nothing to do"),
                     );
+                    // A chained hookscript may know the phase; it only warns.
+                    if let Err(e) = phase::chain::run(paths, vmid, &name, &mut log, false) {
+                        log.warn("chain-failed", format!("{e:#}"));
+                    }
                     return 0;
                 }
             };

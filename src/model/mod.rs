@@ -6,4 +6,5 @@ pub mod policy;
 pub mod prestart;
 pub mod pveconf;
 pub mod state;
+pub mod storage;
 pub mod text;

@@ -2,6 +2,7 @@
 //! what to do, and applies it. This module dispatches and owns the
 //! exit-code contract: only pre-start blocks a start.
 
+pub mod chain;
 pub mod post_start;
 pub mod pre_start;
 pub mod stop;
@@ -84,12 +85,27 @@ pub fn run(ctx: &mut Ctx, phase: Phase) -> u8 {
         },
         _ => None,
     };
+    let dry_run = ctx.mode.dry_run();
+    // A chained hookscript runs first in pre-start, and its failure aborts
+    // the start as it would without us.
+    if phase == Phase::PreStart {
+        if let Err(e) = chain::run(ctx.paths, ctx.vmid, phase.as_str(), ctx.log, dry_run) {
+            ctx.log.error("chain-failed", format!("{e:#}"));
+            return 1;
+        }
+    }
     let result = match phase {
         Phase::PreStart => pre_start::run(ctx),
         Phase::PostStart => post_start::run(ctx),
         Phase::PreStop => stop::pre_stop(ctx),
         Phase::PostStop => stop::post_stop(ctx),
     };
+    // In the other phases it runs after our work, and only warns.
+    if phase != Phase::PreStart {
+        if let Err(e) = chain::run(ctx.paths, ctx.vmid, phase.as_str(), ctx.log, dry_run) {
+            ctx.log.warn("chain-failed", format!("{e:#}"));
+        }
+    }
     match result {
         Ok(()) => 0,
         Err(e) => {

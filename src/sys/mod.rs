@@ -2,5 +2,6 @@
 //! Everything that touches the host or a container goes through here.
 
 pub mod fs;
+pub mod hook;
 pub mod lock;
 pub mod log;
