@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# Builds the Debian package with dpkg-deb: the static binary, a man page
+# generated from its --help, the README, example policies, install/uninstall
+# scripts and the example chained hook. Deterministic: file dates and the man
+# page date come from SOURCE_DATE_EPOCH (default: the last commit).
+#
+#   scripts/build-deb.sh [--binary PATH] [--out DIR] [--compression xz|gzip|none]
+#
+# Without --binary it runs `cargo build --release` first. Prints the .deb path.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+BINARY=
+OUT=target/debian
+COMPRESSION=xz
+while [ $# -gt 0 ]; do
+    case $1 in
+    --binary)
+        BINARY=$2
+        shift 2
+        ;;
+    --out)
+        OUT=$2
+        shift 2
+        ;;
+    --compression)
+        COMPRESSION=$2
+        shift 2
+        ;;
+    -h | --help)
+        sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'
+        exit 0
+        ;;
+    *)
+        echo "build-deb.sh: unknown argument '$1' (see --help)" >&2
+        exit 2
+        ;;
+    esac
+done
+if [ -z "$BINARY" ]; then
+    cargo build --release
+    BINARY=target/x86_64-unknown-linux-gnu/release/pct-passthrough
+fi
+[ -x "$BINARY" ] || { echo "build-deb.sh: $BINARY is not an executable file" >&2; exit 1; }
+
+NAME=pct-passthrough
+VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+got=$("$BINARY" --version)
+[ "$got" = "$NAME $VERSION" ] || {
+    echo "build-deb.sh: $BINARY says '$got', Cargo.toml says $VERSION; rebuild it" >&2
+    exit 1
+}
+ARCH=amd64
+export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || echo 0)}
+DATE=$(date -u -d "@$SOURCE_DATE_EPOCH" +%Y-%m-%d)
+
+stage=$(mktemp -d)
+trap 'rm -rf "$stage"' EXIT
+d=$stage/$NAME
+doc=$d/usr/share/doc/$NAME
+share=$d/usr/share/$NAME
+install -d "$d/DEBIAN" "$d/usr/bin" "$d/usr/share/man/man1" "$doc/examples/policies" \
+    "$share/install" "$share/hooks"
+
+install -m 0755 "$BINARY" "$d/usr/bin/$NAME"
+install -m 0644 README.md "$doc/README.md"
+install -m 0644 examples/policies/*.toml "$doc/examples/policies/"
+install -m 0755 install/install.sh install/uninstall.sh "$share/install/"
+install -m 0644 install/common.sh "$share/install/"
+install -m 0755 hooks/example-chained-hook.sh "$share/hooks/"
+install -m 0644 hooks/README.md "$share/hooks/"
+cat >"$doc/copyright" <<EOF
+Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
+Upstream-Name: $NAME
+License: AGPL-3.0-or-later
+
+Files: *
+Copyright: the pct-passthrough authors
+License: AGPL-3.0-or-later
+ On Debian systems the full text is in /usr/share/common-licenses/AGPL-3.
+EOF
+
+# The man page, from --help: the first line is the name, "usage:" lines the
+# synopsis, the rest (phases, environment, exit codes) stays preformatted.
+roff_escape() { sed -e 's/\\/\\e/g' -e "s/^\\([.']\\)/\\\\\\&\\1/"; }
+help=$("$BINARY" --help)
+summary=$(head -1 <<<"$help" | sed 's/^[^:]*: *//')
+{
+    printf '.TH PCT-PASSTHROUGH 1 "%s" "%s %s" "User Commands"\n' "$DATE" "$NAME" "$VERSION"
+    printf '.SH NAME\n%s \\- %s\n' "$NAME" "$(roff_escape <<<"$summary")"
+    printf '.SH SYNOPSIS\n.nf\n'
+    awk '/^usage:/ { u = 1; next } u && /^$/ { exit } u { sub(/^ +/, ""); print }' <<<"$help" | roff_escape
+    printf '.fi\n.SH DESCRIPTION\n'
+    printf 'Proxmox VE runs \\fB%s\\fR as a container hookscript. It makes host devices and host IDs usable inside unprivileged LXC containers: ID maps, /etc/subuid and /etc/subgid, cgroup device rules, and the service user'"'"'s groups inside the container.\n' "$NAME"
+    printf '.SH NOTES\n.nf\n'
+    awk '/^usage:/ { u = 1; next } u && /^$/ { u = 0; r = 1; next } r { print }' <<<"$help" | roff_escape
+    printf '.fi\n.SH FILES\n.nf\n'
+    cat <<'EOF'
+/etc/pve/lxc/<vmid>.conf              container config
+/etc/pve/pct-passthrough/<vmid>.toml  policy (optional)
+/etc/subuid, /etc/subgid              subordinate IDs
+/var/lib/lxc/<vmid>/config            config Proxmox generated for this start
+/var/lib/pct-passthrough/<vmid>.json  state of earlier runs
+/usr/share/pct-passthrough/install/   install.sh, uninstall.sh
+/usr/share/doc/pct-passthrough/examples/policies/
+EOF
+    printf '.fi\n.SH SEE ALSO\n\\fBpct\\fR(1), \\fBsubuid\\fR(5), \\fBsubgid\\fR(5), /usr/share/doc/%s/README.md\n' "$NAME"
+} | gzip -9n >"$d/usr/share/man/man1/$NAME.1.gz"
+
+size_kib=$(du -sk --exclude=DEBIAN "$d" | cut -f1)
+cat >"$d/DEBIAN/control" <<EOF
+Package: $NAME
+Version: $VERSION
+Architecture: $ARCH
+Maintainer: pct-passthrough authors <root@localhost>
+Installed-Size: $size_kib
+Recommends: uidmap
+Section: admin
+Priority: optional
+Description: Proxmox VE hookscript for devices and IDs in unprivileged containers
+ A static binary that Proxmox VE runs as a container hookscript. It writes the
+ lxc.idmap lines, /etc/subuid and /etc/subgid entries, cgroup device rules and
+ the in-container group membership that USB serial sticks and GPU render nodes
+ need in unprivileged (and OCI-based) containers.
+ .
+ Register it with /usr/share/pct-passthrough/install/install.sh VMID.
+EOF
+(cd "$d" && find usr -type f -print0 | sort -z | xargs -0 md5sum >DEBIAN/md5sums)
+find "$d" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
+
+mkdir -p "$OUT"
+deb=$OUT/${NAME}_${VERSION}_${ARCH}.deb
+dpkg-deb --root-owner-group "-Z$COMPRESSION" --build "$d" "$deb" >/dev/null
+echo "$deb"
