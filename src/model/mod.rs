@@ -1,6 +1,7 @@
 //! The pure model: file formats and decisions, no syscalls.
 #![forbid(unsafe_code)]
 
+pub mod diff;
 pub mod event;
 pub mod policy;
 pub mod prestart;
