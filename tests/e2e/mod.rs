@@ -1,0 +1,87 @@
+//! The end-to-end test bed: real LXC containers on this host, started the way
+//! Proxmox VE starts them, with `pct-passthrough` (or a test script) as the
+//! hookscript. Owned by the "bed" engineer; scenarios live in
+//! `tests/e2e_*.rs`, each with `mod e2e;` and `use e2e::*;`.
+//!
+//! # Using it
+//! ```ignore
+//! let bed = Bed::new();                         // global e2e lock, subid backup
+//! let pty = bed.pty_serial();                   // /dev/pts/N root:dialout 0660 + by-id link
+//! let mut ct = bed.container(990_101)           // reserved range 990100-990199
+//!     .service_user()                           // dialout:20, svc 1000 in it
+//!     .conf(&format!("lxc.mount.entry: {} dev/ttyUSB0 none bind,optional,create=file", pty.by_id.display()))
+//!     .hook(Hook::Binary)                       // hookscript: local:snippets/...
+//!     .create();
+//! let rep = ct.start();                         // the whole PVE start sequence
+//! rep.expect_started();
+//! ct.exec_as("svc", "echo hi > /dev/ttyUSB0");  // lxc-attach + busybox su
+//! let stop = ct.stop();                         // pre-stop, lxc-stop --kill, post-stop
+//! ```
+//! Dropping a `Ct` destroys it; dropping the `Bed` restores `/etc/subuid`,
+//! `/etc/subgid` (and their `-` backups) byte for byte, also on panic. A run
+//! killed hard is repaired by the next `Bed::new()`.
+//!
+//! # The start sequence it reproduces (pve-facts §2, §4)
+//! `Ct::start`, all under the flock `/run/lock/lxc/pve-config-<vmid>.lock`
+//! (10 s timeout, as `lock_config`):
+//! 1. read `/etc/pve/lxc/<vmid>.conf` (main section);
+//! 2. `update_lxc_config`: write `/var/lib/lxc/<vmid>/config`: device policy
+//!    (unprivileged: allow `a`; privileged: deny `a` plus the common allow
+//!    list), the default map `u/g 0 100000 65536` only when unprivileged and
+//!    without `lxc.idmap` lines, per `devN` the exact rule `c M:m rw` (a
+//!    missing device fails the start here), then the raw `lxc.*` keys;
+//! 3. the hookscript (`check_hookscript`: `local:snippets/<file>`, `-f`,
+//!    `-x`), `<script> <vmid> pre-start`, no shell, `PATH` of PVE plus
+//!    `LC_ALL=C`, stdin at EOF, stdout and stderr read until both close;
+//!    non-zero aborts with `hookscript error for <vmid> on pre-start: ...`;
+//! 4. `lxc-start -n <vmid> -d`, then `lxc-wait -s RUNNING`. LXC runs the
+//!    bed's pre-start hook (tmpfs on `/var/lib/lxc/<vmid>/passthrough`, one
+//!    private node per `devN` with mapped owner and mode, from the config as
+//!    re-read after the hookscript) and autodev hook (binds each node onto
+//!    the same path in the container's /dev);
+//! 5. `<script> <vmid> post-start`; non-zero is a warning only.
+//!
+//! `Ct::stop`: under the lock, `pre-stop` (warning only), `lxc-stop --kill`;
+//! LXC's post-stop hook then runs `<script> <vmid> post-stop` with LXC's hook
+//! environment (`LXC_NAME`, `LXC_TARGET=stop`, ...), skipping it on reboot.
+//!
+//! # Differences from real Proxmox VE
+//! - cgroup v1 devices controller here: every `lxc.cgroup2.devices.*` key
+//!   (PVE's own and the raw ones) is written as `lxc.cgroup.devices.*`.
+//! - No pmxcfs: `/etc/pve` is a plain directory (flock and fsync work, any
+//!   mode is accepted, no 1 MiB limit, no quorum, `/etc/pve/lxc` is no link).
+//! - Only the parts of `update_lxc_config` listed above; no include of PVE's
+//!   common/userns configs, no seccomp profile, no capability drops, no
+//!   generated AppArmor profile (`lxc.apparmor.profile = unconfined`), no
+//!   network (`lxc.net.0.type = empty`), `lxc.autodev = 1`, no ttys. Raw
+//!   `lxc.*` keys are not checked against PVE's whitelist; `[pve:pending]`
+//!   is not applied; `validate_id_maps` warnings are not emitted.
+//! - The rootfs is a directory of busybox-static, owned by host 100000+id
+//!   (0+id when privileged); no storage, volume activation or mount points.
+//!   `/sbin/init` is a shell loop unless the test sets one.
+//! - `lxc-start -d` stands in for `systemctl start pve-container@<vmid>`
+//!   (`lxc-start -F` under systemd); LXC's log is at DEBUG in
+//!   `/var/lib/lxc/<vmid>/lxc.log`.
+//! - The LXC hooks are small shell scripts doing only the devN and
+//!   hookscript parts of PVE's (no `lock` check, no config regeneration on
+//!   reboot). Post-stop output goes to files, not LXC's log.
+//! - Hook phases get a 60 s deadline (PVE waits forever); output still open
+//!   after it shows as `closed_after: None`.
+//! - Stop is always a hard stop (`--kill`), as `pct stop`; no shutdown.
+//! - Only the `local` storage: `local:snippets/<f>` is
+//!   `/var/lib/vz/snippets/<f>`; the bed links the binary there.
+//! - `/etc/subuid` and `/etc/subgid` get `root:100000:65536` as lxc-pve's
+//!   postinst would; everything else in them is this host's.
+#![allow(dead_code, unused_imports)]
+
+pub mod bed;
+pub mod ct;
+pub mod devices;
+pub mod genconf;
+pub mod hooks;
+pub mod run;
+
+pub use bed::{Bed, VMIDS};
+pub use ct::{Ct, Exec, Hook, PostStop, StartReport, StopReport};
+pub use devices::{CharNode, PtySerial, DIALOUT};
+pub use run::Run;

@@ -1,0 +1,431 @@
+//! Baseline end-to-end scenarios on real LXC (issue 3): the bed itself works,
+//! the hook phases run in PVE's order with PVE's argv, failures behave as in
+//! PVE, and the negative control shows EACCES without the hook.
+
+mod e2e;
+
+use std::time::Duration;
+
+use e2e::genconf::{self, DevNode, DevSpec, HookPaths, PveConf};
+use e2e::*;
+
+fn hooks() -> HookPaths {
+    HookPaths {
+        pre_start: "/h/pre".into(),
+        autodev: "/h/autodev".into(),
+        post_stop: "/h/post".into(),
+    }
+}
+
+// ---- the bed's update_lxc_config stand-in (pure) ----
+
+#[test]
+fn genconf_unprivileged_gets_default_map_and_allow_all() {
+    let conf = PveConf::parse("arch: amd64\nunprivileged: 1\n");
+    let c = genconf::lxc_config(990_100, &conf, &[], &hooks()).unwrap();
+    assert!(c.contains("lxc.idmap = u 0 100000 65536\nlxc.idmap = g 0 100000 65536\n"));
+    assert!(c.contains("lxc.cgroup.devices.allow = a\n"));
+    assert!(!c.contains("devices.deny"));
+    assert!(!c.contains("cgroup2"), "v2 keys must be translated: {c}");
+}
+
+#[test]
+fn genconf_custom_map_replaces_default_for_both_types() {
+    let conf = PveConf::parse(
+        "unprivileged: 1\nlxc.idmap: u 0 100000 65536\nlxc.idmap = g 0 100000 20\n\
+         lxc.idmap: g 20 20 1\nlxc.idmap: g 21 100021 65515\n",
+    );
+    let c = genconf::lxc_config(990_100, &conf, &[], &hooks()).unwrap();
+    let maps: Vec<&str> = c.lines().filter(|l| l.starts_with("lxc.idmap")).collect();
+    assert_eq!(
+        maps,
+        [
+            "lxc.idmap = u 0 100000 65536",
+            "lxc.idmap = g 0 100000 20",
+            "lxc.idmap = g 20 20 1",
+            "lxc.idmap = g 21 100021 65515"
+        ]
+    );
+}
+
+#[test]
+fn genconf_privileged_gets_deny_all_and_common_allow_list_and_no_map() {
+    let conf = PveConf::parse("arch: amd64\n");
+    let c = genconf::lxc_config(990_100, &conf, &[], &hooks()).unwrap();
+    assert!(!c.contains("lxc.idmap"));
+    let deny = c.find("lxc.cgroup.devices.deny = a\n").expect("deny all");
+    let allow = c
+        .find("lxc.cgroup.devices.allow = c 136:* rwm\n")
+        .expect("pts");
+    assert!(deny < allow);
+    assert!(!c.contains("devices.allow = a\n"));
+}
+
+#[test]
+fn genconf_devn_rule_and_raw_keys_translated_after_defaults() {
+    let conf = PveConf::parse(
+        "unprivileged: 1\ndev0: /dev/ttyUSB0,gid=20,deny-write=1\n\
+         lxc.cgroup2.devices.allow: c 188:* rwm\nlxc.mount.entry: /dev/x dev/x none bind 0 0\n\
+         [snap]\nlxc.idmap: u 0 1 1\n",
+    );
+    let devs = conf.devs().unwrap();
+    assert_eq!(devs.len(), 1);
+    let node = DevNode {
+        kind: 'c',
+        major: 188,
+        minor: 0,
+    };
+    let c = genconf::lxc_config(990_100, &conf, &[(devs[0].1.clone(), node)], &hooks()).unwrap();
+    assert!(
+        c.contains("lxc.cgroup.devices.allow = c 188:0 rw\nlxc.cgroup.devices.deny = c 188:0 w\n")
+    );
+    assert!(c.contains("lxc.cgroup.devices.allow = c 188:* rwm\n"));
+    assert!(c.contains("lxc.mount.entry = /dev/x dev/x none bind 0 0\n"));
+    assert!(
+        c.contains("lxc.idmap = u 0 100000 65536"),
+        "snapshot lines ignored"
+    );
+}
+
+#[test]
+fn genconf_bad_idmap_fails_the_start() {
+    let conf = PveConf::parse("unprivileged: 1\nlxc.idmap: g 20 20\n");
+    let e = genconf::lxc_config(990_100, &conf, &[], &hooks()).unwrap_err();
+    assert!(e.contains("failed to parse idmap"), "{e}");
+}
+
+#[test]
+fn devn_owner_maps_through_idmap_or_passes_unchanged() {
+    let conf = PveConf::parse("unprivileged: 1\nlxc.idmap: u 0 100000 65536\nlxc.idmap: g 0 100000 20\nlxc.idmap: g 20 20 1\nlxc.idmap: g 21 100021 65515\n");
+    let map = conf.effective_idmap().unwrap();
+    let spec = DevSpec::parse("/dev/ttyUSB0,uid=1000,gid=20,mode=0620").unwrap();
+    let node = DevNode {
+        kind: 'c',
+        major: 188,
+        minor: 0,
+    };
+    assert_eq!(
+        genconf::device_spec_line(&spec, &node, &map),
+        "/dev/ttyUSB0 c 188 0 620 101000 20\n"
+    );
+    let outside = DevSpec::parse("/dev/ttyUSB0,uid=70000").unwrap();
+    assert_eq!(
+        genconf::device_spec_line(&outside, &node, &map),
+        "/dev/ttyUSB0 c 188 0 660 70000 100000\n"
+    );
+    assert!(DevSpec::parse("/dev/../etc/shadow").is_err());
+    assert!(DevSpec::parse("/tmp/x").is_err());
+}
+
+// ---- real containers ----
+
+#[test]
+fn container_without_hookscript_starts_runs_as_user_and_stops() {
+    let bed = Bed::new();
+    let mut ct = bed.container(990_100).service_user().create();
+    let rep = ct.start();
+    rep.expect_started();
+    assert!(rep.pre_start.is_none() && rep.post_start.is_none());
+    let cfg = rep.generated_config.as_deref().unwrap();
+    assert!(cfg.contains("lxc.idmap = g 0 100000 65536"), "{cfg}");
+    assert!(cfg.contains("lxc.net.0.type = empty"));
+    let out = ct.exec_as("svc", "id -u; id -G");
+    let text = out.ok();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("1000"));
+    let groups: Vec<&str> = lines.next().unwrap_or("").split(' ').collect();
+    assert!(groups.contains(&"20"), "svc must carry GID 20: {text}");
+    // The service's host identity is base + id.
+    let host = ct.exec("cat /proc/self/uid_map").ok().to_string();
+    assert!(
+        host.split_whitespace().collect::<Vec<_>>() == ["0", "100000", "65536"],
+        "{host}"
+    );
+    // No network beyond loopback.
+    let net = ct.exec("ls /sys/class/net").ok().to_string();
+    assert_eq!(net.split_whitespace().collect::<Vec<_>>(), ["lo"], "{net}");
+    let stop = ct.stop();
+    assert!(stop.lxc_stop.success());
+    assert!(!ct.is_running());
+}
+
+#[test]
+fn hook_phases_run_in_order_with_pve_argv_env_and_lock() {
+    let bed = Bed::new();
+    let mut ct = bed.container(990_101).hook(Hook::recorder()).create();
+    let rep = ct.start();
+    rep.expect_started();
+    assert!(rep.warnings.is_empty(), "{rep}");
+    assert!(
+        rep.task_log.contains("recorder: pre-start for 990101"),
+        "{rep}"
+    );
+    assert!(rep.task_log.contains("recorder: post-start for 990101"));
+    let stop = ct.stop();
+    assert!(stop.warnings.is_empty(), "{:?}", stop.warnings);
+    let post = stop.post_stop.expect("post-stop ran");
+    assert_eq!(post.code, 0);
+    assert_eq!(post.stdout, "recorder: post-stop for 990101\n");
+    let calls = ct.hook_calls();
+    let path = "path=/sbin:/bin:/usr/sbin:/usr/bin lc_all=C";
+    assert_eq!(calls.len(), 4, "{calls:#?}");
+    assert_eq!(
+        calls[0],
+        format!(
+            "argc=2 vmid=990101 phase=pre-start lock=held stdin=eof {path} lxc_name= lxc_target="
+        )
+    );
+    assert_eq!(
+        calls[1],
+        format!(
+            "argc=2 vmid=990101 phase=post-start lock=held stdin=eof {path} lxc_name= lxc_target="
+        )
+    );
+    assert_eq!(
+        calls[2],
+        format!(
+            "argc=2 vmid=990101 phase=pre-stop lock=held stdin=eof {path} lxc_name= lxc_target="
+        )
+    );
+    assert!(
+        calls[3].starts_with("argc=2 vmid=990101 phase=post-stop ")
+            && calls[3].contains("stdin=eof")
+            && calls[3].ends_with("lxc_name=990101 lxc_target=stop"),
+        "{}",
+        calls[3]
+    );
+}
+
+#[test]
+fn real_binary_runs_every_phase_cleanly_on_a_plain_container() {
+    let bed = Bed::new();
+    let mut ct = bed
+        .container(990_102)
+        .service_user()
+        .hook(Hook::Binary)
+        .create();
+    let rep = ct.start();
+    rep.expect_started();
+    for r in [&rep.pre_start, &rep.post_start] {
+        let r = r.as_ref().expect("phase ran");
+        assert!(r.success(), "{r}");
+        assert!(
+            r.closed_after.is_some(),
+            "hook left stdout/stderr open: {r}"
+        );
+    }
+    assert!(rep.warnings.is_empty(), "{rep}");
+    let stop = ct.stop();
+    assert!(
+        stop.pre_stop.as_ref().is_some_and(|r| r.success()),
+        "{:?}",
+        stop.pre_stop
+    );
+    let post = stop.post_stop.expect("post-stop ran");
+    assert_eq!(post.code, 0, "{post:?}");
+    // A second start works too.
+    ct.start().expect_started();
+    ct.stop();
+}
+
+#[test]
+fn failing_pre_start_prevents_the_start_and_shows_its_message() {
+    let bed = Bed::new();
+    let mut ct = bed
+        .container(990_103)
+        .hook(Hook::recorder_failing(
+            "pre-start",
+            1,
+            "policy: line 2: unknown key 'bogus'",
+        ))
+        .create();
+    let rep = ct.start();
+    assert!(!rep.started, "{rep}");
+    assert!(!ct.is_running());
+    let err = rep.error.as_deref().unwrap();
+    assert!(
+        err.starts_with("hookscript error for 990103 on pre-start: command '/var/lib/vz/snippets/e2e-990103-recorder 990103 pre-start' failed: exit code 1"),
+        "{err}"
+    );
+    assert!(
+        rep.task_log
+            .contains("policy: line 2: unknown key 'bogus'\n"),
+        "{rep}"
+    );
+    assert!(rep.task_log.ends_with(&format!("TASK ERROR: {err}\n")));
+    assert!(rep.lxc_start.is_none() && rep.post_start.is_none());
+    // Neither post-start nor post-stop ran.
+    std::thread::sleep(Duration::from_millis(200));
+    let calls = ct.hook_calls();
+    assert_eq!(calls.len(), 1, "{calls:#?}");
+    assert!(calls[0].contains("phase=pre-start"));
+}
+
+#[test]
+fn failing_post_start_only_warns() {
+    let bed = Bed::new();
+    let mut ct = bed
+        .container(990_104)
+        .hook(Hook::recorder_failing(
+            "post-start",
+            3,
+            "could not verify the service",
+        ))
+        .create();
+    let rep = ct.start();
+    rep.expect_started();
+    assert!(rep.error.is_none());
+    assert_eq!(rep.warnings.len(), 1, "{rep}");
+    assert!(rep.warnings[0].starts_with("hookscript error for 990104 on post-start: command"));
+    assert!(rep.warnings[0].ends_with("failed: exit code 3"));
+    assert!(rep.task_log.contains("could not verify the service\n"));
+    assert!(ct.is_running());
+    ct.exec("true").ok();
+}
+
+#[test]
+fn hookscript_must_be_executable() {
+    let bed = Bed::new();
+    let mut ct = bed.container(990_105).hook(Hook::recorder()).create();
+    let snippet = "/var/lib/vz/snippets/e2e-990105-recorder";
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(snippet, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let rep = ct.start();
+    assert!(!rep.started);
+    assert_eq!(
+        rep.error.as_deref(),
+        Some("hookscript error for 990105 on pre-start: script 'local:snippets/e2e-990105-recorder' is not executable")
+    );
+    assert!(ct.hook_calls().is_empty());
+}
+
+#[test]
+fn missing_devn_device_fails_before_the_hookscript() {
+    let bed = Bed::new();
+    let mut ct = bed
+        .container(990_106)
+        .conf("dev0: /dev/pct-passthrough-e2e/absent")
+        .hook(Hook::recorder())
+        .create();
+    let rep = ct.start();
+    assert!(!rep.started);
+    assert_eq!(
+        rep.error.as_deref(),
+        Some("Device /dev/pct-passthrough-e2e/absent does not exist")
+    );
+    assert!(ct.hook_calls().is_empty());
+}
+
+#[test]
+fn devn_gets_a_private_node_with_mapped_owner_mode_and_rule() {
+    let bed = Bed::new();
+    let node = bed.char_node("zero0", 1, 5, 0, 0o600);
+    let mut ct = bed
+        .container(990_107)
+        .service_user()
+        .conf(&format!("dev0: {},gid=20,mode=0620", node.path.display()))
+        .create();
+    let rep = ct.start();
+    rep.expect_started();
+    assert!(rep
+        .generated_config
+        .as_deref()
+        .unwrap()
+        .contains("lxc.cgroup.devices.allow = c 1:5 rw\n"));
+    let inside = ct
+        .exec(&format!("stat -c '%u %g %a %t:%T' {}", node.path.display()))
+        .ok()
+        .to_string();
+    // gid 20 is outside no map: default map gives host 100020, which shows
+    // as 20 inside; uid 0 is host 100000, root inside.
+    assert_eq!(inside.trim(), "0 20 620 1:5");
+    // The service (group 20) can write to it; the host node is untouched.
+    let w = ct.exec_as("svc", &format!("echo x > {}", node.path.display()));
+    assert!(w.success(), "{w}");
+    use std::os::unix::fs::MetadataExt;
+    let host = std::fs::metadata(&node.path).unwrap();
+    assert_eq!(
+        (host.uid(), host.gid(), host.mode() & 0o7777),
+        (0, 0, 0o600)
+    );
+}
+
+#[test]
+fn negative_control_without_hook_service_gets_eacces_on_dialout_pty() {
+    let bed = Bed::new();
+    let pty = bed.pty_serial();
+    let mut ct = bed
+        .container(990_108)
+        .service_user()
+        .conf(&format!(
+            "lxc.mount.entry: {} dev/ttyUSB0 none bind,optional,create=file",
+            pty.by_id.display()
+        ))
+        .create();
+    ct.start().expect_started();
+    let ls = ct.exec("stat -c '%u %g %a' /dev/ttyUSB0").ok().to_string();
+    assert_eq!(
+        ls.trim(),
+        "65534 65534 660",
+        "host root:dialout is unmapped"
+    );
+    let w = ct.exec_as("svc", "echo denied > /dev/ttyUSB0");
+    assert!(!w.success(), "{w}");
+    assert!(w.stderr.contains("Permission denied"), "{w}");
+    assert!(pty
+        .read_until(b"denied", Duration::from_millis(300))
+        .is_empty());
+}
+
+#[test]
+fn positive_control_hand_written_map_lets_group_20_write_the_pty() {
+    let bed = Bed::new();
+    bed.add_subgid("root:20:1");
+    let pty = bed.pty_serial();
+    let mut ct = bed
+        .container(990_109)
+        .service_user()
+        .conf("lxc.idmap: u 0 100000 65536")
+        .conf("lxc.idmap: g 0 100000 20")
+        .conf("lxc.idmap: g 20 20 1")
+        .conf("lxc.idmap: g 21 100021 65515")
+        .conf(&format!(
+            "lxc.mount.entry: {} dev/ttyUSB0 none bind,optional,create=file",
+            pty.by_id.display()
+        ))
+        .create();
+    ct.start().expect_started();
+    let w = ct.exec_as("svc", "printf 'hello from ct\\n' > /dev/ttyUSB0");
+    assert!(w.success(), "{w}");
+    let got = pty.read_until(b"hello from ct\n", Duration::from_secs(5));
+    assert_eq!(got, b"hello from ct\n");
+    // And back: the host writes, the container reads.
+    pty.write(b"ping\n");
+    let r = ct.exec_as("svc", "head -c 5 /dev/ttyUSB0");
+    assert_eq!(r.ok(), "ping\n");
+}
+
+#[test]
+fn subid_edits_do_not_outlive_the_bed() {
+    {
+        let bed = Bed::new();
+        assert!(bed.subuid().lines().any(|l| l == "root:100000:65536"));
+        bed.add_subgid("root:20:1");
+        bed.set_subuid("garbage-from-e2e\n");
+    }
+    let bed = Bed::new();
+    assert!(
+        !bed.subuid().contains("garbage-from-e2e"),
+        "{}",
+        bed.subuid()
+    );
+    assert_eq!(
+        bed.subuid()
+            .lines()
+            .filter(|l| *l == "root:100000:65536")
+            .count(),
+        1,
+        "{}",
+        bed.subuid()
+    );
+}
