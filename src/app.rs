@@ -58,7 +58,8 @@ pub fn run(cmd: Command, paths: &Paths) -> u8 {
             };
             phase::run(&mut ctx, phase)
         }
-        Command::Plan { .. } | Command::Status { .. } | Command::Doctor { .. } => {
+        Command::Doctor { vmid } => crate::cmd::doctor::run(paths, vmid),
+        Command::Plan { .. } | Command::Status { .. } => {
             eprintln!("pct-passthrough: this command is not available in this version yet");
             2
         }

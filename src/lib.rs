@@ -9,6 +9,7 @@
 
 pub mod app;
 pub mod cli;
+pub mod cmd;
 pub mod model;
 pub mod paths;
 pub mod phase;

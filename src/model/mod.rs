@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 pub mod diff;
+pub mod doctor;
 pub mod event;
 pub mod policy;
 pub mod prestart;

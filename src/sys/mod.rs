@@ -1,6 +1,7 @@
 //! The syscall layer: files, locks, logging, processes and namespaces.
 //! Everything that touches the host or a container goes through here.
 
+pub mod devnode;
 pub mod fs;
 pub mod hook;
 pub mod lock;

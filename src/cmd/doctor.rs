@@ -1,0 +1,281 @@
+//! `pct-passthrough doctor [<vmid>]`: gathers host and container facts
+//! (reads only), asks `model::doctor` for verdicts, prints one line per
+//! check with its fix. Exit 1 if any check fails.
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+use crate::model::doctor::{self, Check, DeviceFacts, HookFile};
+use crate::model::policy::Policy;
+use crate::model::pveconf::PveConfig;
+use crate::model::state::State;
+use crate::model::storage;
+use crate::model::text::Limits;
+use crate::paths::{Paths, Vmid};
+use crate::sys::devnode;
+use crate::sys::fs::read_text;
+
+/// Runs every check and prints the report; returns the exit code.
+pub fn run(paths: &Paths, vmid: Option<Vmid>) -> u8 {
+    let mut checks = host_checks(paths);
+    let vmids = match vmid {
+        Some(v) => vec![v],
+        None => containers_using_us(paths),
+    };
+    for v in vmids {
+        checks.extend(container_checks(paths, v));
+    }
+    let (out, code) = doctor::render(&checks);
+    print!("{out}");
+    code
+}
+
+/// Reads a host file for a check: an unreadable file becomes a fail line.
+fn read(paths: &Paths, abs: &str, limits: Limits, subject: &str) -> Result<Option<String>, Check> {
+    read_text(&paths.host(abs), limits).map_err(|e| {
+        Check::fail(
+            subject,
+            format!("{e:#}"),
+            format!("make {abs} a readable text file"),
+        )
+    })
+}
+
+fn executable(paths: &Paths, abs: &str) -> bool {
+    fs::metadata(paths.host(abs)).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// Numbers of lines that are neither blank, a comment, nor `owner:start:count`.
+fn unparsed_subid_lines(text: &str) -> Vec<usize> {
+    text.split('\n')
+        .enumerate()
+        .filter(|(_, l)| {
+            let l = l.trim();
+            if l.is_empty() || l.starts_with('#') {
+                return false;
+            }
+            let f: Vec<&str> = l.split(':').collect();
+            let num =
+                |s: &str| !s.is_empty() && s.len() <= 10 && s.bytes().all(|b| b.is_ascii_digit());
+            !(f.len() == 3 && !f[0].is_empty() && num(f[1]) && num(f[2]))
+        })
+        .map(|(i, _)| i + 1)
+        .collect()
+}
+
+fn host_checks(paths: &Paths) -> Vec<Check> {
+    let mut out = vec![doctor::shadow_tools(
+        executable(paths, "/usr/bin/newuidmap"),
+        executable(paths, "/usr/bin/newgidmap"),
+    )];
+    for abs in ["/etc/subuid", "/etc/subgid"] {
+        match read(paths, abs, Limits::HOST_FILE, "host") {
+            Ok(text) => {
+                let unparsed = text
+                    .as_deref()
+                    .map(unparsed_subid_lines)
+                    .unwrap_or_default();
+                out.extend(doctor::subid_shape(abs, text.as_deref(), &unparsed));
+            }
+            Err(c) => out.push(c),
+        }
+    }
+    match read(paths, "/etc/nsswitch.conf", Limits::HOST_FILE, "host") {
+        Ok(text) => {
+            let has = text.as_deref().is_some_and(|t| {
+                t.lines().any(|l| {
+                    l.trim_start()
+                        .strip_prefix("subid")
+                        .is_some_and(|r| r.trim_start().starts_with(':'))
+                })
+            });
+            out.push(doctor::nsswitch(has));
+        }
+        Err(c) => out.push(c),
+    }
+    out
+}
+
+/// Containers on this node whose hookscript is pct-passthrough or that have
+/// a policy.
+fn containers_using_us(paths: &Paths) -> Vec<Vmid> {
+    let Ok(entries) = fs::read_dir(paths.host("/etc/pve/lxc")) else {
+        return Vec::new();
+    };
+    let mut out: Vec<Vmid> = entries
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name();
+            let vmid = Vmid::parse(name.to_str()?.strip_suffix(".conf")?)?;
+            let ours = read_text(&paths.pve_conf(vmid), Limits::PVE_CONFIG)
+                .ok()
+                .flatten()
+                .is_some_and(|t| {
+                    PveConfig::parse(&t)
+                        .hookscript()
+                        .is_some_and(|h| h.rsplit('/').next() == Some("pct-passthrough"))
+                });
+            (ours || paths.policy(vmid).exists()).then_some(vmid)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn hook_file(paths: &Paths, volume: &str) -> HookFile {
+    let defs = read_text(&paths.storage_cfg(), Limits::HOST_FILE)
+        .ok()
+        .flatten()
+        .map(|t| storage::parse(&t))
+        .unwrap_or_default();
+    let abs = match storage::snippet_path(volume, &defs) {
+        Ok(p) => p,
+        Err(e) => return HookFile::Unresolvable(e),
+    };
+    let host = paths.host(&abs);
+    match fs::metadata(&host) {
+        Err(_) => HookFile::Missing(abs),
+        Ok(m) if !m.is_file() || m.permissions().mode() & 0o111 == 0 => {
+            HookFile::NotExecutable(abs)
+        }
+        Ok(_) => {
+            let same = match (fs::read(&host), fs::read("/proc/self/exe")) {
+                (Ok(a), Ok(b)) => a == b,
+                _ => false,
+            };
+            HookFile::Present {
+                path: abs,
+                same_as_this: same,
+            }
+        }
+    }
+}
+
+fn container_checks(paths: &Paths, vmid: Vmid) -> Vec<Check> {
+    let id = vmid.to_string();
+    let conf_abs = format!("/etc/pve/lxc/{vmid}.conf");
+    let conf = match read(paths, &conf_abs, Limits::PVE_CONFIG, &id) {
+        Ok(Some(t)) => PveConfig::parse(&t),
+        Ok(None) => {
+            return vec![Check::fail(
+                &id,
+                format!("{conf_abs} does not exist on this node"),
+                "run doctor on the node the container is on (pct list)",
+            )]
+        }
+        Err(c) => return vec![c],
+    };
+    let mut out = Vec::new();
+    let policy_abs = format!("/etc/pve/pct-passthrough/{vmid}.toml");
+    let policy = match read(paths, &policy_abs, Limits::HOST_FILE, &id) {
+        Ok(Some(t)) => match Policy::parse(&policy_abs, &t) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                out.push(Check::fail(
+                    &id,
+                    e,
+                    format!("fix {policy_abs}; pre-start refuses to start with it"),
+                ));
+                None
+            }
+        },
+        Ok(None) => None,
+        Err(c) => {
+            out.push(c);
+            None
+        }
+    };
+    let state = read(
+        paths,
+        &format!("/var/lib/pct-passthrough/{vmid}.json"),
+        Limits::HOST_FILE,
+        &id,
+    )
+    .ok()
+    .flatten()
+    .and_then(|t| State::parse(&t).ok());
+
+    let volume = conf.hookscript();
+    let file = volume.map(|v| hook_file(paths, v));
+    out.push(doctor::hookscript(
+        &id,
+        volume,
+        file.as_ref(),
+        crate::app::VERSION,
+    ));
+
+    for d in device_facts(paths, &conf, policy.as_ref()) {
+        out.push(doctor::device(&id, &d));
+    }
+    for dev in conf.dev_entries() {
+        if !dev.path.starts_with("/dev/dri/render") {
+            continue;
+        }
+        let Ok(Some((_, meta))) = devnode::resolve(paths, &dev.path) else {
+            continue;
+        };
+        let gid = dev
+            .gid
+            .as_deref()
+            .and_then(|g| g.parse().ok())
+            .unwrap_or(meta.gid());
+        out.extend(doctor::render_group(&id, &dev.path, gid, state.as_ref()));
+    }
+    out.push(doctor::runtime_user(&id, state.as_ref()));
+    out
+}
+
+/// Devices from `devN`, device binds in `lxc.mount.entry`, and the policy.
+fn device_facts(paths: &Paths, conf: &PveConfig, policy: Option<&Policy>) -> Vec<DeviceFacts> {
+    let mut wanted: Vec<(String, String, bool)> = Vec::new();
+    for d in conf.dev_entries() {
+        wanted.push((format!("dev{}", d.index), d.path.clone(), true));
+    }
+    for m in conf.mount_entries() {
+        if m.source.starts_with("/dev/") {
+            let optional = m.options.iter().any(|o| o == "optional");
+            wanted.push(("lxc.mount.entry".into(), m.source.clone(), !optional));
+        }
+    }
+    for d in policy.map(|p| p.devices.as_slice()).unwrap_or_default() {
+        let path = d.path.get_ref().clone();
+        if !wanted.iter().any(|(_, p, _)| *p == path) {
+            wanted.push(("policy device".into(), path, d.required));
+        }
+    }
+    wanted
+        .into_iter()
+        .map(|(source, path, required)| {
+            let resolved = devnode::resolve(paths, &path).ok().flatten();
+            let (node, by_id, usb) = match &resolved {
+                Some((node, meta)) => (
+                    Some(node.clone()),
+                    devnode::by_id_links(paths, meta).into_iter().next(),
+                    devnode::usb_attrs(node),
+                ),
+                None => (None, None, None),
+            };
+            DeviceFacts {
+                source,
+                path,
+                node,
+                required,
+                by_id,
+                usb,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subid_junk_lines() {
+        assert_eq!(
+            unparsed_subid_lines("root:100000:65536\n# c\n\nroot:x:1\nfoo\nroot:1:2:3\n"),
+            [4, 5, 6]
+        );
+    }
+}

@@ -1,0 +1,153 @@
+//! Device nodes named in a config, looked up under the root: symlinks (udev's
+//! relative by-id links and absolute ones) resolve as if the root were `/`.
+//! Also the by-id links of a node and a serial adapter's USB attributes from
+//! sysfs (never prefixed).
+
+use std::fs::{self, Metadata};
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Component, Path, PathBuf};
+
+use crate::model::doctor::UsbAttrs;
+use crate::paths::Paths;
+
+/// Symlink hops followed before giving up, as the kernel's ELOOP limit.
+const MAX_HOPS: usize = 40;
+
+/// A resolved node: its path as seen from the root (`/dev/ttyUSB0`) and
+/// its metadata. `Ok(None)` when it, or a link on the way, is missing.
+pub fn resolve(paths: &Paths, abs: &str) -> io::Result<Option<(String, Metadata)>> {
+    let mut todo: Vec<PathBuf> = vec![PathBuf::from(abs)];
+    let mut done = PathBuf::from("/");
+    let mut hops = 0;
+    while let Some(next) = todo.pop() {
+        // Walk `next` component by component, re-rooting absolute links.
+        let mut comps: Vec<Component> = next.components().collect();
+        comps.reverse();
+        while let Some(c) = comps.pop() {
+            match c {
+                Component::RootDir => done = PathBuf::from("/"),
+                Component::CurDir | Component::Prefix(_) => {}
+                Component::ParentDir => {
+                    done.pop();
+                }
+                Component::Normal(name) => {
+                    let candidate = done.join(name);
+                    let host = paths.host(&candidate);
+                    let meta = match fs::symlink_metadata(&host) {
+                        Ok(m) => m,
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                        Err(e) => return Err(e),
+                    };
+                    if meta.file_type().is_symlink() {
+                        hops += 1;
+                        if hops > MAX_HOPS {
+                            return Err(io::Error::other(format!(
+                                "{abs}: too many levels of symbolic links"
+                            )));
+                        }
+                        let target = fs::read_link(&host)?;
+                        // The rest of this path comes after the link's target.
+                        let rest: PathBuf = comps.iter().rev().collect();
+                        let joined = if target.is_absolute() {
+                            target.join(rest)
+                        } else {
+                            done.join(target).join(rest)
+                        };
+                        // `joined` is absolute: it restarts the walk.
+                        todo.push(joined);
+                        comps.clear();
+                    } else {
+                        done = candidate;
+                    }
+                }
+            }
+        }
+    }
+    let meta = fs::metadata(paths.host(&done))?;
+    Ok(Some((done.display().to_string(), meta)))
+}
+
+/// `/dev/serial/by-id/*` links that resolve to the same node as `node`.
+pub fn by_id_links(paths: &Paths, node: &Metadata) -> Vec<String> {
+    let dir = paths.host("/dev/serial/by-id");
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = entries
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = format!("/dev/serial/by-id/{}", e.file_name().to_string_lossy());
+            let (_, m) = resolve(paths, &name).ok()??;
+            (m.dev() == node.dev() && m.ino() == node.ino() || same_rdev(&m, node)).then_some(name)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn same_rdev(a: &Metadata, b: &Metadata) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    a.file_type().is_char_device() && b.file_type().is_char_device() && a.rdev() == b.rdev()
+}
+
+/// `idVendor`, `idProduct` and `serial` of the USB device behind a tty, from
+/// `/sys/class/tty/<name>/device` and its parents.
+pub fn usb_attrs(node: &str) -> Option<UsbAttrs> {
+    let name = Path::new(node).file_name()?.to_str()?;
+    let mut dir = fs::canonicalize(format!("/sys/class/tty/{name}/device")).ok()?;
+    for _ in 0..8 {
+        let read = |f: &str| {
+            fs::read_to_string(dir.join(f))
+                .ok()
+                .map(|s| s.trim().to_string())
+        };
+        if let (Some(vendor), Some(product)) = (read("idVendor"), read("idProduct")) {
+            return Some(UsbAttrs {
+                vendor,
+                product,
+                serial: read("serial"),
+            });
+        }
+        if !dir.pop() {
+            break;
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    #[test]
+    fn resolves_relative_and_absolute_links_inside_the_root() {
+        let d = tempfile::tempdir().unwrap();
+        let p = Paths::with_root(d.path());
+        fs::create_dir_all(d.path().join("dev/serial/by-id")).unwrap();
+        fs::write(d.path().join("dev/ttyUSB0"), "").unwrap();
+        symlink("../../ttyUSB0", d.path().join("dev/serial/by-id/usb-a")).unwrap();
+        symlink("/dev/ttyUSB0", d.path().join("dev/serial/by-id/usb-b")).unwrap();
+        symlink("/dev/serial/by-id/usb-a", d.path().join("dev/zigbee")).unwrap();
+        for name in [
+            "/dev/serial/by-id/usb-a",
+            "/dev/serial/by-id/usb-b",
+            "/dev/zigbee",
+            "/dev/ttyUSB0",
+        ] {
+            let (node, _) = resolve(&p, name)
+                .unwrap()
+                .unwrap_or_else(|| panic!("{name}"));
+            assert_eq!(node, "/dev/ttyUSB0", "{name}");
+        }
+        assert!(resolve(&p, "/dev/ttyUSB9").unwrap().is_none());
+        symlink("loop", d.path().join("dev/loop")).unwrap();
+        assert!(resolve(&p, "/dev/loop").is_err());
+        let (_, m) = resolve(&p, "/dev/ttyUSB0").unwrap().unwrap();
+        assert_eq!(
+            by_id_links(&p, &m),
+            ["/dev/serial/by-id/usb-a", "/dev/serial/by-id/usb-b"]
+        );
+    }
+}
