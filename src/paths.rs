@@ -125,6 +125,11 @@ impl Paths {
         self.lock_dir().join(format!("{vmid}.lock"))
     }
 
+    /// Held by post-start's detached worker: one worker per container.
+    pub fn worker_lock(&self, vmid: Vmid) -> PathBuf {
+        self.lock_dir().join(format!("{vmid}.worker.lock"))
+    }
+
     /// The tool's host-wide lock around subordinate-ID edits.
     pub fn subid_lock(&self) -> PathBuf {
         self.lock_dir().join("subid.lock")

@@ -1,12 +1,16 @@
 //! The pure model: file formats and decisions, no syscalls.
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod diff;
 pub mod doctor;
 pub mod event;
+pub mod group;
+pub mod passwd;
 pub mod policy;
 pub mod prestart;
 pub mod pveconf;
+pub mod runtime;
 pub mod state;
 pub mod storage;
 pub mod text;

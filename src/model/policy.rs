@@ -47,6 +47,10 @@ pub struct Policy {
     /// Upper bound for post-start's detached worker, in seconds.
     #[serde(default)]
     pub detect_timeout: Option<u32>,
+    /// The container UID of the service user, when detection should not guess
+    /// among several non-root processes.
+    #[serde(default)]
+    pub runtime_uid: Option<u32>,
 }
 
 fn yes() -> bool {
@@ -61,6 +65,7 @@ impl Default for Policy {
             devices: Vec::new(),
             chain: None,
             detect_timeout: None,
+            runtime_uid: None,
         }
     }
 }

@@ -32,6 +32,31 @@ pub struct State {
     /// The last phase that ran and how it ended.
     #[serde(default)]
     pub last_run: Option<LastRun>,
+    /// Host device-group GIDs that carry another name inside the container
+    /// (host render 104 is `_ssh` inside, for example).
+    #[serde(default)]
+    pub group_collisions: Vec<GroupCollision>,
+    /// Devices the service cannot reach through group membership: the next
+    /// pre-start gives them the service's uid/gid through `devN`.
+    #[serde(default)]
+    pub dev_fallback: Vec<DevFallback>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupCollision {
+    pub gid: u32,
+    pub host_name: String,
+    pub container_name: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DevFallback {
+    /// The device path as the container config names it (host side).
+    pub path: String,
+    /// Container IDs of the service.
+    pub uid: u32,
+    pub gid: u32,
+    pub reason: String,
 }
 
 /// What the tool owns in the container config.

@@ -6,3 +6,6 @@ pub mod fs;
 pub mod hook;
 pub mod lock;
 pub mod log;
+pub mod ns;
+pub mod proc;
+pub mod worker;

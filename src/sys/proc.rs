@@ -1,0 +1,314 @@
+//! Host-side process facts: finding a container's init (cgroup, then LXC's
+//! command socket through `lxc-info`), pinning it with a pidfd, and listing
+//! the processes of its PID namespace. Reads `/proc` only; parsing is in
+//! `model::runtime`.
+
+use std::fs::{self, File};
+use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use crate::model::runtime::{parse_status, IdMap, ProcStatus};
+use crate::paths::Vmid;
+
+/// Reads at most 64 KiB of a `/proc` file.
+fn read_small(path: &Path) -> Option<String> {
+    let mut s = String::new();
+    File::open(path)
+        .ok()?
+        .take(64 << 10)
+        .read_to_string(&mut s)
+        .ok()?;
+    Some(s)
+}
+
+pub fn read_status(pid: u32) -> Option<ProcStatus> {
+    parse_status(&read_small(Path::new(&format!("/proc/{pid}/status")))?)
+}
+
+/// Start time in clock ticks (field 22 of `/proc/<pid>/stat`).
+pub fn read_start(pid: u32) -> Option<u64> {
+    let s = read_small(Path::new(&format!("/proc/{pid}/stat")))?;
+    // comm may hold spaces and parentheses: fields follow the last ')'.
+    let rest = &s[s.rfind(')')? + 1..];
+    rest.split_ascii_whitespace().nth(19)?.parse().ok()
+}
+
+/// `/proc/<pid>/ns/<kind>` as a string like `pid:[4026531836]`.
+pub fn ns_id(pid: &str, kind: &str) -> Option<String> {
+    fs::read_link(format!("/proc/{pid}/ns/{kind}"))
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned())
+}
+
+pub fn read_id_maps(pid: u32) -> Result<(IdMap, IdMap)> {
+    let one = |kind: &str| -> Result<IdMap> {
+        let p = format!("/proc/{pid}/{kind}");
+        let t = read_small(Path::new(&p)).ok_or_else(|| anyhow!("{p}: cannot read"))?;
+        IdMap::parse(&t).ok_or_else(|| anyhow!("{p}: cannot parse {t:?}"))
+    };
+    Ok((one("uid_map")?, one("gid_map")?))
+}
+
+/// `pidfd_open(2)`.
+pub fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
+    let pid =
+        libc::pid_t::try_from(pid).map_err(|_| std::io::Error::from_raw_os_error(libc::ESRCH))?;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let fd = i32::try_from(fd).map_err(|_| std::io::Error::from_raw_os_error(libc::EBADF))?;
+    // SAFETY: the kernel just returned this fd to us; nobody else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// True while the process behind `pidfd` has not exited.
+pub fn pidfd_alive(pidfd: &OwnedFd) -> bool {
+    // SAFETY: signal 0 only checks; a null siginfo and zero flags are valid.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            0,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    r == 0
+}
+
+/// The container's init, pinned.
+#[derive(Debug)]
+pub struct Pinned {
+    pub pid: u32,
+    pub pidfd: OwnedFd,
+    /// The container has its own user namespace (unprivileged).
+    pub own_userns: bool,
+    /// `pid:[…]` of the container's PID namespace.
+    pub pidns: String,
+    /// How it was found, for the log.
+    pub found_by: &'static str,
+}
+
+/// The unified cgroup hierarchy's mount point.
+fn unified_root() -> Option<PathBuf> {
+    ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.join("cgroup.procs").exists())
+}
+
+/// cgroup directory names LXC and PVE use for a container's payload.
+fn cgroup_names(vmid: Vmid) -> [String; 3] {
+    [
+        format!("lxc/{vmid}"),
+        format!("lxc.payload.{vmid}"),
+        format!("lxc.payload/{vmid}"),
+    ]
+}
+
+/// Does `cgroup_path` (as in `/proc/<pid>/cgroup`) belong to `vmid`?
+pub fn cgroup_is_container(cgroup_path: &str, vmid: Vmid) -> bool {
+    cgroup_names(vmid).iter().any(|n| {
+        let n = format!("/{n}");
+        cgroup_path == n || cgroup_path.starts_with(&format!("{n}/"))
+    })
+}
+
+fn unified_cgroup_of(pid: u32) -> Option<String> {
+    read_small(Path::new(&format!("/proc/{pid}/cgroup")))?
+        .lines()
+        .find_map(|l| l.strip_prefix("0::").map(str::to_string))
+}
+
+/// True for the init of a child PID namespace.
+fn is_ns_init(st: &ProcStatus) -> bool {
+    st.nspid.len() >= 2 && st.nspid.last() == Some(&1)
+}
+
+/// Searches the container's cgroup subtree for the init of its PID namespace.
+fn init_from_cgroup(vmid: Vmid) -> Option<u32> {
+    let root = unified_root()?;
+    for name in cgroup_names(vmid) {
+        let dir = root.join(&name);
+        if !dir.is_dir() {
+            continue;
+        }
+        let mut stack = vec![(dir, 0u32)];
+        let mut visited = 0;
+        while let Some((d, depth)) = stack.pop() {
+            visited += 1;
+            if visited > 4096 {
+                break;
+            }
+            if let Some(procs) = read_small(&d.join("cgroup.procs")) {
+                for pid in procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()) {
+                    if read_status(pid).is_some_and(|s| is_ns_init(&s)) {
+                        return Some(pid);
+                    }
+                }
+            }
+            if depth < 8 {
+                if let Ok(rd) = fs::read_dir(&d) {
+                    stack.extend(
+                        rd.flatten()
+                            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                            .map(|e| (e.path(), depth + 1)),
+                    );
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Asks LXC's command socket through `lxc-info -n <vmid> -p -H`, bounded.
+fn init_from_lxc_info(vmid: Vmid, bound: Duration) -> Result<u32> {
+    let mut child = Command::new("lxc-info")
+        .args(["-n", &vmid.to_string(), "-p", "-H"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("cannot run lxc-info")?;
+    let start = Instant::now();
+    loop {
+        if child.try_wait()?.is_some() {
+            break;
+        }
+        if start.elapsed() > bound {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("lxc-info -n {vmid} -p did not answer within {bound:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut out = String::new();
+    if let Some(o) = child.stdout.take() {
+        o.take(4096).read_to_string(&mut out)?;
+    }
+    out.trim().parse().map_err(|_| {
+        anyhow!(
+            "lxc-info -n {vmid} -p printed {:?}, not a PID; is the container running?",
+            out.trim()
+        )
+    })
+}
+
+/// Finds the container's init and pins it with a pidfd. Refuses a PID that
+/// is not the init of a child PID namespace in the container's cgroup.
+pub fn find_and_pin(vmid: Vmid) -> Result<Pinned> {
+    let (pid, found_by) = match init_from_cgroup(vmid) {
+        Some(p) => (p, "cgroup"),
+        None => (
+            init_from_lxc_info(vmid, Duration::from_secs(3))?,
+            "lxc-info",
+        ),
+    };
+    pin(pid, vmid, found_by)
+}
+
+/// Pins `pid` and checks it is `vmid`'s init. The checks run after the
+/// pidfd is open and the pidfd is still alive after them, so they were about
+/// the pinned process and not a recycled PID.
+pub fn pin(pid: u32, vmid: Vmid, found_by: &'static str) -> Result<Pinned> {
+    let pidfd = pidfd_open(pid).with_context(|| format!("pid {pid}: cannot open a pidfd"))?;
+    let st = read_status(pid).ok_or_else(|| anyhow!("pid {pid}: gone"))?;
+    if !is_ns_init(&st) {
+        bail!(
+            "pid {pid} ({}) is not the init of a container PID namespace (NSpid {:?}); refusing it",
+            st.name,
+            st.nspid
+        );
+    }
+    let cg = unified_cgroup_of(pid).unwrap_or_default();
+    if !cgroup_is_container(&cg, vmid) {
+        bail!("pid {pid} is in cgroup {cg:?}, not container {vmid}'s; refusing it");
+    }
+    let pidns =
+        ns_id(&pid.to_string(), "pid").ok_or_else(|| anyhow!("pid {pid}: no pid namespace"))?;
+    if Some(&pidns) == ns_id("self", "pid").as_ref() {
+        bail!("pid {pid} shares our PID namespace; refusing it");
+    }
+    let own_userns = ns_id(&pid.to_string(), "user") != ns_id("self", "user");
+    if !pidfd_alive(&pidfd) {
+        bail!("pid {pid} exited while it was being checked");
+    }
+    Ok(Pinned {
+        pid,
+        pidfd,
+        own_userns,
+        pidns,
+        found_by,
+    })
+}
+
+/// A process of the container, read from the host.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub pid: u32,
+    pub status: ProcStatus,
+    pub start: u64,
+}
+
+/// Every process in the PID namespace `pidns` (the container's), at most
+/// `max` of them.
+pub fn scan_pidns(pidns: &str, max: usize) -> Vec<Seen> {
+    let Ok(rd) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Ok(pid) = name.parse::<u32>() else {
+            continue;
+        };
+        if ns_id(name, "pid").as_deref() != Some(pidns) {
+            continue;
+        }
+        let (Some(status), Some(start)) = (read_status(pid), read_start(pid)) else {
+            continue;
+        };
+        out.push(Seen { pid, status, start });
+        if out.len() >= max {
+            break;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cgroup_paths_belong_exactly() {
+        let v = Vmid::new(105).unwrap();
+        assert!(cgroup_is_container("/lxc/105/ns", v));
+        assert!(cgroup_is_container("/lxc/105", v));
+        assert!(cgroup_is_container("/lxc.payload.105/init.scope", v));
+        assert!(!cgroup_is_container("/lxc/1050/ns", v));
+        assert!(!cgroup_is_container("/lxc.payload.1051", v));
+        assert!(!cgroup_is_container("/", v));
+    }
+
+    #[test]
+    fn own_process_is_readable_and_refused_as_init() {
+        let me = std::process::id();
+        assert!(read_status(me).is_some());
+        assert!(read_start(me).is_some());
+        let fd = pidfd_open(me).unwrap();
+        assert!(pidfd_alive(&fd));
+        let e = pin(me, Vmid::new(105).unwrap(), "test")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not the init"), "{e}");
+    }
+}
