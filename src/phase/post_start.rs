@@ -15,6 +15,7 @@ use super::Ctx;
 use crate::model::access::{self, Creds, NodeStat, OVERFLOW_ID};
 use crate::model::group::{self, GroupOutcome, GroupWant};
 use crate::model::passwd;
+use crate::model::prestart;
 use crate::model::pveconf::PveConfig;
 use crate::model::runtime::{self, Choice, IdMap, ProcEntry, Stability};
 use crate::model::state::{
@@ -97,7 +98,13 @@ struct Job {
 
 pub fn run(ctx: &mut Ctx) -> Result<()> {
     let (_, conf) = read_conf(ctx)?;
-    let policy = read_policy(ctx)?.unwrap_or_default();
+    let policy = read_policy(ctx)?;
+    let state_exists = ctx.paths.state(ctx.vmid).exists();
+    if policy.is_none() && !state_exists && !prestart::config_has_work(&conf) {
+        // Same gate as pre-start: nothing the tool acts on, so nothing to learn.
+        return Ok(());
+    }
+    let policy = policy.unwrap_or_default();
     if !policy.enabled {
         ctx.log.info(
             "disabled",
@@ -111,8 +118,17 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
         .map(|d| (d.path.get_ref().clone(), d.container_path.clone()))
         .collect();
     let devices = devices_of(&conf, &pdev);
-    let pinned = proc::find_and_pin(ctx.vmid)
-        .with_context(|| format!("cannot find container {}'s init", ctx.vmid))?;
+    let pinned = match proc::find_and_pin(ctx.vmid) {
+        Ok(p) => p,
+        Err(e) => {
+            // Not fatal for the start: the container may have exited already.
+            ctx.log.warn(
+                "no-init",
+                format!("cannot pin container {}'s init: {e:#}; runtime-user detection skipped for this start", ctx.vmid),
+            );
+            return Ok(());
+        }
+    };
     let bound = Duration::from_secs(u64::from(
         policy.detect_timeout.unwrap_or(DEFAULT_BOUND_SECS),
     ));
