@@ -163,6 +163,12 @@ fn render_collision(h: &Host) {
         r#"{"version": 1, "vmid": 105, "container_groups": {"_ssh": 104, "render": 107}}"#,
     );
 }
+fn recorded_collision(h: &Host) {
+    h.write(
+        "var/lib/pct-passthrough/105.json",
+        r#"{"version": 1, "vmid": 105, "container_groups": {"render": 107}, "group_collisions": [{"gid": 104, "host_name": "render", "container_name": "_ssh"}]}"#,
+    );
+}
 fn dropped_groups(h: &Host) {
     h.write(
         "var/lib/pct-passthrough/105.json",
@@ -215,6 +221,11 @@ fn no_container(h: &Host) {
 #[case::device_kernel_name(device_kernel_name, "warn  105: dev0 /dev/ttyUSB0: the kernel name can change", &format!("fix: name it by its stable link: {BY_ID}"))]
 #[case::device_kernel_name_no_link(device_kernel_name_no_link, "warn  105: dev0 /dev/ttyUSB0: the kernel name can change", "add a udev rule to /etc/udev/rules.d/99-serial-stable.rules: SUBSYSTEM==\"tty\", ATTRS{idVendor}==")]
 #[case::render_collision(render_collision, "warn  105: /dev/dri/renderD128 has GID 104 inside the container, which is the group '_ssh' there, not render", "fix: give the node the container's render GID: set gid=107 on its devN entry")]
+#[case::recorded_collision(
+    recorded_collision,
+    "warn  105: host group render (GID 104) is the group '_ssh' inside the container",
+    "fix: give the device the container's own render GID: set gid=107"
+)]
 #[case::dropped_groups(
     dropped_groups,
     "warn  105: service user node (uid 1000) runs without supplementary groups",

@@ -221,6 +221,7 @@ fn container_checks(paths: &Paths, vmid: Vmid) -> Vec<Check> {
             .unwrap_or(meta.gid());
         out.extend(doctor::render_group(&id, &dev.path, gid, state.as_ref()));
     }
+    out.extend(doctor::group_collisions(&id, state.as_ref()));
     out.push(doctor::runtime_user(&id, state.as_ref()));
     out
 }

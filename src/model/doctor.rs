@@ -369,6 +369,37 @@ pub fn render_group(vmid: &str, path: &str, node_gid: u32, state: Option<&State>
     }
 }
 
+/// Host device groups whose GID is another group inside the container, as
+/// post-start recorded them (host render 104 is `_ssh` inside, for example).
+pub fn group_collisions(vmid: &str, state: Option<&State>) -> Vec<Check> {
+    let Some(s) = state else {
+        return Vec::new();
+    };
+    s.group_collisions
+        .iter()
+        .map(|c| {
+            let fix = match s.container_groups.get(&c.host_name) {
+                Some(g) => format!(
+                    "give the device the container's own {} GID: set gid={g} on its devN entry",
+                    c.host_name
+                ),
+                None => format!(
+                    "create a {} group inside the container with a free GID, then set that gid= on the devN entry",
+                    c.host_name
+                ),
+            };
+            Check::warn(
+                vmid,
+                format!(
+                    "host group {} (GID {}) is the group '{}' inside the container, so a bind or 1:1 map of the node gives it to '{}'",
+                    c.host_name, c.gid, c.container_name, c.container_name
+                ),
+                fix,
+            )
+        })
+        .collect()
+}
+
 /// The service user detected after start, and whether it kept its groups.
 pub fn runtime_user(vmid: &str, state: Option<&State>) -> Check {
     let Some(u) = state.and_then(|s| s.runtime_user.as_ref()) else {
@@ -473,6 +504,28 @@ mod tests {
         );
         let c = render_group("120", "/dev/dri/renderD128", 107, Some(&s)).unwrap();
         assert_eq!(c.verdict, Verdict::Ok);
+    }
+
+    #[test]
+    fn recorded_collisions() {
+        let mut s = State::new(120);
+        assert!(group_collisions("120", Some(&s)).is_empty());
+        s.group_collisions
+            .push(crate::model::state::GroupCollision {
+                gid: 104,
+                host_name: "render".into(),
+                container_name: "_ssh".into(),
+            });
+        s.container_groups.insert("render".into(), 107);
+        let c = &group_collisions("120", Some(&s))[0];
+        assert_eq!(c.verdict, Verdict::Warn);
+        assert!(c
+            .message
+            .starts_with("host group render (GID 104) is the group '_ssh' inside"));
+        assert_eq!(
+            c.fix.as_deref(),
+            Some("give the device the container's own render GID: set gid=107 on its devN entry")
+        );
     }
 
     #[test]
