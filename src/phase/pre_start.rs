@@ -1,15 +1,20 @@
-//! pre-start: read the container config, policy and state; decide what the
-//! container needs (pure, in `model::prestart`); apply it.
+//! pre-start: read the container config, policy, state and host files;
+//! decide what the container needs (pure, in `model::prestart`); apply it:
+//! subordinate IDs under shadow's locks, then state, config, the generated
+//! LXC config for this start, and the final state.
+
+use std::path::PathBuf;
 
 use anyhow::{anyhow, bail, Context, Result};
 
 use super::Ctx;
 use crate::model::policy::Policy;
-use crate::model::prestart::{self, Facts};
+use crate::model::prestart::{self, Decision, Facts, HostFile, Target};
 use crate::model::pveconf::PveConfig;
 use crate::model::state::State;
 use crate::model::text::Limits;
 use crate::sys::fs::{read_text, replace_file};
+use crate::sys::shadow::{ensure_coverage, SHADOW_LOCK_TIMEOUT};
 
 /// Reads the container config; a missing config is an error.
 pub fn read_conf(ctx: &Ctx) -> Result<(String, PveConfig)> {
@@ -25,15 +30,19 @@ pub fn read_conf(ctx: &Ctx) -> Result<(String, PveConfig)> {
     Ok((text, conf))
 }
 
-/// Reads the optional policy, strictly.
-pub fn read_policy(ctx: &Ctx) -> Result<Option<Policy>> {
+/// Reads the optional policy, strictly, with its text (for line numbers).
+pub fn read_policy_with_text(ctx: &Ctx) -> Result<Option<(String, Policy)>> {
     let path = ctx.paths.policy(ctx.vmid);
     let Some(text) = read_text(&path, Limits::HOST_FILE)? else {
         return Ok(None);
     };
-    Policy::parse(&path.display().to_string(), &text)
-        .map(Some)
-        .map_err(|e| anyhow!(e))
+    let policy = Policy::parse(&path.display().to_string(), &text).map_err(|e| anyhow!(e))?;
+    Ok(Some((text, policy)))
+}
+
+/// Reads the optional policy, strictly.
+pub fn read_policy(ctx: &Ctx) -> Result<Option<Policy>> {
+    Ok(read_policy_with_text(ctx)?.map(|(_, p)| p))
 }
 
 /// Reads the state; a corrupt or unknown-version file is reported and
@@ -58,10 +67,55 @@ pub fn read_state(ctx: &mut Ctx) -> Option<State> {
     }
 }
 
+/// Reads a host file the plan depends on; unreadable input is an error
+/// that names the file.
+fn host_file(path: PathBuf) -> Result<HostFile> {
+    let text = read_text(&path, Limits::HOST_FILE)?;
+    Ok(HostFile::new(path.display().to_string(), text))
+}
+
+/// Everything pre-start decides from. Reads only.
+pub fn gather(ctx: &mut Ctx, conf: PveConfig, policy: Option<(String, Policy)>) -> Result<Facts> {
+    let state = read_state(ctx);
+    let paths = ctx.paths;
+    let vmid = ctx.vmid;
+    let (policy_file, policy) = match policy {
+        Some((text, p)) => (
+            HostFile::new(paths.policy(vmid).display().to_string(), Some(text)),
+            Some(p),
+        ),
+        None => (
+            HostFile::new(paths.policy(vmid).display().to_string(), None),
+            None,
+        ),
+    };
+    let unprivileged = conf.unprivileged();
+    Ok(Facts {
+        vmid: vmid.get(),
+        conf_path: paths.pve_conf(vmid).display().to_string(),
+        conf,
+        policy,
+        policy_file,
+        state,
+        state_path: paths.state(vmid).display().to_string(),
+        subuid: host_file(paths.subuid())?,
+        subgid: host_file(paths.subgid())?,
+        // Only matters when there is a map to cover.
+        nsswitch: if unprivileged {
+            read_text(&paths.nsswitch(), Limits::HOST_FILE)
+                .ok()
+                .flatten()
+        } else {
+            None
+        },
+        lxc_config: host_file(paths.lxc_config(vmid))?,
+    })
+}
+
 pub fn run(ctx: &mut Ctx) -> Result<()> {
-    let (conf_text, conf) = read_conf(ctx)?;
-    let policy = read_policy(ctx)?;
-    if policy.as_ref().is_some_and(|p| !p.enabled) {
+    let (_conf_text, conf) = read_conf(ctx)?;
+    let policy = read_policy_with_text(ctx)?;
+    if policy.as_ref().is_some_and(|(_, p)| !p.enabled) {
         ctx.log.info(
             "disabled",
             "disabled by policy (enabled = false); nothing done",
@@ -72,31 +126,74 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
     if policy.is_none() && !state_exists && !prestart::config_has_work(&conf) {
         return Ok(());
     }
-    let state = read_state(ctx);
-    let facts = Facts {
-        vmid: ctx.vmid.get(),
-        conf_path: ctx.paths.pve_conf(ctx.vmid).display().to_string(),
-        conf,
-        policy,
-        state,
-    };
+    let facts = gather(ctx, conf, policy)?;
     let decision = prestart::decide(&facts);
     ctx.log.emit_all(&decision.events);
-    if let Some(refusal) = decision.refusal {
-        bail!(refusal);
+    if let Some(refusal) = &decision.refusal {
+        bail!("{refusal}");
     }
     if ctx.mode.dry_run() {
-        if decision.conf.as_deref().is_some_and(|c| c != conf_text) {
+        for c in &decision.changes {
             ctx.log.info(
                 "dry-run",
-                "dry run: the container config would change; nothing written",
+                format!("dry run: would write {}: {}", c.path, c.reasons.join("; ")),
             );
+        }
+        if decision.changes.is_empty() {
+            ctx.log.info("dry-run", "dry run: nothing to change");
         }
         return Ok(());
     }
-    if let Some(new_conf) = decision.conf.filter(|c| *c != conf_text) {
-        replace_file(&ctx.paths.pve_conf(ctx.vmid), new_conf.as_bytes(), 0o640)
-            .context("writing the container config")?;
+    apply(ctx, &decision)
+}
+
+/// Writes what the decision says, in its order. Makes no decisions.
+pub fn apply(ctx: &mut Ctx, decision: &Decision) -> Result<()> {
+    let paths = ctx.paths;
+    let vmid = ctx.vmid;
+    let mut subid_done = false;
+    for c in &decision.changes {
+        match c.target {
+            Target::Subuid | Target::Subgid => {
+                if subid_done {
+                    continue;
+                }
+                subid_done = true;
+                let written = ensure_coverage(paths, &decision.subid, SHADOW_LOCK_TIMEOUT)
+                    .context("adding subordinate IDs for root")?;
+                for w in written {
+                    let added: Vec<String> = w
+                        .added
+                        .iter()
+                        .map(|r| format!("root:{}:{}", r.start, r.len()))
+                        .collect();
+                    ctx.log.info(
+                        "subid-add",
+                        format!("{}: added {}", w.path.display(), added.join(", ")),
+                    );
+                }
+            }
+            Target::StateInterim | Target::State => {
+                let path = paths.state(vmid);
+                std::fs::create_dir_all(paths.state_dir())
+                    .with_context(|| format!("{}: cannot create", paths.state_dir().display()))?;
+                replace_file(&path, c.new.as_bytes(), 0o644).context("writing the state")?;
+            }
+            Target::PveConf => {
+                replace_file(&paths.pve_conf(vmid), c.new.as_bytes(), 0o640)
+                    .context("writing the container config")?;
+                ctx.log.info(
+                    "conf-write",
+                    format!("{}: {}", c.path, c.reasons.join("; ")),
+                );
+            }
+            Target::LxcConfig => {
+                replace_file(&paths.lxc_config(vmid), c.new.as_bytes(), 0o644)
+                    .context("patching the LXC config for this start")?;
+                ctx.log
+                    .info("lxc-write", format!("{}: {}", c.path, c.reasons.join("; ")));
+            }
+        }
     }
     Ok(())
 }

@@ -8,4 +8,5 @@ pub mod lock;
 pub mod log;
 pub mod ns;
 pub mod proc;
+pub mod shadow;
 pub mod worker;

@@ -1,0 +1,434 @@
+//! Writes to `/etc/subuid` and `/etc/subgid` that honour shadow's own
+//! protocol (commonio.c), so a concurrent `usermod -v`/`-w` loses no line.
+//!
+//! Lock order, always the same, released in reverse:
+//! 1. the tool's flock `run/lock/pct-passthrough/subid.lock` (our processes);
+//! 2. `lckpwdf()`: an fcntl write lock on `/etc/.pwd.lock`;
+//! 3. shadow's `link()` lock `/etc/subuid.lock`, then `/etc/subgid.lock`.
+//!
+//! Under the locks each file is re-read, the append re-planned, the old
+//! text kept as `<file>-`, and the new text put in place atomically.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg};
+use nix::sys::signal::kill;
+use nix::unistd::Pid;
+
+use crate::model::idmap::{IdKind, IdRange};
+use crate::model::prestart::SubidNeed;
+use crate::model::subid::SubidFile;
+use crate::model::text::Limits;
+use crate::paths::Paths;
+use crate::sys::fs::{read_text, replace_file};
+use crate::sys::lock::{flock_exclusive, FlockGuard, LockError};
+
+/// How long each lock is waited for; shadow's `lckpwdf()` waits 15 s.
+pub const SHADOW_LOCK_TIMEOUT: Duration = Duration::from_secs(15);
+
+const POLL: Duration = Duration::from_millis(10);
+
+fn comm_of(pid: i32) -> String {
+    fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|s| format!("pid {pid} ({})", s.trim()))
+        .unwrap_or_else(|_| format!("pid {pid}"))
+}
+
+/// `lckpwdf()`: an fcntl write lock on `/etc/.pwd.lock`, released when the
+/// file is closed (on drop). The process must not open that file elsewhere:
+/// closing any descriptor of it drops an fcntl lock.
+#[derive(Debug)]
+pub struct PwdLock {
+    _file: File,
+}
+
+fn whole_file_lock(kind: libc::c_short) -> libc::flock {
+    libc::flock {
+        l_type: kind,
+        l_whence: libc::SEEK_SET as libc::c_short,
+        l_start: 0,
+        l_len: 0,
+        l_pid: 0,
+    }
+}
+
+/// Takes `lckpwdf()`'s lock, polling until `timeout`.
+pub fn lckpwdf(path: &Path, timeout: Duration) -> Result<PwdLock, LockError> {
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)
+        .with_context(|| format!("{}: cannot open", path.display()))
+        .map_err(LockError::Io)?;
+    let start = Instant::now();
+    loop {
+        match fcntl(
+            &file,
+            FcntlArg::F_SETLK(&whole_file_lock(libc::F_WRLCK as _)),
+        ) {
+            Ok(_) => return Ok(PwdLock { _file: file }),
+            Err(Errno::EAGAIN) | Err(Errno::EACCES) => {}
+            Err(Errno::EINTR) => continue,
+            Err(e) => {
+                return Err(LockError::Io(
+                    anyhow::Error::new(e).context(format!("{}: fcntl lock failed", path.display())),
+                ))
+            }
+        }
+        if start.elapsed() >= timeout {
+            let mut probe = whole_file_lock(libc::F_WRLCK as _);
+            let holder = fcntl(&file, FcntlArg::F_GETLK(&mut probe))
+                .ok()
+                .filter(|_| probe.l_type != libc::F_UNLCK as libc::c_short)
+                .map(|_| comm_of(probe.l_pid));
+            return Err(LockError::Busy {
+                path: path.to_path_buf(),
+                waited: start.elapsed(),
+                holder,
+            });
+        }
+        sleep(POLL);
+    }
+}
+
+/// shadow's `link()` lock on a file: `<file>.lock` holding the owner's PID.
+/// Removed on drop.
+#[derive(Debug)]
+pub struct LinkLock {
+    lock: PathBuf,
+}
+
+impl Drop for LinkLock {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.lock);
+    }
+}
+
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_os_string();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+/// One attempt, as shadow's `do_lock_file`: write our PID to `<file>.<pid>`,
+/// link it to `<file>.lock`, require a link count of 2. A lock whose PID is
+/// dead is removed once and the link retried. `Ok(Err(pid))`: held by `pid`.
+fn try_link_lock(file: &Path) -> Result<std::result::Result<LinkLock, Option<i32>>> {
+    let pid = std::process::id();
+    let tmp = with_suffix(file, &format!(".{pid}"));
+    let lock = with_suffix(file, ".lock");
+    let _ = fs::remove_file(&tmp);
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+        .open(&tmp)
+        .with_context(|| format!("{}: cannot create", tmp.display()))?;
+    f.write_all(pid.to_string().as_bytes())
+        .with_context(|| format!("{}: cannot write", tmp.display()))?;
+    drop(f);
+    let result = (|| -> Result<std::result::Result<LinkLock, Option<i32>>> {
+        let linked = |tmp: &Path| -> Result<bool> {
+            match fs::hard_link(tmp, &lock) {
+                Ok(()) => Ok(fs::metadata(tmp)
+                    .with_context(|| format!("{}: cannot stat", tmp.display()))?
+                    .nlink()
+                    == 2),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+                Err(e) => Err(e).with_context(|| format!("{}: cannot link", lock.display())),
+            }
+        };
+        if linked(&tmp)? {
+            return Ok(Ok(LinkLock { lock: lock.clone() }));
+        }
+        let holder = match fs::read_to_string(&lock) {
+            Ok(s) => s.trim().parse::<i32>().ok().filter(|p| *p > 0),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Err(None)),
+            Err(_) => None,
+        };
+        let Some(holder) = holder else {
+            // shadow refuses a lock it cannot read, and so do we.
+            return Ok(Err(None));
+        };
+        if kill(Pid::from_raw(holder), None) == Err(Errno::ESRCH) {
+            // Stale: its owner is gone. Remove it once and retry.
+            let _ = fs::remove_file(&lock);
+            if linked(&tmp)? {
+                return Ok(Ok(LinkLock { lock: lock.clone() }));
+            }
+        }
+        Ok(Err(Some(holder)))
+    })();
+    let _ = fs::remove_file(&tmp);
+    result
+}
+
+/// Takes shadow's `link()` lock on `file`, polling until `timeout`.
+pub fn link_lock(file: &Path, timeout: Duration) -> Result<LinkLock, LockError> {
+    let start = Instant::now();
+    loop {
+        let holder = match try_link_lock(file).map_err(LockError::Io)? {
+            Ok(guard) => return Ok(guard),
+            Err(holder) => holder,
+        };
+        if start.elapsed() >= timeout {
+            return Err(LockError::Busy {
+                path: with_suffix(file, ".lock"),
+                waited: start.elapsed(),
+                holder: Some(holder.map_or_else(
+                    || "an unreadable lock file; remove it if no shadow tool is running".into(),
+                    comm_of,
+                )),
+            });
+        }
+        sleep(POLL);
+    }
+}
+
+/// Every lock a subordinate-ID write needs, in the documented order.
+/// Fields drop in declaration order: shadow's locks first, ours last.
+#[derive(Debug)]
+pub struct SubidLocks {
+    _files: Vec<LinkLock>,
+    _pwd: PwdLock,
+    _tool: FlockGuard,
+}
+
+/// Takes the tool lock, `lckpwdf()`, then the link locks of `files`.
+pub fn lock_subid_files(
+    paths: &Paths,
+    files: &[PathBuf],
+    timeout: Duration,
+) -> Result<SubidLocks, LockError> {
+    let tool = flock_exclusive(&paths.subid_lock(), timeout)?;
+    let pwd = lckpwdf(&paths.pwd_lock(), timeout)?;
+    let mut links = Vec::new();
+    for f in files {
+        links.push(link_lock(f, timeout)?);
+    }
+    // Release in reverse: the link locks were taken last.
+    links.reverse();
+    Ok(SubidLocks {
+        _files: links,
+        _pwd: pwd,
+        _tool: tool,
+    })
+}
+
+/// What one file got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubidWrite {
+    pub path: PathBuf,
+    pub added: Vec<IdRange>,
+}
+
+fn subid_path(paths: &Paths, kind: IdKind) -> PathBuf {
+    match kind {
+        IdKind::Uid => paths.subuid(),
+        IdKind::Gid => paths.subgid(),
+    }
+}
+
+/// Makes root cover every range of `needs`: under the locks, re-reads each
+/// file, appends only what is still missing, keeps the old text as
+/// `<file>-`, and replaces the file atomically. Takes no lock when every
+/// file already covers its ranges.
+pub fn ensure_coverage(
+    paths: &Paths,
+    needs: &[SubidNeed],
+    timeout: Duration,
+) -> Result<Vec<SubidWrite>> {
+    let read = |kind: IdKind| -> Result<String> {
+        let path = subid_path(paths, kind);
+        Ok(read_text(&path, Limits::HOST_FILE)?.unwrap_or_default())
+    };
+    let mut pending: Vec<&SubidNeed> = Vec::new();
+    for need in needs {
+        if !SubidFile::parse(&read(need.kind)?)
+            .missing(&need.ranges)
+            .is_empty()
+        {
+            pending.push(need);
+        }
+    }
+    if pending.is_empty() {
+        return Ok(Vec::new());
+    }
+    pending.sort_by_key(|n| n.kind);
+    let files: Vec<PathBuf> = pending.iter().map(|n| subid_path(paths, n.kind)).collect();
+    let _locks = lock_subid_files(paths, &files, timeout).map_err(anyhow::Error::new)?;
+    let mut written = Vec::new();
+    for (need, path) in pending.iter().zip(&files) {
+        let old = read(need.kind)?;
+        let Some((new, added)) = SubidFile::parse(&old).plan(&need.ranges) else {
+            continue;
+        };
+        let mode = fs::metadata(path).map_or(0o644, |m| m.mode() & 0o7777);
+        if fs::symlink_metadata(path).is_ok() {
+            replace_file(&with_suffix(path, "-"), old.as_bytes(), mode)
+                .with_context(|| format!("{}: cannot write the backup", path.display()))?;
+        }
+        replace_file(path, new.as_bytes(), 0o644)
+            .with_context(|| format!("{}: cannot write", path.display()))?;
+        written.push(SubidWrite {
+            path: path.clone(),
+            added,
+        });
+    }
+    Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn root() -> (tempfile::TempDir, Paths) {
+        let d = tempfile::tempdir().unwrap();
+        fs::create_dir_all(d.path().join("etc")).unwrap();
+        let p = Paths::with_root(d.path());
+        (d, p)
+    }
+
+    #[test]
+    fn link_lock_is_exclusive_and_released() {
+        let (_d, p) = root();
+        let f = p.subgid();
+        let g = link_lock(&f, Duration::from_secs(1)).unwrap();
+        let lock = with_suffix(&f, ".lock");
+        assert_eq!(
+            fs::read_to_string(&lock).unwrap(),
+            std::process::id().to_string()
+        );
+        // Our own live PID holds it: busy, naming us.
+        let e = link_lock(&f, Duration::from_millis(30)).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains(&format!("pid {}", std::process::id())),
+            "{e}"
+        );
+        drop(g);
+        assert!(!lock.exists());
+        // No `<file>.<pid>` left behind.
+        assert_eq!(fs::read_dir(p.host("/etc")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn stale_link_lock_is_taken_over() {
+        let (_d, p) = root();
+        let f = p.subuid();
+        // A PID that cannot be alive.
+        fs::write(with_suffix(&f, ".lock"), "2147483646").unwrap();
+        let g = link_lock(&f, Duration::from_millis(200)).unwrap();
+        drop(g);
+        // An unreadable lock is refused, as shadow does.
+        fs::write(with_suffix(&f, ".lock"), "garbage").unwrap();
+        let e = link_lock(&f, Duration::from_millis(30)).unwrap_err();
+        assert!(e.to_string().contains("unreadable lock file"), "{e}");
+    }
+
+    /// In a forked child (fcntl locks are per process): 0 if `path` is
+    /// write-locked by someone else, 1 if the child could lock it.
+    fn child_sees_locked(path: &Path) -> i32 {
+        // Opened in the child only: closing a descriptor of the file in
+        // this process would drop this process's own lock.
+        let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: the child only calls open, fcntl and _exit, all
+        // async-signal-safe.
+        match unsafe { nix::unistd::fork() }.unwrap() {
+            nix::unistd::ForkResult::Child => {
+                let Ok(file) = nix::fcntl::open(
+                    c_path.as_c_str(),
+                    nix::fcntl::OFlag::O_WRONLY,
+                    nix::sys::stat::Mode::empty(),
+                ) else {
+                    // SAFETY: as below.
+                    unsafe { libc::_exit(2) }
+                };
+                let got = fcntl(
+                    &file,
+                    FcntlArg::F_SETLK(&whole_file_lock(libc::F_WRLCK as _)),
+                );
+                // SAFETY: _exit ends the child at once, without running the
+                // parent's destructors or atexit handlers.
+                unsafe { libc::_exit(i32::from(got.is_ok())) }
+            }
+            nix::unistd::ForkResult::Parent { child } => {
+                match nix::sys::wait::waitpid(child, None).unwrap() {
+                    nix::sys::wait::WaitStatus::Exited(_, code) => code,
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn pwd_lock_holds_against_other_processes() {
+        let (_d, p) = root();
+        let g = lckpwdf(&p.pwd_lock(), Duration::from_millis(100)).unwrap();
+        assert_eq!(child_sees_locked(&p.pwd_lock()), 0);
+        drop(g);
+        assert_eq!(child_sees_locked(&p.pwd_lock()), 1);
+    }
+
+    #[test]
+    fn appends_backs_up_and_is_idempotent() {
+        let (_d, p) = root();
+        fs::write(p.subgid(), "# keep\nroot:100000:65536").unwrap();
+        let need = [SubidNeed {
+            kind: IdKind::Gid,
+            ranges: vec![IdRange::new(20, 1), IdRange::new(100000, 65536)],
+        }];
+        let w = ensure_coverage(&p, &need, Duration::from_secs(1)).unwrap();
+        assert_eq!(w[0].added, vec![IdRange::new(20, 1)]);
+        assert_eq!(
+            fs::read_to_string(p.subgid()).unwrap(),
+            "# keep\nroot:100000:65536\nroot:20:1\n"
+        );
+        assert_eq!(
+            fs::read_to_string(p.host("/etc/subgid-")).unwrap(),
+            "# keep\nroot:100000:65536"
+        );
+        let before = fs::metadata(p.subgid()).unwrap().modified().unwrap();
+        assert!(ensure_coverage(&p, &need, Duration::from_secs(1))
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            fs::metadata(p.subgid()).unwrap().modified().unwrap(),
+            before
+        );
+        // No locks or temp files left.
+        let mut names: Vec<String> = fs::read_dir(p.host("/etc"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, [".pwd.lock", "subgid", "subgid-"]);
+    }
+
+    #[test]
+    fn busy_link_lock_fails_with_a_busy_error() {
+        let (_d, p) = root();
+        fs::write(p.subgid(), "").unwrap();
+        let _held = link_lock(&p.subgid(), Duration::from_secs(1)).unwrap();
+        let need = [SubidNeed {
+            kind: IdKind::Gid,
+            ranges: vec![IdRange::new(20, 1)],
+        }];
+        let e = ensure_coverage(&p, &need, Duration::from_millis(50)).unwrap_err();
+        let msg = format!("{e:#}");
+        assert!(msg.starts_with("busy: can't lock file"), "{msg}");
+        assert!(msg.contains("subgid.lock"), "{msg}");
+        assert_eq!(fs::read_to_string(p.subgid()).unwrap(), "");
+    }
+}
