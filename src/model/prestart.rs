@@ -89,8 +89,8 @@ pub enum Target {
 pub struct FileChange {
     pub target: Target,
     pub path: String,
-    /// Empty when the file does not exist yet.
-    pub old: String,
+    /// `None` when the file does not exist yet.
+    pub old: Option<String>,
     pub new: String,
     pub reasons: Vec<String>,
 }
@@ -179,8 +179,10 @@ impl Draft {
                 IdKind::Uid => &facts.subuid,
                 IdKind::Gid => &facts.subgid,
             };
-            let old = file.text.clone().unwrap_or_default();
-            if let Some((new, missing)) = SubidFile::parse(&old).plan(&need.ranges) {
+            let old = file.text.clone();
+            if let Some((new, missing)) =
+                SubidFile::parse(old.as_deref().unwrap_or("")).plan(&need.ranges)
+            {
                 let ranges: Vec<String> = missing.iter().map(ToString::to_string).collect();
                 changes.push(FileChange {
                     target: match need.kind {
@@ -205,7 +207,7 @@ impl Draft {
         let state_changes = old_state.as_ref() != Some(&self.state)
             && !(old_state.is_none() && self.state == State::new(facts.vmid));
         let state_path = facts.state_path.clone();
-        let old_state_text = old_state.as_ref().map(State::render).unwrap_or_default();
+        let old_state_text = old_state.as_ref().map(State::render);
         if conf_changes && state_changes {
             // Own the union first, so a crash before the config write leaves
             // no line unaccounted for.
@@ -231,14 +233,14 @@ impl Draft {
             changes.push(FileChange {
                 target: Target::PveConf,
                 path: facts.conf_path.clone(),
-                old: old_conf,
+                old: Some(old_conf),
                 new: new_conf,
                 reasons: self.conf_reasons,
             });
         }
         if let Some(new) = self.lxc {
-            let old = facts.lxc_config.text.clone().unwrap_or_default();
-            if new != old {
+            let old = facts.lxc_config.text.clone();
+            if old.as_deref() != Some(new.as_str()) {
                 changes.push(FileChange {
                     target: Target::LxcConfig,
                     path: facts.lxc_config.path.clone(),
