@@ -13,6 +13,7 @@ use crate::model::prestart::{self, Decision, Facts, HostFile, Target};
 use crate::model::pveconf::PveConfig;
 use crate::model::state::State;
 use crate::model::text::Limits;
+use crate::phase::post_start::update_state;
 use crate::sys::fs::{read_text, replace_file};
 use crate::sys::shadow::{ensure_coverage, SHADOW_LOCK_TIMEOUT};
 
@@ -112,7 +113,10 @@ pub fn gather(ctx: &mut Ctx, conf: PveConfig, policy: Option<(String, Policy)>) 
     })
 }
 
-pub fn run(ctx: &mut Ctx) -> Result<()> {
+/// Reads everything and decides, writing nothing: what pre-start would do
+/// now. `None` when pre-start would return at once (disabled by policy, or
+/// nothing to act on). `plan`, `--dry-run` and post-stop use this.
+pub fn plan(ctx: &mut Ctx) -> Result<Option<(Facts, Decision)>> {
     let (_conf_text, conf) = read_conf(ctx)?;
     let policy = read_policy_with_text(ctx)?;
     if policy.as_ref().is_some_and(|(_, p)| !p.enabled) {
@@ -120,14 +124,21 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
             "disabled",
             "disabled by policy (enabled = false); nothing done",
         );
-        return Ok(());
+        return Ok(None);
     }
     let state_exists = ctx.paths.state(ctx.vmid).exists();
     if policy.is_none() && !state_exists && !prestart::config_has_work(&conf) {
-        return Ok(());
+        return Ok(None);
     }
     let facts = gather(ctx, conf, policy)?;
     let decision = prestart::decide(&facts);
+    Ok(Some((facts, decision)))
+}
+
+pub fn run(ctx: &mut Ctx) -> Result<()> {
+    let Some((_facts, decision)) = plan(ctx)? else {
+        return Ok(());
+    };
     ctx.log.emit_all(&decision.events);
     if let Some(refusal) = &decision.refusal {
         bail!("{refusal}");
@@ -174,10 +185,11 @@ pub fn apply(ctx: &mut Ctx, decision: &Decision) -> Result<()> {
                 }
             }
             Target::StateInterim | Target::State => {
-                let path = paths.state(vmid);
-                std::fs::create_dir_all(paths.state_dir())
-                    .with_context(|| format!("{}: cannot create", paths.state_dir().display()))?;
-                replace_file(&path, c.new.as_bytes(), 0o644).context("writing the state")?;
+                // Only `owned` is pre-start's; the rest may have been
+                // updated by a post-start worker since it was read.
+                let decided = State::parse(&c.new).map_err(|e| anyhow!("{}: {e}", c.path))?;
+                update_state(paths, vmid, |s| s.owned = decided.owned)
+                    .context("writing the state")?;
             }
             Target::PveConf => {
                 replace_file(&paths.pve_conf(vmid), c.new.as_bytes(), 0o640)

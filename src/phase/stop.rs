@@ -3,10 +3,10 @@
 
 use anyhow::Result;
 
-use super::pre_start::{read_conf, read_policy};
+use super::pre_start::plan;
 use super::Ctx;
 use crate::model::event::Event;
-use crate::model::prestart::{self, Facts};
+use crate::model::prestart::Target;
 use crate::model::state::{LastRun, State};
 use crate::model::text::Limits;
 use crate::phase::post_start::update_state;
@@ -26,25 +26,17 @@ fn read_state_quiet(ctx: &Ctx) -> Option<State> {
 /// What the next pre-start would change in the container config, as
 /// `+ line` / `- line` for added and removed lines. Pure over what it reads.
 fn next_start_changes(ctx: &mut Ctx) -> Vec<String> {
-    let Ok((text, conf)) = read_conf(ctx) else {
+    let Ok(Some((_, d))) = plan(ctx) else {
         return Vec::new();
     };
-    let policy = read_policy(ctx).ok().flatten();
-    let facts = Facts {
-        vmid: ctx.vmid.get(),
-        conf_path: ctx.paths.pve_conf(ctx.vmid).display().to_string(),
-        conf,
-        policy,
-        state: read_state_quiet(ctx),
-    };
-    let d = prestart::decide(&facts);
     let mut out = Vec::new();
-    if let Some(r) = d.refusal {
+    if let Some(r) = &d.refusal {
         out.push(format!("the next start will be refused: {r}"));
     }
-    if let Some(new) = d.conf.filter(|c| *c != text) {
+    if let Some(c) = d.change(Target::PveConf) {
+        let text = c.old.as_deref().unwrap_or("");
         let old: Vec<&str> = text.lines().collect();
-        let new_lines: Vec<&str> = new.lines().collect();
+        let new_lines: Vec<&str> = c.new.lines().collect();
         out.extend(
             new_lines
                 .iter()
