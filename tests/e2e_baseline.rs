@@ -429,3 +429,151 @@ fn subid_edits_do_not_outlive_the_bed() {
         bed.subuid()
     );
 }
+
+#[test]
+fn entrypoint_drop_forms_implicit_keeps_groups_explicit_drops_them() {
+    let bed = Bed::new();
+    let init = format!(
+        "{}{}trap 'exit 0' TERM\nwhile :; do sleep 3600 & wait $!; done\n",
+        drop_implicit("svc", "sleep 1001"),
+        drop_explicit(1000, 1000, "sleep 1002")
+    );
+    let mut ct = bed.container(990_110).service_user().init(&init).create();
+    ct.start().expect_started();
+    let find = |arg: &str| {
+        let start = std::time::Instant::now();
+        loop {
+            let procs = ct.processes();
+            if let Some(p) = procs.iter().find(|p| {
+                std::fs::read(format!("/proc/{}/cmdline", p.pid))
+                    .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == arg.as_bytes()))
+            }) {
+                return p.clone();
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{arg} not found: {procs:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let implicit = find("1001");
+    assert_eq!(
+        (implicit.uid, implicit.gid),
+        (101_000, 101_000),
+        "{implicit:?}"
+    );
+    assert_eq!(implicit.groups, [100_020, 101_000], "{implicit:?}");
+    let explicit = find("1002");
+    assert_eq!(
+        (explicit.uid, explicit.gid),
+        (101_000, 101_000),
+        "{explicit:?}"
+    );
+    assert!(explicit.groups.is_empty(), "{explicit:?}");
+    let g = ct.exec_ids(1000, 1000, "id -u; id -G").ok().to_string();
+    assert_eq!(g, "1000\n1000\n");
+}
+
+#[test]
+fn in_guest_reboot_fires_no_phase_and_poweroff_skips_pre_stop() {
+    let bed = Bed::new();
+    let mut ct = bed.container(990_111).hook(Hook::recorder()).create();
+    ct.start().expect_started();
+    let first = ct.init_pid();
+    ct.reboot_inside();
+    assert_ne!(ct.init_pid(), first);
+    // Give LXC's post-stop hook (which must skip the hookscript) time to finish.
+    std::thread::sleep(Duration::from_millis(300));
+    let calls = ct.hook_calls();
+    assert_eq!(calls.len(), 2, "only pre-start and post-start: {calls:#?}");
+    let post = ct.poweroff_inside().expect("post-stop ran");
+    assert_eq!(post.code, 0);
+    let calls = ct.hook_calls();
+    assert_eq!(calls.len(), 3, "{calls:#?}");
+    assert!(calls[2].contains("phase=post-stop") && calls[2].ends_with("lxc_target=stop"));
+    assert!(
+        calls[2].contains("lock=free"),
+        "no API task holds the lock: {}",
+        calls[2]
+    );
+}
+
+#[test]
+fn privileged_container_needs_the_exact_devn_rule() {
+    let bed = Bed::new();
+    // 1:11 is /dev/kmsg: not in the common allow list; writing adds a line
+    // to the kernel log, which is harmless.
+    let kmsg = bed.char_node("kmsg0", 1, 11, 0, 0o600);
+    let mut ct = bed.container(990_112).privileged().create();
+    ct.start().expect_started();
+    assert!(!ct.lxc_config().contains("lxc.idmap"));
+    // Without a rule the node (bound in by hand) cannot be opened.
+    ct.exec("mknod /dev/kmsg-nodev c 1 11").ok();
+    let denied = ct.exec("echo pct-passthrough-e2e: denied > /dev/kmsg-nodev");
+    assert!(!denied.success(), "{denied}");
+    assert!(
+        denied.stderr.contains("Operation not permitted"),
+        "{denied}"
+    );
+    ct.stop();
+    let conf = ct.pve_conf() + &format!("dev0: {},mode=0600\n", kmsg.path.display());
+    ct.set_pve_conf(&conf);
+    ct.start().expect_started();
+    assert!(ct
+        .lxc_config()
+        .contains("lxc.cgroup.devices.allow = c 1:11 rw\n"));
+    let inside = ct
+        .exec(&format!("stat -c '%u %g %a %t:%T' {}", kmsg.path.display()))
+        .ok()
+        .to_string();
+    assert_eq!(inside.trim(), "0 0 600 1:b");
+    let w = ct.exec(&format!(
+        "echo pct-passthrough-e2e: allowed > {}",
+        kmsg.path.display()
+    ));
+    assert!(w.success(), "{w}");
+}
+
+/// Not a test: the child process of `a_crashed_run_is_repaired_by_the_next_bed`.
+/// It makes a mess (running container, edited subid files) and dies without
+/// unwinding, as a killed test run would.
+#[test]
+#[ignore = "helper process for a_crashed_run_is_repaired_by_the_next_bed"]
+fn crash_child() {
+    if std::env::var_os("PCT_PASSTHROUGH_E2E_CRASH_CHILD").is_none() {
+        return;
+    }
+    let bed = Bed::new();
+    bed.add_subuid("root:424242:1");
+    bed.add_subgid("root:424242:1");
+    let mut ct = bed.container(990_113).create();
+    ct.start().expect_started();
+    println!("crash-child: CT 990113 running, aborting");
+    std::process::abort();
+}
+
+#[test]
+fn a_crashed_run_is_repaired_by_the_next_bed() {
+    let child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "crash_child", "--ignored", "--nocapture"])
+        .env("PCT_PASSTHROUGH_E2E_CRASH_CHILD", "1")
+        .output()
+        .unwrap();
+    assert!(!child.status.success(), "the child must die: {child:?}");
+    let out = String::from_utf8_lossy(&child.stdout);
+    assert!(
+        out.contains("crash-child: CT 990113 running, aborting"),
+        "{out}"
+    );
+    let bed = Bed::new();
+    assert!(!bed.subuid().contains("424242"), "{}", bed.subuid());
+    assert!(!bed.subgid().contains("424242"), "{}", bed.subgid());
+    assert!(!std::path::Path::new("/var/lib/lxc/990113").exists());
+    assert!(!std::path::Path::new("/etc/pve/lxc/990113.conf").exists());
+    let running = std::process::Command::new("lxc-info")
+        .args(["-n", "990113", "-s", "-H"])
+        .output()
+        .unwrap();
+    assert_ne!(String::from_utf8_lossy(&running.stdout).trim(), "RUNNING");
+}

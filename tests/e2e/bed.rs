@@ -31,6 +31,13 @@ pub const BED_DIR: &str = "/var/lib/pct-passthrough-e2e";
 /// `local:snippets/` on a Proxmox host.
 pub const SNIPPETS: &str = "/var/lib/vz/snippets";
 
+/// PVE's storage definitions; the bed writes [`LOCAL_STORAGE`] there when
+/// the file is absent (and removes it again), so `local:snippets/...`
+/// resolves as on a Proxmox host with snippets enabled.
+pub const STORAGE_CFG: &str = "/etc/pve/storage.cfg";
+pub const LOCAL_STORAGE: &str =
+    "dir: local\n\tpath /var/lib/vz\n\tcontent iso,vztmpl,backup,snippets\n";
+
 const SUBID_FILES: [&str; 4] = ["/etc/subuid", "/etc/subgid", "/etc/subuid-", "/etc/subgid-"];
 /// What lxc-pve's postinst gives root; newuidmap needs it for the default map.
 pub const PVE_ROOT_SUBID: &str = "root:100000:65536";
@@ -75,6 +82,10 @@ impl Bed {
             "/run/lock/lxc",
         ] {
             fs::create_dir_all(d).unwrap_or_else(|e| panic!("e2e: {d}: {e}"));
+        }
+        if !Path::new(STORAGE_CFG).exists() {
+            write_replace(STORAGE_CFG, LOCAL_STORAGE.as_bytes(), 0o640);
+            write_replace(Path::new(BED_DIR).join("storage.cfg.ours"), b"", 0o600);
         }
         Bed {
             _lock: lock,
@@ -310,6 +321,13 @@ pub(crate) fn clean_all() {
         destroy_vmid(vmid);
     }
     devices::clean_leftovers();
+    let ours = Path::new(BED_DIR).join("storage.cfg.ours");
+    if ours.exists() {
+        if fs::read_to_string(STORAGE_CFG).is_ok_and(|t| t == LOCAL_STORAGE) {
+            let _ = fs::remove_file(STORAGE_CFG);
+        }
+        let _ = fs::remove_file(ours);
+    }
 }
 
 /// Stops (hard) and removes container `vmid` and its files everywhere.

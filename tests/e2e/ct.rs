@@ -75,8 +75,28 @@ pub struct CtBuilder<'b> {
     init: String,
 }
 
-/// The default `/sbin/init`: stays up until `lxc-stop -k`.
-pub const DEFAULT_INIT: &str = "while :; do sleep 3600; done\n";
+/// The default `/sbin/init`: stays up until `lxc-stop --kill`, or exits on
+/// SIGTERM (sent from inside: an in-guest poweroff, see [`Ct::poweroff_inside`]).
+pub const DEFAULT_INIT: &str = "trap 'exit 0' TERM\nwhile :; do sleep 3600 & wait $!; done\n";
+
+/// A shell line for [`CtBuilder::init`]: start `cmd` in the background as
+/// `user`, like `gosu user` (implicit form): supplementary groups come from
+/// the container's `/etc/group`.
+pub fn drop_implicit(user: &str, cmd: &str) -> String {
+    format!(
+        "su -s /bin/sh {} -c {} &\n",
+        sh_quote(user),
+        sh_quote(&format!("exec {cmd}"))
+    )
+}
+
+/// A shell line for [`CtBuilder::init`]: start `cmd` in the background as
+/// `uid:gid` with **no** supplementary groups, like `su-exec user:group` or
+/// a numeric uid without a passwd entry (busybox `nsenter -S -G` calls
+/// `setgroups(0)`; `-F` execs without forking).
+pub fn drop_explicit(uid: u32, gid: u32, cmd: &str) -> String {
+    format!("nsenter -F -S {uid} -G {gid} -- {cmd} &\n")
+}
 
 impl<'b> CtBuilder<'b> {
     pub(crate) fn new(bed: &'b Bed, vmid: u32) -> CtBuilder<'b> {
@@ -466,6 +486,18 @@ pub struct StopReport {
     pub task_log: String,
 }
 
+/// A container process seen from the host: host PID and host IDs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostProc {
+    pub pid: i32,
+    pub comm: String,
+    /// Real uid and gid on the host.
+    pub uid: u32,
+    pub gid: u32,
+    /// Supplementary groups on the host.
+    pub groups: Vec<u32>,
+}
+
 /// Output of a command run inside the container.
 pub type Exec = Run;
 
@@ -748,6 +780,50 @@ impl Ct<'_> {
         r.stdout.trim().parse().ok()
     }
 
+    /// The container's processes as the host sees them (same pid namespace
+    /// as init), with host IDs from `/proc/<pid>/status`.
+    pub fn processes(&self) -> Vec<HostProc> {
+        let Some(init) = self.init_pid() else {
+            return Vec::new();
+        };
+        let ns = |pid: &str| fs::read_link(format!("/proc/{pid}/ns/pid")).ok();
+        let Some(want) = ns(&init.to_string()) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for e in fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Ok(pid) = name.parse::<i32>() else {
+                continue;
+            };
+            if ns(&name).as_ref() != Some(&want) {
+                continue;
+            }
+            let Ok(status) = fs::read_to_string(format!("/proc/{pid}/status")) else {
+                continue;
+            };
+            let field = |k: &str| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(k))
+                    .unwrap_or("")
+                    .split_whitespace()
+                    .filter_map(|v| v.parse::<u32>().ok())
+                    .collect::<Vec<u32>>()
+            };
+            let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            out.push(HostProc {
+                pid,
+                comm: comm.trim().to_string(),
+                uid: field("Uid:").first().copied().unwrap_or(u32::MAX),
+                gid: field("Gid:").first().copied().unwrap_or(u32::MAX),
+                groups: field("Groups:"),
+            });
+        }
+        out.sort_by_key(|p| p.pid);
+        out
+    }
+
     /// Runs `cmd` with `/bin/sh -c` as container root (`lxc-attach`).
     pub fn exec(&self, cmd: &str) -> Exec {
         self.attach(&["/bin/sh", "-c", cmd])
@@ -756,7 +832,65 @@ impl Ct<'_> {
     /// Runs `cmd` as `user` through busybox `su`, which sets the
     /// supplementary groups from the container's `/etc/group`.
     pub fn exec_as(&self, user: &str, cmd: &str) -> Exec {
-        self.attach(&["/bin/su", "-s", "/bin/sh", user, "-c", cmd])
+        self.attach(&["/bin/busybox", "su", "-s", "/bin/sh", user, "-c", cmd])
+    }
+
+    /// Runs `cmd` as `uid:gid` without supplementary groups (the explicit
+    /// form, see [`drop_explicit`]).
+    pub fn exec_ids(&self, uid: u32, gid: u32, cmd: &str) -> Exec {
+        let (u, g) = (uid.to_string(), gid.to_string());
+        self.attach(&[
+            "/bin/busybox",
+            "nsenter",
+            "-F",
+            "-S",
+            &u,
+            "-G",
+            &g,
+            "--",
+            "/bin/sh",
+            "-c",
+            cmd,
+        ])
+    }
+
+    /// An in-guest poweroff: init exits, LXC stops the container and runs
+    /// post-stop (`LXC_TARGET=stop`); Proxmox calls no pre-stop. Returns the
+    /// post-stop hookscript's record, if a hookscript is registered.
+    pub fn poweroff_inside(&mut self) -> Option<PostStop> {
+        let _ = fs::remove_file(self.dir.join("post-stop.rc"));
+        let _ = self.exec("kill -TERM 1");
+        assert!(
+            self.wait_state("STOPPED", Duration::from_secs(20)),
+            "e2e: CT {} did not stop after an in-guest poweroff",
+            self.vmid
+        );
+        self.running = false;
+        let conf = PveConf::parse(&self.pve_conf());
+        conf.hookscript()
+            .and_then(|_| self.wait_post_stop(Duration::from_secs(10)))
+    }
+
+    /// An in-guest `reboot -f`: LXC restarts the container itself; the
+    /// post-stop hook sees `LXC_TARGET=reboot` and, like PVE's, skips the
+    /// hookscript. No hookscript phase runs. Waits until it runs again
+    /// with a new init.
+    pub fn reboot_inside(&mut self) {
+        let old = self.init_pid();
+        let _ = self.exec("reboot -f");
+        let start = Instant::now();
+        loop {
+            let now = self.init_pid();
+            if now.is_some() && now != old && self.is_running() {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "e2e: CT {} did not come back after an in-guest reboot",
+                self.vmid
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     fn attach(&self, argv: &[&str]) -> Exec {

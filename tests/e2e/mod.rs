@@ -17,6 +17,12 @@
 //! ct.exec_as("svc", "echo hi > /dev/ttyUSB0");  // lxc-attach + busybox su
 //! let stop = ct.stop();                         // pre-stop, lxc-stop --kill, post-stop
 //! ```
+//! Services: `.init(&drop_implicit("svc", "sleep 1000"))` (like `gosu svc`,
+//! groups from `/etc/group`) or `drop_explicit(1000, 1000, ..)` (like
+//! `su-exec 1000:1000`, no supplementary groups); `ct.processes()` lists them
+//! with host IDs. `ct.reboot_inside()` / `ct.poweroff_inside()` reproduce the
+//! in-guest paths that skip hookscript phases.
+//!
 //! Dropping a `Ct` destroys it; dropping the `Bed` restores `/etc/subuid`,
 //! `/etc/subgid` (and their `-` backups) byte for byte, also on panic. A run
 //! killed hard is repaired by the next `Bed::new()`.
@@ -69,7 +75,11 @@
 //!   after it shows as `closed_after: None`.
 //! - Stop is always a hard stop (`--kill`), as `pct stop`; no shutdown.
 //! - Only the `local` storage: `local:snippets/<f>` is
-//!   `/var/lib/vz/snippets/<f>`; the bed links the binary there.
+//!   `/var/lib/vz/snippets/<f>`; the bed links the binary there. When
+//!   `/etc/pve/storage.cfg` is absent the bed writes one with just `local`
+//!   (snippets enabled) and removes it afterwards.
+//! - In-guest poweroff is SIGTERM to the bed's init; reboot is `reboot -f`
+//!   and LXC (not systemd) restarts the container.
 //! - `/etc/subuid` and `/etc/subgid` get `root:100000:65536` as lxc-pve's
 //!   postinst would; everything else in them is this host's.
 #![allow(dead_code, unused_imports)]
@@ -82,6 +92,8 @@ pub mod hooks;
 pub mod run;
 
 pub use bed::{Bed, VMIDS};
-pub use ct::{Ct, Exec, Hook, PostStop, StartReport, StopReport};
+pub use ct::{
+    drop_explicit, drop_implicit, Ct, Exec, Hook, HostProc, PostStop, StartReport, StopReport,
+};
 pub use devices::{CharNode, PtySerial, DIALOUT};
 pub use run::Run;
