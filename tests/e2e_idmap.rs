@@ -1,0 +1,179 @@
+//! End-to-end ID-map scenarios on real LXC (issue 4): a bound serial node
+//! works on the first boot with the hook, a hand-written map without its
+//! subgid line starts with the hook, a second start writes nothing, and
+//! removing the device removes exactly the tool's lines.
+
+mod e2e;
+
+use std::fs;
+use std::time::Duration;
+
+use e2e::*;
+
+fn bind(pty: &PtySerial) -> String {
+    format!(
+        "lxc.mount.entry: {} dev/ttyUSB0 none bind,optional,create=file",
+        pty.by_id.display()
+    )
+}
+
+const TOOL_LINES: &str = "lxc.idmap: u 0 100000 65536\nlxc.idmap: g 0 100000 20\nlxc.idmap: g 20 20 1\nlxc.idmap: g 21 100021 65515\n";
+
+#[test]
+fn serial_bind_works_on_the_first_boot_with_the_hook() {
+    let bed = Bed::new();
+    assert!(!bed.subgid().lines().any(|l| l == "root:20:1"));
+    let pty = bed.pty_serial();
+
+    // Without the hook: the service user gets EACCES.
+    let mut plain = bed
+        .container(990_130)
+        .service_user()
+        .conf(&bind(&pty))
+        .create();
+    plain.start().expect_started();
+    let w = plain.exec_as("svc", "echo denied > /dev/ttyUSB0");
+    assert!(!w.success(), "{w}");
+    assert!(w.stderr.contains("Permission denied"), "{w}");
+    plain.stop();
+
+    // With the hook, first boot: it works, and the host reads the bytes.
+    let mut ct = bed
+        .container(990_131)
+        .service_user()
+        .conf(&bind(&pty))
+        .hook(Hook::Binary)
+        .create();
+    let rep = ct.start();
+    rep.expect_started();
+    assert!(rep.task_log.contains("added root:20:1"), "{}", rep.task_log);
+    let started = rep.started_config.clone().unwrap_or_default();
+    assert!(
+        started.contains("lxc.idmap = g 20 20 1\n"),
+        "the same boot used the new map:\n{started}"
+    );
+    assert!(ct.pve_conf().ends_with(TOOL_LINES), "{}", ct.pve_conf());
+    assert!(
+        bed.subgid().lines().any(|l| l == "root:20:1"),
+        "{}",
+        bed.subgid()
+    );
+    let st = ct.exec("stat -c '%u %g %a' /dev/ttyUSB0").ok().to_string();
+    assert_eq!(st.trim(), "65534 20 660");
+    let w = ct.exec_as("svc", "printf 'zigbee\\n' > /dev/ttyUSB0");
+    assert!(w.success(), "{w}");
+    assert_eq!(
+        pty.read_until(b"zigbee\n", Duration::from_secs(5)),
+        b"zigbee\n"
+    );
+    let state: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(ct.state_path()).unwrap()).unwrap();
+    assert_eq!(
+        state["owned"]["conf_lines"].as_array().map(Vec::len),
+        Some(4),
+        "{state}"
+    );
+}
+
+#[test]
+fn hand_written_map_without_subgid_line_starts_with_the_hook() {
+    let bed = Bed::new();
+    assert!(!bed.subgid().lines().any(|l| l == "root:20:1"));
+    let map = [
+        "lxc.idmap: u 0 100000 65536",
+        "lxc.idmap: g 0 100000 20",
+        "lxc.idmap: g 20 20 1",
+        "lxc.idmap: g 21 100021 65515",
+    ];
+
+    // Without the hook: LXC's newgidmap refuses the range.
+    let mut b = bed.container(990_132).service_user();
+    for l in map {
+        b = b.conf(l);
+    }
+    let mut plain = b.create();
+    let rep = plain.start();
+    assert!(!rep.started, "{rep}");
+    let why = format!("{rep}\n{}", plain.lxc_log());
+    assert!(
+        why.contains("newgidmap") && why.contains("not allowed"),
+        "{why}"
+    );
+
+    // With the hook: the subgid line is added and it starts; the person's
+    // lines stay as they are.
+    let mut b = bed.container(990_133).service_user().hook(Hook::Binary);
+    for l in map {
+        b = b.conf(l);
+    }
+    let mut ct = b.create();
+    let conf_before = ct.pve_conf();
+    let rep = ct.start();
+    rep.expect_started();
+    assert!(
+        bed.subgid().lines().any(|l| l == "root:20:1"),
+        "{}",
+        bed.subgid()
+    );
+    assert_eq!(ct.pve_conf(), conf_before);
+    assert!(
+        !ct.state_path().exists() || {
+            let s = fs::read_to_string(ct.state_path()).unwrap();
+            !s.contains("lxc.idmap")
+        }
+    );
+}
+
+#[test]
+fn second_start_writes_nothing_and_removing_the_device_removes_the_lines() {
+    let bed = Bed::new();
+    let pty = bed.pty_serial();
+    let mut ct = bed
+        .container(990_134)
+        .service_user()
+        .conf(&bind(&pty))
+        .hook(Hook::Binary)
+        .create();
+    ct.start().expect_started();
+    ct.stop();
+    let conf_meta = fs::metadata(ct.pve_conf_path())
+        .unwrap()
+        .modified()
+        .unwrap();
+    let conf = ct.pve_conf();
+    let subgid = bed.subgid();
+    let subgid_meta = fs::metadata("/etc/subgid").unwrap().modified().unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+
+    // Same inputs: nothing written.
+    let rep = ct.start();
+    rep.expect_started();
+    assert_eq!(ct.pve_conf(), conf);
+    assert_eq!(
+        fs::metadata(ct.pve_conf_path())
+            .unwrap()
+            .modified()
+            .unwrap(),
+        conf_meta
+    );
+    assert_eq!(bed.subgid(), subgid);
+    assert_eq!(
+        fs::metadata("/etc/subgid").unwrap().modified().unwrap(),
+        subgid_meta
+    );
+    ct.stop();
+
+    // The device goes away: the tool's lines go too, at the next start.
+    let without_device = conf.replace(&format!("{}\n", bind(&pty)), "");
+    ct.set_pve_conf(&without_device);
+    let rep = ct.start();
+    rep.expect_started();
+    assert_eq!(ct.pve_conf(), without_device.replace(TOOL_LINES, ""));
+    let started = rep.started_config.unwrap_or_default();
+    assert!(
+        started.contains("lxc.idmap = g 0 100000 65536\n") && !started.contains("g 20 20 1"),
+        "{started}"
+    );
+    let state = fs::read_to_string(ct.state_path()).unwrap();
+    assert!(!state.contains("lxc.idmap"), "{state}");
+}
