@@ -351,16 +351,6 @@ fn ct_job(req: &CtRequest) -> Result<CtReport, String> {
         }
     };
     let ix = group::index(&group_text);
-    for n in DEVICE_GROUPS {
-        if let Some(g) = ix.by_name.get(*n) {
-            r.groups_by_name.insert((*n).to_string(), *g);
-        }
-    }
-    for g in &req.lookup_gids {
-        if let Some(n) = ix.by_gid.get(g) {
-            r.names_by_gid.insert(*g, n.clone());
-        }
-    }
     if let Some(n) = &r.name {
         r.member_of_before = ix.member_of.get(n).cloned().unwrap_or_default();
     }
@@ -377,23 +367,47 @@ fn ct_job(req: &CtRequest) -> Result<CtReport, String> {
         }
     };
     r.outcomes = edit.outcomes;
+    // gshadow first: a group line without its gshadow line is what shadow's
+    // tools tolerate; the reverse is not.
+    let mut written = group_text.as_str();
+    let mut gshadow_failed = false;
     if let Some(t) = &edit.gshadow {
-        replace_file(std::path::Path::new("/etc/gshadow"), t.as_bytes(), 0o640)
-            .map_err(|e| format!("/etc/gshadow: {e:#}"))?;
-        r.wrote.push("/etc/gshadow".into());
+        match replace_file(std::path::Path::new("/etc/gshadow"), t.as_bytes(), 0o640) {
+            Ok(()) => r.wrote.push("/etc/gshadow".into()),
+            Err(e) => {
+                r.problems
+                    .push(format!("gave up editing groups: /etc/gshadow: {e:#}"));
+                r.outcomes.clear();
+                gshadow_failed = true;
+            }
+        }
     }
-    if let Some(t) = &edit.group {
-        replace_file(std::path::Path::new("/etc/group"), t.as_bytes(), 0o644)
-            .map_err(|e| format!("/etc/group: {e:#}"))?;
-        r.wrote.push("/etc/group".into());
+    if let (Some(t), false) = (&edit.group, gshadow_failed) {
+        match replace_file(std::path::Path::new("/etc/group"), t.as_bytes(), 0o644) {
+            Ok(()) => {
+                r.wrote.push("/etc/group".into());
+                written = t.as_str();
+            }
+            Err(e) => {
+                r.problems
+                    .push(format!("gave up editing groups: /etc/group: {e:#}"));
+                r.outcomes.clear();
+            }
+        }
     }
+    let after = group::index(written);
     if let Some(n) = &r.name {
-        let after = edit.group.as_deref().unwrap_or(&group_text);
-        r.member_of_after = group::index(after)
-            .member_of
-            .get(n)
-            .cloned()
-            .unwrap_or_default();
+        r.member_of_after = after.member_of.get(n).cloned().unwrap_or_default();
+    }
+    for n in DEVICE_GROUPS {
+        if let Some(g) = after.by_name.get(*n) {
+            r.groups_by_name.insert((*n).to_string(), *g);
+        }
+    }
+    for g in &req.lookup_gids {
+        if let Some(n) = after.by_gid.get(g) {
+            r.names_by_gid.insert(*g, n.clone());
+        }
     }
     Ok(r)
 }

@@ -1,0 +1,404 @@
+//! End-to-end scenarios for post-start (issue 6) on real LXC: privilege drop
+//! detection, the group fix with and without supplementary groups, hostile
+//! containers, and eight containers at once.
+
+mod e2e;
+
+use std::fs;
+use std::os::unix::fs::{symlink, MetadataExt};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use e2e::*;
+use serde_json::Value;
+
+/// The bed's default map: container ID + 100000.
+const BASE: u32 = 100_000;
+
+/// Reads the state once it satisfies `ok`, or panics after `within`.
+fn wait_state(path: &Path, within: Duration, ok: impl Fn(&Value) -> bool) -> (Value, Instant) {
+    let start = Instant::now();
+    loop {
+        if let Ok(t) = fs::read_to_string(path) {
+            if let Ok(v) = serde_json::from_str::<Value>(&t) {
+                if ok(&v) {
+                    return (v, Instant::now());
+                }
+            }
+        }
+        assert!(
+            start.elapsed() < within,
+            "state {} did not reach the expected shape within {within:?}: {}",
+            path.display(),
+            fs::read_to_string(path).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn has_runtime_uid(v: &Value, uid: u64) -> bool {
+    v["runtime_user"]["uid"].as_u64() == Some(uid)
+}
+
+/// When a process with host uid `host_uid` first shows in `init`'s PID namespace.
+fn wait_host_uid(init: i32, host_uid: u32, within: Duration) -> Instant {
+    let ns = fs::read_link(format!("/proc/{init}/ns/pid")).unwrap();
+    let start = Instant::now();
+    loop {
+        for e in fs::read_dir("/proc").unwrap().flatten() {
+            let name = e.file_name();
+            let Some(pid) = name
+                .to_str()
+                .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+            else {
+                continue;
+            };
+            if fs::read_link(format!("/proc/{pid}/ns/pid")).ok().as_ref() != Some(&ns) {
+                continue;
+            }
+            let st = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            let uid = st
+                .lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|v| v.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u32>().ok());
+            if uid == Some(host_uid) {
+                return Instant::now();
+            }
+        }
+        assert!(
+            start.elapsed() < within,
+            "no process with host uid {host_uid}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A tiny static helper like `su-exec uid:gid`: sets the given uid and gid
+/// and **no** supplementary groups, then execs.
+fn dropto_binary() -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("dropto.c");
+    fs::write(
+        &src,
+        r#"#include <grp.h>
+#include <stdlib.h>
+#include <unistd.h>
+int main(int c, char **v) {
+    if (c < 4) return 2;
+    gid_t g = (gid_t)atoi(v[2]);
+    if (setgroups(0, NULL) || setgid(g) || setuid((uid_t)atoi(v[1]))) return 3;
+    execv(v[3], v + 3);
+    return 4;
+}
+"#,
+    )
+    .unwrap();
+    let out = dir.path().join("dropto");
+    let r = Command::new("cc")
+        .args(["-static", "-O1", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .output()
+        .expect("cc");
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    fs::read(out).unwrap()
+}
+
+fn pty_entry(pty: &PtySerial) -> String {
+    format!(
+        "lxc.mount.entry: {} dev/ttyUSB0 none bind,optional,create=file",
+        pty.by_id.display()
+    )
+}
+
+/// The map with GID 20 passed through, as the idmap work will write it.
+const GID20_MAP: [&str; 4] = [
+    "lxc.idmap: u 0 100000 65536",
+    "lxc.idmap: g 0 100000 20",
+    "lxc.idmap: g 20 20 1",
+    "lxc.idmap: g 21 100021 65515",
+];
+
+#[test]
+fn privilege_drop_is_detected_within_a_second_and_recorded() {
+    let bed = Bed::new();
+    let pty = bed.pty_serial();
+    let mut ct = bed
+        .container(990_150)
+        .service_user()
+        .conf(&pty_entry(&pty))
+        .init("sleep 2\nsu -s /bin/sh svc -c 'exec sleep 1000' &\nwhile :; do sleep 3600; done\n")
+        .hook(Hook::Binary)
+        .create();
+    let rep = ct.start();
+    rep.expect_started();
+    let post = rep.post_start.as_ref().expect("post-start ran");
+    assert!(post.success(), "{post}");
+    let closed = post.closed_after.expect("stdout/stderr closed");
+    eprintln!("post-start handed back after {closed:?}");
+    assert!(closed < Duration::from_millis(500), "{post}");
+    assert!(post.stderr.contains("pinned"), "{post}");
+    let init = ct.init_pid().unwrap();
+    let dropped = wait_host_uid(init, BASE + 1000, Duration::from_secs(10));
+    let (v, at) = wait_state(&ct.state_path(), Duration::from_secs(10), |v| {
+        has_runtime_uid(v, 1000)
+    });
+    let lag = at.saturating_duration_since(dropped);
+    eprintln!("recorded {lag:?} after the drop");
+    assert!(lag < Duration::from_secs(1), "{lag:?}");
+    let u = &v["runtime_user"];
+    assert_eq!(u["name"], "svc");
+    assert_eq!(u["gid"], 1000);
+    assert_eq!(u["comm"], "sleep");
+    // The default map leaves host dialout unmapped: no group can help.
+    assert_eq!(v["devices"][0]["verdict"], "no-access", "{v:#}");
+    assert!(v["devices"][0]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("not mapped"));
+    ct.stop();
+}
+
+#[test]
+fn group_fix_creates_dialout_and_the_service_gets_it_after_a_restart() {
+    let bed = Bed::new();
+    bed.add_subgid("root:20:1");
+    let pty = bed.pty_serial();
+    let mut b = bed
+        .container(990_151)
+        .etc_group("root:x:0:\nsvc:x:1000:\n")
+        .user("svc", 1000, 1000, &[])
+        .conf(&pty_entry(&pty))
+        .init("su -s /bin/sh svc -c 'exec sleep 1000' &\nwhile :; do sleep 3600; done\n")
+        .hook(Hook::Binary);
+    for l in GID20_MAP {
+        b = b.conf(l);
+    }
+    let mut ct = b.create();
+    ct.start().expect_started();
+    let (v, _) = wait_state(&ct.state_path(), Duration::from_secs(10), |v| {
+        has_runtime_uid(v, 1000)
+    });
+    let group = fs::read_to_string(ct.rootfs().join("etc/group")).unwrap();
+    assert_eq!(group, "root:x:0:\nsvc:x:1000:\ndialout:x:20:svc\n");
+    let meta = fs::metadata(ct.rootfs().join("etc/group")).unwrap();
+    assert_eq!(
+        (meta.uid(), meta.gid(), meta.mode() & 0o7777),
+        (BASE, BASE, 0o644)
+    );
+    // Groups are fixed at exec: this boot needs a restart of the service.
+    assert_eq!(v["devices"][0]["verdict"], "needs-restart", "{v:#}");
+    assert_eq!(v["container_groups"]["dialout"], 20);
+    assert!(v["changes"][0]
+        .as_str()
+        .unwrap()
+        .contains("created group dialout gid 20"));
+    ct.stop();
+
+    // Next boot: the service starts with the group and can open the node.
+    fs::remove_file(ct.state_path()).unwrap();
+    ct.start().expect_started();
+    let (v, _) = wait_state(&ct.state_path(), Duration::from_secs(10), |v| {
+        has_runtime_uid(v, 1000)
+    });
+    assert_eq!(v["devices"][0]["verdict"], "ok", "{v:#}");
+    assert_eq!(v["runtime_user"]["groups"], serde_json::json!([20, 1000]));
+    assert_eq!(v["runtime_user"]["keeps_supplementary_groups"], true);
+    let w = ct.exec_as("svc", "printf 'via group\\n' > /dev/ttyUSB0");
+    assert!(w.success(), "{w}");
+    assert_eq!(
+        pty.read_until(b"via group\n", Duration::from_secs(5)),
+        b"via group\n"
+    );
+    // Nothing left to do: the file is untouched the second time.
+    assert_eq!(
+        fs::read_to_string(ct.rootfs().join("etc/group")).unwrap(),
+        "root:x:0:\nsvc:x:1000:\ndialout:x:20:svc\n"
+    );
+    ct.stop();
+}
+
+#[test]
+fn dropped_supplementary_groups_are_recorded_with_the_devn_fallback() {
+    let bed = Bed::new();
+    bed.add_subgid("root:20:1");
+    let pty = bed.pty_serial();
+    let mut b = bed
+        .container(990_152)
+        .service_user()
+        .file("/bin/dropto", dropto_binary(), 0o755)
+        .conf(&pty_entry(&pty))
+        .init("/bin/dropto 1000 1000 /bin/sleep 1000 &\nwhile :; do sleep 3600; done\n")
+        .hook(Hook::Binary);
+    for l in GID20_MAP {
+        b = b.conf(l);
+    }
+    let mut ct = b.create();
+    ct.start().expect_started();
+    let (v, _) = wait_state(&ct.state_path(), Duration::from_secs(10), |v| {
+        has_runtime_uid(v, 1000)
+    });
+    let u = &v["runtime_user"];
+    assert_eq!(u["groups"], serde_json::json!([]), "{v:#}");
+    assert_eq!(u["keeps_supplementary_groups"], false, "{v:#}");
+    assert_eq!(v["devices"][0]["verdict"], "no-access", "{v:#}");
+    assert!(v["devices"][0]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("dropped"));
+    assert_eq!(v["dev_fallback"][0]["uid"], 1000, "{v:#}");
+    assert_eq!(v["dev_fallback"][0]["gid"], 1000);
+    // Membership was already there: /etc/group is unchanged.
+    assert_eq!(
+        fs::read_to_string(ct.rootfs().join("etc/group")).unwrap(),
+        "root:x:0:\ndialout:x:20:svc\nsvc:x:1000:\n"
+    );
+    let stop = ct.stop();
+    let post = stop.post_stop.expect("post-stop ran");
+    assert_eq!(post.code, 0);
+    assert!(post.stderr.contains("next start"), "{post:?}");
+}
+
+fn host_files() -> Vec<(String, Vec<u8>)> {
+    ["/etc/shadow", "/etc/passwd", "/etc/group", "/etc/gshadow"]
+        .iter()
+        .map(|p| (p.to_string(), fs::read(p).unwrap_or_default()))
+        .collect()
+}
+
+fn lchown(p: &Path, id: u32) {
+    std::os::unix::fs::lchown(p, Some(id), Some(id)).unwrap();
+}
+
+#[test]
+fn hostile_containers_never_touch_the_host_and_say_why() {
+    let bed = Bed::new();
+    let before = host_files();
+    type Setup = fn(&Path);
+    let cases: [(&str, Setup, &str); 5] = [
+        (
+            "absolute symlink",
+            |r| {
+                fs::remove_file(r.join("etc/group")).unwrap();
+                symlink("/etc/shadow", r.join("etc/group")).unwrap();
+                lchown(&r.join("etc/group"), BASE);
+            },
+            "symbolic link",
+        ),
+        (
+            "relative escape",
+            |r| {
+                fs::remove_file(r.join("etc/group")).unwrap();
+                symlink("../../../../etc/passwd", r.join("etc/group")).unwrap();
+                lchown(&r.join("etc/group"), BASE);
+            },
+            "symbolic link",
+        ),
+        (
+            "etc is a symlink",
+            |r| {
+                fs::rename(r.join("etc"), r.join("etc.real")).unwrap();
+                symlink("../../../../../etc", r.join("etc")).unwrap();
+                lchown(&r.join("etc"), BASE);
+            },
+            "symbolic link",
+        ),
+        (
+            "fifo",
+            |r| {
+                fs::remove_file(r.join("etc/group")).unwrap();
+                nix::unistd::mkfifo(
+                    &r.join("etc/group"),
+                    nix::sys::stat::Mode::from_bits_truncate(0o644),
+                )
+                .unwrap();
+                lchown(&r.join("etc/group"), BASE);
+            },
+            "FIFO",
+        ),
+        (
+            "200 MiB",
+            |r| {
+                let f = fs::OpenOptions::new()
+                    .write(true)
+                    .open(r.join("etc/group"))
+                    .unwrap();
+                f.set_len(200 << 20).unwrap();
+            },
+            "larger than",
+        ),
+    ];
+    for (i, (what, setup, why)) in cases.iter().enumerate() {
+        let vmid = 990_160 + u32::try_from(i).unwrap();
+        let pty = bed.pty_serial();
+        let mut ct = bed
+            .container(vmid)
+            .service_user()
+            .file("/bin/dropto", dropto_binary(), 0o755)
+            .conf(&pty_entry(&pty))
+            .init("/bin/dropto 1000 1000 /bin/sleep 1000 &\nwhile :; do sleep 3600; done\n")
+            .hook(Hook::Binary)
+            .create();
+        setup(&ct.rootfs());
+        let rep = ct.start();
+        rep.expect_started();
+        let post = rep.post_start.as_ref().unwrap();
+        assert!(
+            post.success() && post.closed_after.is_some(),
+            "{what}: {post}"
+        );
+        let (v, _) = wait_state(&ct.state_path(), Duration::from_secs(15), |v| {
+            v["last_run"]["phase"] == "post-start"
+        });
+        let changes = v["changes"].to_string();
+        eprintln!("{what}: {changes}");
+        assert!(changes.contains(why), "{what}: {v:#}");
+        assert!(
+            changes.contains("gave up") || changes.contains("/etc/passwd"),
+            "{what}: {v:#}"
+        );
+        assert_eq!(host_files(), before, "{what}: a host file changed");
+        ct.stop();
+    }
+}
+
+#[test]
+fn eight_containers_at_once_each_get_their_own_state() {
+    let bed = Bed::new();
+    let mut cts: Vec<Ct> = (0..8u32)
+        .map(|i| {
+            let uid = 2000 + i;
+            bed.container(990_170 + i)
+                .group("dialout", 20)
+                .user(&format!("u{i}"), uid, uid, &[])
+                .conf("dev0: /dev/null,gid=20,mode=0660")
+                .init(&format!(
+                    "su -s /bin/sh u{i} -c 'exec sleep 1000' &\nwhile :; do sleep 3600; done\n"
+                ))
+                .hook(Hook::Binary)
+                .create()
+        })
+        .collect();
+    std::thread::scope(|s| {
+        for ct in cts.iter_mut() {
+            s.spawn(move || ct.start().expect_started().post_start.clone());
+        }
+    });
+    for (i, ct) in cts.iter().enumerate() {
+        let uid = 2000 + u64::try_from(i).unwrap();
+        let (v, _) = wait_state(&ct.state_path(), Duration::from_secs(20), |v| {
+            has_runtime_uid(v, uid)
+        });
+        assert_eq!(v["vmid"], 990_170 + u64::try_from(i).unwrap());
+        assert_eq!(v["runtime_user"]["name"], format!("u{i}"));
+        // dev0 gid=20: the group exists, u<i> is added; the running service needs a restart.
+        let g = fs::read_to_string(ct.rootfs().join("etc/group")).unwrap();
+        assert!(g.contains(&format!("dialout:x:20:u{i}\n")), "{g}");
+        assert_eq!(v["devices"][0]["verdict"], "needs-restart", "{v:#}");
+    }
+    for ct in cts.iter_mut() {
+        ct.stop();
+    }
+}
