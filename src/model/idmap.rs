@@ -873,13 +873,23 @@ mod tests {
                 for w in of_kind.windows(2) {
                     prop_assert!(w[0].host + w[0].len != w[1].host);
                 }
-                for id in [0u64, 1, 19, 20, 21, 999, 1000, 65534, 65535] {
-                    let passed = pts.iter().any(|p| p.kind == kind && p.ct <= id && id < p.ct + p.len);
-                    let host = lookup(&out, kind, id).unwrap();
-                    if passed {
-                        prop_assert_eq!(host, id);
+                // Every line lies wholly inside the passed IDs (then it is
+                // 1:1) or wholly outside (then host = base + ct).
+                let mut passed: Vec<IdRange> = pts
+                    .iter()
+                    .filter(|p| p.kind == kind)
+                    .map(|p| IdRange::new(p.ct, p.len))
+                    .collect();
+                let passed = crate::model::subid::union(&mut passed);
+                for e in &of_kind {
+                    let r = e.ct_range();
+                    let inside = passed.iter().any(|p| p.start <= r.start && r.end <= p.end);
+                    let touches = passed.iter().any(|p| p.overlaps(&r));
+                    if inside {
+                        prop_assert_eq!(e.host, e.ct, "{}", e);
                     } else {
-                        prop_assert_eq!(host, PVE_BASE_HOST + id);
+                        prop_assert!(!touches, "{} is partly passed", e);
+                        prop_assert_eq!(e.host, PVE_BASE_HOST + e.ct, "{}", e);
                     }
                 }
             }
@@ -887,6 +897,45 @@ mod tests {
             prop_assert!(unmet(&out, &pts).is_empty());
             // Idempotent: punching again changes nothing.
             prop_assert_eq!(compute(&out, &pts).unwrap(), out);
+        }
+
+        #[test]
+        fn shifted_passthroughs_conflict_or_are_met(
+            v in prop::collection::vec((prop::bool::ANY, 0u64..70_000, 1u64..50), 0..30),
+        ) {
+            // Distinct host regions, so only container sides can clash.
+            let pts: Vec<Passthrough> = v
+                .iter()
+                .enumerate()
+                .map(|(i, &(u, ct, len))| Passthrough {
+                    kind: if u { IdKind::Uid } else { IdKind::Gid },
+                    ct,
+                    host: 200_000 + i as u64 * 100,
+                    len,
+                    reason: format!("p{i}"),
+                })
+                .collect();
+            let clash = pts.iter().enumerate().any(|(i, a)| {
+                pts[..i].iter().any(|b| {
+                    a.kind == b.kind && a.entry().ct_range().overlaps(&b.entry().ct_range())
+                })
+            });
+            match compute(&pve_default(), &pts) {
+                Err(e) => prop_assert!(clash, "unexpected error {}", e),
+                Ok(out) => {
+                    prop_assert!(!clash);
+                    prop_assert_eq!(validate(&out), Ok(()));
+                    prop_assert!(unmet(&out, &pts).is_empty());
+                    for kind in IdKind::ALL {
+                        for id in [0u64, 1, 1000, 65535] {
+                            let passed = pts.iter().any(|p| p.kind == kind && p.ct <= id && id < p.ct + p.len);
+                            if !passed {
+                                prop_assert_eq!(lookup(&out, kind, id), Some(PVE_BASE_HOST + id));
+                            }
+                        }
+                    }
+                }
+            }
         }
 
         #[test]

@@ -6,6 +6,8 @@
 //! Planning works on a [`Draft`]: each step (ID maps here; devices next)
 //! edits the draft, and [`Draft::finish`] turns it into file changes.
 
+use std::collections::HashSet;
+
 use crate::model::event::Event;
 use crate::model::idmap::{self, IdKind, IdRange, IdmapEntry, Passthrough, RawIdmap};
 use crate::model::lxcconf::LxcConfig;
@@ -111,6 +113,9 @@ pub struct Decision {
     pub changes: Vec<FileChange>,
     /// Subordinate-ID coverage to ensure, under lock.
     pub subid: Vec<SubidNeed>,
+    /// The container's ID map after this pre-start (the tool's or a
+    /// person's lines, or Proxmox's default); `None` when privileged.
+    pub idmap: Option<Vec<IdmapEntry>>,
     /// Lines for the task log and syslog.
     pub events: Vec<Event>,
     /// Set when starting would be wrong: the message for the task log.
@@ -147,6 +152,8 @@ pub struct Draft {
     /// The state to record (owned lines updated by the steps).
     pub state: State,
     pub subid: Vec<SubidNeed>,
+    /// The effective ID map, once the ID-map step has run.
+    pub idmap: Option<Vec<IdmapEntry>>,
     pub events: Vec<Event>,
 }
 
@@ -162,6 +169,7 @@ impl Draft {
                 .clone()
                 .unwrap_or_else(|| State::new(facts.vmid)),
             subid: Vec::new(),
+            idmap: None,
             events: Vec::new(),
         }
     }
@@ -262,6 +270,7 @@ impl Draft {
         Decision {
             changes,
             subid: self.subid,
+            idmap: self.idmap,
             events: self.events,
             refusal: None,
         }
@@ -350,7 +359,7 @@ pub fn owned_idmap_line(e: &IdmapEntry) -> String {
 /// needs and the same-boot patch out.
 pub fn plan_idmap(facts: &Facts, d: &mut Draft) -> Result<(), String> {
     let conf_path = &facts.conf_path;
-    let owned: Vec<IdmapEntry> = d
+    let owned: HashSet<IdmapEntry> = d
         .state
         .owned
         .conf_lines
@@ -382,8 +391,10 @@ pub fn plan_idmap(facts: &Facts, d: &mut Draft) -> Result<(), String> {
     let passthroughs = collect_passthroughs(facts)?;
     let described: Vec<String> = passthroughs.iter().map(ToString::to_string).collect();
 
-    if !facts.conf.unprivileged() {
-        if !passthroughs.is_empty() || !theirs.is_empty() {
+    // A privileged container with a person's lxc.idmap lines still runs in
+    // a user namespace: those lines are checked and covered like any other.
+    if !facts.conf.unprivileged() && theirs.is_empty() {
+        if !passthroughs.is_empty() {
             d.events.push(Event::info(
                 "idmap-privileged",
                 "privileged container: host IDs are container IDs, so no ID map is needed; doing device and group work only",
@@ -452,6 +463,8 @@ pub fn plan_idmap(facts: &Facts, d: &mut Draft) -> Result<(), String> {
         map
     };
 
+    d.idmap = Some(effective.clone());
+
     // Subordinate IDs for every host range of the map.
     for kind in IdKind::ALL {
         let ranges: Vec<IdRange> = effective
@@ -511,7 +524,7 @@ fn main_end(conf: &PveConfig) -> usize {
 /// Removes the tool's `lxc.idmap` lines from the config and the state;
 /// `reason` is recorded when a line goes.
 fn remove_owned_idmap(d: &mut Draft, reason: Option<&str>) {
-    let owned: Vec<IdmapEntry> = d
+    let owned: HashSet<IdmapEntry> = d
         .state
         .owned
         .conf_lines
@@ -816,6 +829,40 @@ mod tests {
         assert_eq!(d.refusal, None);
         let new = &d.change(Target::PveConf).unwrap().new;
         assert!(new.ends_with("lxc.idmap: g 21 100021 65515\n\n[snap1]\nunprivileged: 1\nlxc.idmap: u 0 100000 65536\n\n[pve:pending]\nmemory: 512\n"), "{new}");
+    }
+
+    #[test]
+    fn privileged_with_a_persons_map_is_checked_and_covered() {
+        let conf = "lxc.idmap: u 0 100000 65536\nlxc.idmap: g 0 100000 20\nlxc.idmap: g 20 20 1\nlxc.idmap: g 21 100021 65515\n";
+        let mut f = facts(conf);
+        f.lxc_config.text = None;
+        let d = decide(&f);
+        assert_eq!(d.refusal, None);
+        assert_eq!(
+            d.change(Target::Subgid).unwrap().new,
+            "root:100000:65536\nroot:20:1\n"
+        );
+        assert!(d.idmap.is_some());
+        let d = decide(&facts("arch: amd64\ndev0: /dev/ttyUSB0\n"));
+        assert_eq!(d.idmap, None);
+        assert!(d.changes.is_empty());
+    }
+
+    #[test]
+    fn decision_carries_the_effective_map() {
+        let d = decide(&facts(SERIAL));
+        let map = d.idmap.unwrap();
+        assert_eq!(
+            idmap::render_values(&map),
+            [
+                "u 0 100000 65536",
+                "g 0 100000 20",
+                "g 20 20 1",
+                "g 21 100021 65515"
+            ]
+        );
+        let d = decide(&facts("unprivileged: 1\ndev0: /dev/dri/renderD128\n"));
+        assert_eq!(d.idmap.unwrap(), idmap::pve_default());
     }
 
     #[test]
