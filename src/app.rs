@@ -59,9 +59,7 @@ pub fn run(cmd: Command, paths: &Paths) -> u8 {
             phase::run(&mut ctx, phase)
         }
         Command::Doctor { vmid } => crate::cmd::doctor::run(paths, vmid),
-        Command::Plan { .. } | Command::Status { .. } => {
-            eprintln!("pct-passthrough: this command is not available in this version yet");
-            2
-        }
+        Command::Plan { vmid } => crate::cmd::plan::run(paths, vmid),
+        Command::Status { vmid, json } => crate::cmd::status::run(paths, vmid, json),
     }
 }

@@ -10,6 +10,7 @@ use std::process::Command;
 use rstest::rstest;
 
 const BIN: &str = env!("CARGO_BIN_EXE_pct-passthrough");
+const MAP: &str = "lxc.idmap: u 0 100000 65536\nlxc.idmap: g 0 100000 20\nlxc.idmap: g 20 20 1\nlxc.idmap: g 21 100021 65515\n";
 const BY_ID: &str = "/dev/serial/by-id/usb-ITead_Sonoff_Zigbee_3.0-if00-port0";
 
 struct Host {
@@ -41,7 +42,7 @@ impl Host {
         symlink("../../ttyUSB0", h.root.join(&BY_ID[1..])).unwrap();
         h.write(
             "etc/pve/lxc/105.conf",
-            &format!("arch: amd64\ndev0: {BY_ID}\nhookscript: local:snippets/pct-passthrough\nunprivileged: 1\n"),
+            &format!("arch: amd64\ndev0: {BY_ID}\nhookscript: local:snippets/pct-passthrough\nunprivileged: 1\n{MAP}"),
         );
         h
     }
@@ -178,6 +179,28 @@ fn dropped_groups(h: &Host) {
 fn bad_policy(h: &Host) {
     h.write("etc/pve/pct-passthrough/105.toml", "idmaps = []\n");
 }
+fn map_not_covered(h: &Host) {
+    h.write("etc/subgid", "root:100000:65536\n");
+}
+fn map_not_covered_without_hook(h: &Host) {
+    map_not_covered(h);
+    h.edit_conf("hookscript: local:snippets/pct-passthrough\n", "");
+}
+fn map_invalid(h: &Host) {
+    h.edit_conf(
+        "lxc.idmap: g 20 20 1\n",
+        "lxc.idmap: g 20 20 1\nlxc.idmap: g 20 100020 1\n",
+    );
+}
+fn map_unparsable(h: &Host) {
+    h.edit_conf("lxc.idmap: g 20 20 1\n", "lxc.idmap: g 20 20\n");
+}
+fn root_overlap(h: &Host) {
+    h.write("etc/subuid", "root:100000:65536\nbackup:165000:1000\n");
+}
+fn root_stale(h: &Host) {
+    h.write("etc/subgid", "root:100000:65536\nroot:20:1\nroot:44:1\n");
+}
 fn no_container(h: &Host) {
     fs::remove_file(h.root.join("etc/pve/lxc/105.conf")).unwrap();
 }
@@ -235,6 +258,32 @@ fn no_container(h: &Host) {
     bad_policy,
     "fail  105: /etc/pve/pct-passthrough/105.toml line 1: unknown field `idmaps`",
     "fix: fix /etc/pve/pct-passthrough/105.toml"
+)]
+#[case::map_not_covered(map_not_covered, "warn  105: the map needs root:20:1 in /etc/subgid, which is missing; pre-start adds it at the next start", "usermod --add-subgids 20-20 root")]
+#[case::map_not_covered_without_hook(
+    map_not_covered_without_hook,
+    "fail  105: the map needs root:20:1 in /etc/subgid, which is missing; the start fails",
+    "fix: usermod --add-subgids 20-20 root, or register pct-passthrough (install.sh 105)"
+)]
+#[case::map_invalid(
+    map_invalid,
+    "fail  105: the ID map is invalid: ",
+    "fix: fix those lxc.idmap lines"
+)]
+#[case::map_unparsable(
+    map_unparsable,
+    "fail  105: lxc.idmap 'g 20 20' is not an idmap entry",
+    "fix: fix or delete that lxc.idmap line"
+)]
+#[case::root_overlap(
+    root_overlap,
+    "warn  host: /etc/subuid: root's range on line 1 overlaps 'backup' on line 2",
+    "fix: give 'backup' a range of its own"
+)]
+#[case::root_stale(
+    root_stale,
+    "warn  host: /etc/subgid line 3: root:44:1 is used by no container map on this node (stale?)",
+    "delete line 3 of /etc/subgid"
 )]
 #[case::no_container(
     no_container,

@@ -6,6 +6,7 @@ use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
 use crate::model::doctor::{self, Check, DeviceFacts, HookFile};
+use crate::model::idmap::{IdKind, IdRange};
 use crate::model::policy::Policy;
 use crate::model::pveconf::PveConfig;
 use crate::model::state::State;
@@ -18,12 +19,23 @@ use crate::sys::fs::read_text;
 /// Runs every check and prints the report; returns the exit code.
 pub fn run(paths: &Paths, vmid: Option<Vmid>) -> u8 {
     let mut checks = host_checks(paths);
+    let subuid = read_text(&paths.subuid(), Limits::HOST_FILE)
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    let subgid = read_text(&paths.subgid(), Limits::HOST_FILE)
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    let used = used_host_ranges(paths);
+    checks.extend(doctor::root_ranges("/etc/subuid", &subuid, &used[0]));
+    checks.extend(doctor::root_ranges("/etc/subgid", &subgid, &used[1]));
     let vmids = match vmid {
         Some(v) => vec![v],
         None => containers_using_us(paths),
     };
     for v in vmids {
-        checks.extend(container_checks(paths, v));
+        checks.extend(container_checks(paths, v, &subuid, &subgid));
     }
     let (out, code) = doctor::render(&checks);
     print!("{out}");
@@ -96,6 +108,30 @@ fn host_checks(paths: &Paths) -> Vec<Check> {
     out
 }
 
+/// Host uid and gid ranges of every container map on this node.
+fn used_host_ranges(paths: &Paths) -> [Vec<IdRange>; 2] {
+    let mut out = [Vec::new(), Vec::new()];
+    let Ok(entries) = fs::read_dir(paths.host("/etc/pve/lxc")) else {
+        return out;
+    };
+    for e in entries.filter_map(Result::ok) {
+        let p = e.path();
+        if p.extension().is_none_or(|x| x != "conf") {
+            continue;
+        }
+        let Some(text) = read_text(&p, Limits::PVE_CONFIG).ok().flatten() else {
+            continue;
+        };
+        if let Ok(Some(map)) = doctor::effective_map(&PveConfig::parse(&text)) {
+            for m in map {
+                let i = usize::from(m.kind == IdKind::Gid);
+                out[i].push(m.host_range());
+            }
+        }
+    }
+    out
+}
+
 /// Containers on this node whose hookscript is pct-passthrough or that have
 /// a policy.
 fn containers_using_us(paths: &Paths) -> Vec<Vmid> {
@@ -151,7 +187,7 @@ fn hook_file(paths: &Paths, volume: &str) -> HookFile {
     }
 }
 
-fn container_checks(paths: &Paths, vmid: Vmid) -> Vec<Check> {
+fn container_checks(paths: &Paths, vmid: Vmid, subuid: &str, subgid: &str) -> Vec<Check> {
     let id = vmid.to_string();
     let conf_abs = format!("/etc/pve/lxc/{vmid}.conf");
     let conf = match read(paths, &conf_abs, Limits::PVE_CONFIG, &id) {
@@ -203,6 +239,9 @@ fn container_checks(paths: &Paths, vmid: Vmid) -> Vec<Check> {
         file.as_ref(),
         crate::app::VERSION,
     ));
+    let runs_us = volume.is_some_and(|v| v.rsplit('/').next() == Some("pct-passthrough"))
+        && policy.as_ref().is_none_or(|p| p.enabled);
+    out.extend(doctor::container_map(&id, &conf, subuid, subgid, runs_us));
 
     for d in device_facts(paths, &conf, policy.as_ref()) {
         out.push(doctor::device(&id, &d));
@@ -226,24 +265,9 @@ fn container_checks(paths: &Paths, vmid: Vmid) -> Vec<Check> {
     out
 }
 
-/// Devices from `devN`, device binds in `lxc.mount.entry`, and the policy.
+/// Devices the container names, each resolved under the root.
 fn device_facts(paths: &Paths, conf: &PveConfig, policy: Option<&Policy>) -> Vec<DeviceFacts> {
-    let mut wanted: Vec<(String, String, bool)> = Vec::new();
-    for d in conf.dev_entries() {
-        wanted.push((format!("dev{}", d.index), d.path.clone(), true));
-    }
-    for m in conf.mount_entries() {
-        if m.source.starts_with("/dev/") {
-            let optional = m.options.iter().any(|o| o == "optional");
-            wanted.push(("lxc.mount.entry".into(), m.source.clone(), !optional));
-        }
-    }
-    for d in policy.map(|p| p.devices.as_slice()).unwrap_or_default() {
-        let path = d.path.get_ref().clone();
-        if !wanted.iter().any(|(_, p, _)| *p == path) {
-            wanted.push(("policy device".into(), path, d.required));
-        }
-    }
+    let wanted = doctor::wanted_devices(conf, policy);
     wanted
         .into_iter()
         .map(|(source, path, required)| {

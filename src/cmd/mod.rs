@@ -2,3 +2,5 @@
 //! asks the pure model, and prints; none of them writes a file.
 
 pub mod doctor;
+pub mod plan;
+pub mod status;

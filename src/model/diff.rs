@@ -4,6 +4,8 @@
 
 use similar::{ChangeTag, TextDiff};
 
+use crate::model::prestart::{FileChange, Target};
+
 /// One hunk: its `@@ -a,b +c,d @@` header and its lines, each with its
 /// ` `/`-`/`+` prefix and its own line ending.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,6 +119,35 @@ pub fn render(path: &str, old: Option<&str>, new: &str, reasons: &[String]) -> S
     out
 }
 
+/// `plan`'s output: one diff per file an operator cares about (container
+/// config, `/etc/subuid`, `/etc/subgid`, generated LXC config; the tool's
+/// own state is left out), paths shown relative to `root`. Empty when
+/// nothing would change.
+pub fn render_changes(root: &str, changes: &[FileChange]) -> String {
+    let order = |t: Target| match t {
+        Target::PveConf => 0,
+        Target::Subuid => 1,
+        Target::Subgid => 2,
+        Target::LxcConfig => 3,
+        Target::State | Target::StateInterim => 4,
+    };
+    let mut shown: Vec<&FileChange> = changes
+        .iter()
+        .filter(|c| !matches!(c.target, Target::State | Target::StateInterim))
+        .collect();
+    shown.sort_by_key(|c| order(c.target));
+    let root = root.trim_end_matches('/');
+    let mut out = String::new();
+    for c in shown {
+        let path = match c.path.strip_prefix(root) {
+            Some(rest) if !root.is_empty() && rest.starts_with('/') => rest,
+            _ => c.path.as_str(),
+        };
+        out.push_str(&render(path, c.old.as_deref(), &c.new, &c.reasons));
+    }
+    out
+}
+
 /// A reason on one line: newlines and runs of spaces folded.
 fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
@@ -153,6 +184,47 @@ mod tests {
             d,
             "--- a/x\n+++ b/x\n@@ -1 +1,2 @@ r\n-a\n\\ No newline at end of file\n+a\n+b\n"
         );
+    }
+
+    #[test]
+    fn changes_in_operator_order_without_state_and_relative_to_the_root() {
+        let ch = |target, path: &str, old: Option<&str>, new: &str| FileChange {
+            target,
+            path: path.into(),
+            old: old.map(str::to_string),
+            new: new.into(),
+            reasons: vec![format!("why {path}")],
+        };
+        let out = render_changes(
+            "/tmp/r/",
+            &[
+                ch(
+                    Target::Subgid,
+                    "/tmp/r/etc/subgid",
+                    Some("a\n"),
+                    "a\nroot:20:1\n",
+                ),
+                ch(
+                    Target::StateInterim,
+                    "/tmp/r/var/lib/pct-passthrough/105.json",
+                    None,
+                    "{}",
+                ),
+                ch(
+                    Target::PveConf,
+                    "/tmp/r/etc/pve/lxc/105.conf",
+                    Some("x\n"),
+                    "x\ny\n",
+                ),
+                ch(Target::LxcConfig, "/elsewhere/config", Some("c\n"), "c\n"),
+            ],
+        );
+        assert_eq!(
+            out,
+            "--- a/etc/pve/lxc/105.conf\n+++ b/etc/pve/lxc/105.conf\n@@ -1 +1,2 @@ why /tmp/r/etc/pve/lxc/105.conf\n x\n+y\n\
+             --- a/etc/subgid\n+++ b/etc/subgid\n@@ -1 +1,2 @@ why /tmp/r/etc/subgid\n a\n+root:20:1\n"
+        );
+        assert_eq!(render_changes("/", &[]), "");
     }
 
     #[test]

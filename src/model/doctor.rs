@@ -4,7 +4,11 @@
 
 use std::fmt;
 
+use crate::model::idmap::{self, IdKind, IdmapEntry};
+use crate::model::policy::Policy;
+use crate::model::pveconf::PveConfig;
 use crate::model::state::State;
+use crate::model::subid::{is_root_owner, SubidFile};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Verdict {
@@ -170,6 +174,179 @@ pub fn nsswitch(has_subid_line: bool) -> Check {
     }
 }
 
+/// The map a container starts with: its `lxc.idmap` lines, PVE's default
+/// for an unprivileged container without any, or none (privileged). An
+/// unparsable line is an error naming it, as PVE fails the start on it.
+pub fn effective_map(conf: &PveConfig) -> Result<Option<Vec<IdmapEntry>>, String> {
+    let lines = conf.idmap_lines();
+    if lines.is_empty() {
+        return Ok(conf.unprivileged().then(idmap::pve_default));
+    }
+    lines
+        .iter()
+        .map(|l| IdmapEntry::parse(l))
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}
+
+/// Is the container's map valid, and does root's subordinate-ID coverage
+/// include every host range? `hook_ours`: pct-passthrough runs for it and
+/// adds missing coverage at the next start, so a gap is only a warning.
+pub fn container_map(
+    vmid: &str,
+    conf: &PveConfig,
+    subuid: &str,
+    subgid: &str,
+    hook_ours: bool,
+) -> Vec<Check> {
+    let map = match effective_map(conf) {
+        Ok(Some(m)) => m,
+        Ok(None) => {
+            return vec![Check::ok(
+                vmid,
+                "privileged: no ID map (devices and groups only)",
+            )]
+        }
+        Err(e) => {
+            return vec![Check::fail(
+                vmid,
+                format!("lxc.idmap {e}; PVE fails the start with 'failed to parse idmap'"),
+                "fix or delete that lxc.idmap line in the container config",
+            )]
+        }
+    };
+    let mut out = Vec::new();
+    if let Err(problems) = idmap::validate(&map) {
+        out.push(Check::fail(
+            vmid,
+            format!("the ID map is invalid: {}", problems.join("; ")),
+            "fix those lxc.idmap lines, or delete all of them and describe the passthrough in the policy (idmap = [...]) so pct-passthrough writes the map",
+        ));
+    }
+    let mut gaps = Vec::new();
+    for kind in IdKind::ALL {
+        let file = SubidFile::parse(match kind {
+            IdKind::Uid => subuid,
+            IdKind::Gid => subgid,
+        });
+        let ranges: Vec<_> = map
+            .iter()
+            .filter(|e| e.kind == kind)
+            .map(IdmapEntry::host_range)
+            .collect();
+        for r in file.missing(&ranges) {
+            gaps.push((kind, r));
+        }
+    }
+    if gaps.is_empty() {
+        if out.is_empty() {
+            out.push(Check::ok(
+                vmid,
+                format!(
+                    "ID map valid ({} lines) and covered by root's subordinate IDs",
+                    map.len()
+                ),
+            ));
+        }
+        return out;
+    }
+    let what: Vec<String> = gaps
+        .iter()
+        .map(|(k, r)| format!("root:{}:{} in /etc/sub{}", r.start, r.len(), k.word()))
+        .collect();
+    let usermod: Vec<String> = gaps
+        .iter()
+        .map(|(k, r)| {
+            let flag = if *k == IdKind::Uid {
+                "--add-subuids"
+            } else {
+                "--add-subgids"
+            };
+            format!("{flag} {}-{}", r.start, r.end - 1)
+        })
+        .collect();
+    let msg = format!("the map needs {}, which is missing", what.join(", "));
+    if hook_ours {
+        out.push(Check::warn(
+            vmid,
+            format!("{msg}; pre-start adds it at the next start"),
+            format!("nothing, or now: usermod {} root", usermod.join(" ")),
+        ));
+    } else {
+        out.push(Check::fail(
+            vmid,
+            format!("{msg}; the start fails with 'newgidmap: ... not allowed' (or newuidmap)"),
+            format!(
+                "usermod {} root, or register pct-passthrough (install.sh {vmid})",
+                usermod.join(" ")
+            ),
+        ));
+    }
+    out
+}
+
+/// Root's ranges in one subid file: overlapping each other (duplicates that
+/// hide mistakes), or shared with another owner (that user and the
+/// containers then share host IDs). `used`: host ranges of the maps of the
+/// containers on this node; root ranges outside all of them, other than
+/// PVE's base range, are reported as possibly stale.
+pub fn root_ranges(path: &str, text: &str, used: &[crate::model::idmap::IdRange]) -> Vec<Check> {
+    let file = SubidFile::parse(text);
+    let ranges = file.ranges();
+    let mut out = Vec::new();
+    for (i, a) in ranges.iter().enumerate() {
+        for b in &ranges[i + 1..] {
+            let (ra, rb) = (is_root_owner(&a.owner), is_root_owner(&b.owner));
+            if !(ra || rb) || !a.range.overlaps(&b.range) {
+                continue;
+            }
+            if ra && rb {
+                out.push(Check::warn(
+                    "host",
+                    format!(
+                        "{path}: root's ranges on lines {} and {} overlap",
+                        a.line, b.line
+                    ),
+                    format!(
+                        "keep one of them: delete line {} of {path} if it is a duplicate",
+                        b.line
+                    ),
+                ));
+            } else {
+                let other = if ra { b } else { a };
+                out.push(Check::warn(
+                    "host",
+                    format!(
+                        "{path}: root's range on line {} overlaps '{}' on line {}: that user and the containers share host IDs",
+                        if ra { a.line } else { b.line },
+                        other.owner,
+                        other.line
+                    ),
+                    format!("give '{}' a range of its own (usermod --del-sub{}s/--add-sub{}s)", other.owner, &path[path.len() - 3..], &path[path.len() - 3..]),
+                ));
+            }
+        }
+    }
+    let base = crate::model::idmap::IdRange::new(idmap::PVE_BASE_HOST, idmap::PVE_BASE_LEN);
+    for r in ranges.iter().filter(|r| is_root_owner(&r.owner)) {
+        if r.range.overlaps(&base) || used.iter().any(|u| u.overlaps(&r.range)) {
+            continue;
+        }
+        out.push(Check::warn(
+            "host",
+            format!("{path} line {}: root:{}:{} is used by no container map on this node (stale?)", r.line, r.range.start, r.range.len()),
+            format!("if no container on another node needs it after a migration, delete line {} of {path}", r.line),
+        ));
+    }
+    if out.is_empty() {
+        out.push(Check::ok(
+            "host",
+            format!("{path}: root's ranges do not overlap and are in use"),
+        ));
+    }
+    out
+}
+
 /// What doctor knows about a container's hookscript file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HookFile {
@@ -243,6 +420,30 @@ pub fn hookscript(
             "re-run doctor",
         ),
     }
+}
+
+/// Devices the container names, as `(source, path, required)`: `devN`
+/// entries (a missing one fails the start), binds of `/dev` nodes in
+/// `lxc.mount.entry` (required unless `optional`), and policy devices not
+/// already named.
+pub fn wanted_devices(conf: &PveConfig, policy: Option<&Policy>) -> Vec<(String, String, bool)> {
+    let mut wanted: Vec<(String, String, bool)> = Vec::new();
+    for d in conf.dev_entries() {
+        wanted.push((format!("dev{}", d.index), d.path.clone(), true));
+    }
+    for m in conf.mount_entries() {
+        if m.source.starts_with("/dev/") {
+            let optional = m.options.iter().any(|o| o == "optional");
+            wanted.push(("lxc.mount.entry".into(), m.source.clone(), !optional));
+        }
+    }
+    for d in policy.map(|p| p.devices.as_slice()).unwrap_or_default() {
+        let path = d.path.get_ref().clone();
+        if !wanted.iter().any(|(_, p, _)| *p == path) {
+            wanted.push(("policy device".into(), path, d.required));
+        }
+    }
+    wanted
 }
 
 /// What doctor found for one device the container names.
@@ -504,6 +705,67 @@ mod tests {
         );
         let c = render_group("120", "/dev/dri/renderD128", 107, Some(&s)).unwrap();
         assert_eq!(c.verdict, Verdict::Ok);
+    }
+
+    #[test]
+    fn container_maps() {
+        let conf = |t: &str| PveConfig::parse(t);
+        let full = "root:100000:65536\n";
+        let c = container_map("105", &conf("unprivileged: 1\n"), full, full, true);
+        assert_eq!(c[0].verdict, Verdict::Ok, "{c:?}");
+        let c = container_map("105", &conf("arch: amd64\n"), "", "", false);
+        assert!(c[0].message.starts_with("privileged"));
+        let gid20 = "unprivileged: 1\nlxc.idmap: u 0 100000 65536\nlxc.idmap: g 0 100000 20\nlxc.idmap: g 20 20 1\nlxc.idmap: g 21 100021 65515\n";
+        let c = container_map("105", &conf(gid20), full, full, false);
+        assert_eq!(c[0].verdict, Verdict::Fail);
+        assert!(c[0].message.contains("root:20:1 in /etc/subgid"), "{c:?}");
+        assert_eq!(
+            c[0].fix.as_deref(),
+            Some("usermod --add-subgids 20-20 root, or register pct-passthrough (install.sh 105)")
+        );
+        let c = container_map(
+            "105",
+            &conf(gid20),
+            full,
+            "root:100000:65536\nroot:20:1\n",
+            false,
+        );
+        assert_eq!(c[0].verdict, Verdict::Ok);
+        assert_eq!(
+            container_map("105", &conf(gid20), full, full, true)[0].verdict,
+            Verdict::Warn
+        );
+        let c = container_map("105", &conf("unprivileged: 1\nlxc.idmap: g 0 100000 65536\nlxc.idmap: g 0 200000 1\nlxc.idmap: u 0 100000 65536\n"), full, "root:100000:200000\n", true);
+        assert_eq!(c[0].verdict, Verdict::Fail);
+        assert!(c[0].message.starts_with("the ID map is invalid: "), "{c:?}");
+        let c = container_map(
+            "105",
+            &conf("unprivileged: 1\nlxc.idmap: x 1 2\n"),
+            full,
+            full,
+            true,
+        );
+        assert!(c[0].message.contains("failed to parse idmap"), "{c:?}");
+    }
+
+    #[test]
+    fn root_range_checks() {
+        let used = [crate::model::idmap::IdRange::new(20, 1)];
+        let c = root_ranges("/etc/subgid", "root:100000:65536\nroot:20:1\n", &used);
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].verdict, Verdict::Ok);
+        let c = root_ranges(
+            "/etc/subgid",
+            "root:100000:65536\n0:100000:10\nalice:165530:100\nroot:44:1\n",
+            &used,
+        );
+        let msgs: Vec<&str> = c.iter().map(|c| c.message.as_str()).collect();
+        assert_eq!(msgs, [
+            "/etc/subgid: root's ranges on lines 1 and 2 overlap",
+            "/etc/subgid: root's range on line 1 overlaps 'alice' on line 3: that user and the containers share host IDs",
+            "/etc/subgid line 4: root:44:1 is used by no container map on this node (stale?)",
+        ]);
+        assert!(c[1].fix.as_deref().unwrap().contains("--del-subgids"));
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod prestart;
 pub mod pveconf;
 pub mod runtime;
 pub mod state;
+pub mod status;
 pub mod storage;
 pub mod subid;
 pub mod text;
