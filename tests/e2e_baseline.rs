@@ -577,3 +577,29 @@ fn a_crashed_run_is_repaired_by_the_next_bed() {
         .unwrap();
     assert_ne!(String::from_utf8_lossy(&running.stdout).trim(), "RUNNING");
 }
+
+#[test]
+fn real_binary_invalid_policy_aborts_the_start_in_task_log_and_syslog() {
+    let bed = Bed::new();
+    let mut ct = bed
+        .container(990_114)
+        .hook(Hook::Binary)
+        .policy("enabled = true\nbogus_key = 1\n")
+        .create();
+    let rep = ct.start();
+    assert!(!rep.started, "{rep}");
+    let pre = rep.pre_start.as_ref().expect("pre-start ran");
+    assert_eq!(pre.code, Some(1), "{pre}");
+    assert!(
+        pre.stderr.contains("/etc/pve/pct-passthrough/990114.toml"),
+        "the message names the policy file: {pre}"
+    );
+    assert!(rep.task_log.contains("bogus_key"), "{rep}");
+    assert!(!ct.is_running());
+    let logged = wait_until(Duration::from_secs(2), || {
+        bed.syslog_for(990_114)
+            .iter()
+            .any(|l| l.contains("phase=pre-start"))
+    });
+    assert!(logged, "no syslog line for 990114: {:#?}", bed.syslog());
+}

@@ -14,7 +14,8 @@ use pct_passthrough::sys::lock::{flock_exclusive, FlockGuard};
 
 use super::ct::CtBuilder;
 use super::devices::{self, CharNode, PtySerial};
-use super::run::run;
+use super::run::{run, Run};
+use super::syslog::SyslogCapture;
 
 /// Test VMIDs. Nothing real uses numbers this high on a test machine.
 pub const VMIDS: std::ops::RangeInclusive<u32> = 990_100..=990_199;
@@ -46,9 +47,11 @@ pub const PVE_ROOT_SUBID: &str = "root:100000:65536";
 /// (panics included) destroys leftover test containers and restores
 /// `/etc/subuid`, `/etc/subgid` and their `-` backups byte for byte.
 pub struct Bed {
-    _lock: FlockGuard,
     applets: Vec<String>,
     tags: AtomicU32,
+    syslog: Option<SyslogCapture>,
+    // Last: fields drop in order, and the lock must outlive everything.
+    _lock: FlockGuard,
 }
 
 impl Bed {
@@ -88,9 +91,10 @@ impl Bed {
             write_replace(Path::new(BED_DIR).join("storage.cfg.ours"), b"", 0o600);
         }
         Bed {
-            _lock: lock,
             applets: busybox_applets(),
             tags: AtomicU32::new(0),
+            syslog: SyslogCapture::start(),
+            _lock: lock,
         }
     }
 
@@ -148,6 +152,37 @@ impl Bed {
     /// Appends `line` to `/etc/subuid` unless present.
     pub fn add_subuid(&self, line: &str) {
         add_line_if_missing("/etc/subuid", line);
+    }
+
+    /// Every syslog message received on `/dev/log` since `Bed::new()`.
+    /// Panics when this host runs its own syslog daemon (then read its log).
+    pub fn syslog(&self) -> Vec<String> {
+        self.syslog
+            .as_ref()
+            .expect("e2e: /dev/log belongs to this host's syslog daemon; the bed cannot capture it")
+            .lines()
+    }
+
+    /// The syslog messages that carry `vmid=<vmid>`.
+    pub fn syslog_for(&self, vmid: u32) -> Vec<String> {
+        let tag = format!("vmid={vmid}");
+        self.syslog()
+            .into_iter()
+            .filter(|l| l.split_whitespace().any(|w| w == tag))
+            .collect()
+    }
+
+    /// Runs the binary under test by hand (`PCT_PASSTHROUGH_ROOT` unset, so
+    /// `/`), e.g. `bed.cli(&["status", "990101", "--json"])`.
+    pub fn cli(&self, args: &[&str]) -> Run {
+        run(
+            Command::new(Bed::hook_binary())
+                .args(args)
+                .env_clear()
+                .env("PATH", super::ct::PVE_PATH)
+                .env("LC_ALL", "C"),
+            Duration::from_secs(60),
+        )
     }
 
     pub(crate) fn applets(&self) -> &[String] {

@@ -545,6 +545,22 @@ impl Ct<'_> {
         PathBuf::from(format!("/var/lib/pct-passthrough/{}.json", self.vmid))
     }
 
+    /// `/var/lib/pct-passthrough/<vmid>.json` parsed, if present.
+    pub fn state(&self) -> Option<serde_json::Value> {
+        let text = fs::read_to_string(self.state_path()).ok()?;
+        Some(serde_json::from_str(&text).unwrap_or_else(|e| {
+            panic!(
+                "e2e: {}: not JSON: {e}\n{text}",
+                self.state_path().display()
+            )
+        }))
+    }
+
+    /// A file of the rootfs, read from the host (test inspection only).
+    pub fn rootfs_file(&self, path: &str) -> String {
+        fs::read_to_string(self.rootfs().join(path.trim_start_matches('/'))).unwrap_or_default()
+    }
+
     /// Lines the [`Hook::Recorder`] wrote, one per call.
     pub fn hook_calls(&self) -> Vec<String> {
         fs::read_to_string(self.dir.join("hook-calls.log"))

@@ -23,6 +23,11 @@
 //! with host IDs. `ct.reboot_inside()` / `ct.poweroff_inside()` reproduce the
 //! in-guest paths that skip hookscript phases.
 //!
+//! The hook's syslog lines: `bed.syslog_for(vmid)` (the bed listens on
+//! `/dev/log`; this machine has no syslog daemon). Worker effects:
+//! `wait_until(timeout, || ct.state().is_some())`. By hand:
+//! `bed.cli(&["status", "990101", "--json"])`.
+//!
 //! Dropping a `Ct` destroys it; dropping the `Bed` restores `/etc/subuid`,
 //! `/etc/subgid` (and their `-` backups) byte for byte, also on panic. A run
 //! killed hard is repaired by the next `Bed::new()`.
@@ -78,6 +83,8 @@
 //!   `/var/lib/vz/snippets/<f>`; the bed links the binary there. When
 //!   `/etc/pve/storage.cfg` is absent the bed writes one with just `local`
 //!   (snippets enabled) and removes it afterwards.
+//! - syslog is the bed's own listener on `/dev/log` (only while a bed
+//!   lives; none when the host has a syslog daemon).
 //! - In-guest poweroff is SIGTERM to the bed's init; reboot is `reboot -f`
 //!   and LXC (not systemd) restarts the container.
 //! - `/etc/subuid` and `/etc/subgid` get `root:100000:65536` as lxc-pve's
@@ -90,10 +97,11 @@ pub mod devices;
 pub mod genconf;
 pub mod hooks;
 pub mod run;
+pub mod syslog;
 
 pub use bed::{Bed, VMIDS};
 pub use ct::{
     drop_explicit, drop_implicit, Ct, Exec, Hook, HostProc, PostStop, StartReport, StopReport,
 };
 pub use devices::{CharNode, PtySerial, DIALOUT};
-pub use run::Run;
+pub use run::{wait_until, Run};

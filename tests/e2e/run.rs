@@ -163,3 +163,18 @@ fn describe(cmd: &Command) -> String {
     }
     s
 }
+
+/// Polls `cond` every 10 ms until it holds or `timeout` passes; returns
+/// whether it held. For effects of the detached post-start worker.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    loop {
+        if cond() {
+            return true;
+        }
+        if start.elapsed() >= timeout {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
