@@ -35,7 +35,8 @@ pub struct Policy {
     /// `false` turns the hook off for this container.
     #[serde(default = "yes")]
     pub enabled: bool,
-    /// LXD/Incus `raw.idmap` lines, host ID first: `"both 1000 1000"`.
+    /// LXD/Incus `raw.idmap` lines, host ID first: `"both 1000 1000"`; or
+    /// `"uid|gid|both HOST runtime"` for the detected service user.
     #[serde(default)]
     pub idmap: Vec<Spanned<String>>,
     /// Devices to pass through.

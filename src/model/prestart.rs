@@ -13,6 +13,7 @@ use crate::model::idmap::{self, IdKind, IdRange, IdmapEntry, Passthrough, RawIdm
 use crate::model::lxcconf::LxcConfig;
 use crate::model::policy::{line_of, Policy};
 use crate::model::pveconf::{LineKind, PveConfig};
+use crate::model::runtime;
 use crate::model::state::State;
 use crate::model::subid::{nsswitch_has_subid, SubidFile};
 
@@ -296,6 +297,10 @@ pub const PASSTHROUGH_SOURCES: &[PassthroughSource] = &[
         name: "serial-bind",
         collect: serial_binds,
     },
+    PassthroughSource {
+        name: "runtime-user",
+        collect: runtime_user_idmap,
+    },
 ];
 
 /// Every passthrough all sources want.
@@ -315,10 +320,67 @@ pub fn policy_idmap(facts: &Facts) -> Result<Vec<Passthrough>, String> {
     let text = facts.policy_file.text.as_deref().unwrap_or("");
     let mut out = Vec::new();
     for item in &policy.idmap {
+        if runtime::is_runtime_idmap(item.get_ref()) {
+            // The runtime-user source handles these.
+            continue;
+        }
         let line = line_of(text, item.span().start);
         let raw = RawIdmap::parse(item.get_ref())
             .map_err(|e| format!("{} line {line}: idmap {e}", facts.policy_file.path))?;
         out.extend(raw.passthroughs(&format!("policy line {line}: \"{}\"", item.get_ref())));
+    }
+    Ok(out)
+}
+
+/// Policy `idmap` lines naming the runtime user (`"uid 1005 runtime"`):
+/// host ID ↔ the service user post-start recorded. Nothing until a
+/// non-root runtime user is recorded; the map applies from the start after.
+pub fn runtime_user_idmap(facts: &Facts) -> Result<Vec<Passthrough>, String> {
+    let Some(policy) = &facts.policy else {
+        return Ok(Vec::new());
+    };
+    let text = facts.policy_file.text.as_deref().unwrap_or("");
+    let user = facts
+        .state
+        .as_ref()
+        .and_then(|s| s.runtime_user.as_ref())
+        .filter(|u| u.uid != 0);
+    let mut out = Vec::new();
+    for item in policy
+        .idmap
+        .iter()
+        .filter(|i| runtime::is_runtime_idmap(i.get_ref()))
+    {
+        let line = line_of(text, item.span().start);
+        let r = runtime::parse_runtime_idmap(item.get_ref())
+            .map_err(|e| format!("{} line {line}: idmap {e}", facts.policy_file.path))?;
+        let Some(u) = user else { continue };
+        let who = format!(
+            "policy line {line}: \"{}\" (runtime user {} recorded by post-start)",
+            item.get_ref(),
+            u.name.as_deref().map_or_else(
+                || format!("uid {}", u.uid),
+                |n| format!("{n} uid {}", u.uid)
+            )
+        );
+        if r.uid {
+            out.push(Passthrough {
+                kind: IdKind::Uid,
+                ct: u64::from(u.uid),
+                host: u64::from(r.host),
+                len: 1,
+                reason: who.clone(),
+            });
+        }
+        if r.gid {
+            out.push(Passthrough {
+                kind: IdKind::Gid,
+                ct: u64::from(u.gid),
+                host: u64::from(r.host),
+                len: 1,
+                reason: who,
+            });
+        }
     }
     Ok(out)
 }
@@ -645,6 +707,42 @@ mod tests {
         let again = decide(&apply(&f, &d));
         assert_eq!(again.refusal, None);
         assert!(again.changes.is_empty(), "{:#?}", again.changes);
+    }
+
+    #[test]
+    fn runtime_user_line_maps_the_recorded_user_from_the_next_start() {
+        let conf = "arch: amd64\nunprivileged: 1\n";
+        let policy = "idmap = [\"gid 44 44\", \"uid 1005 runtime\"]\n";
+        // Nothing recorded yet: only the plain line.
+        let f = with_policy(facts(conf), policy);
+        let d = decide(&f);
+        assert_eq!(d.refusal, None);
+        let c = &d.change(Target::PveConf).unwrap().new;
+        assert!(!c.contains("lxc.idmap: u 1000 1005 1"), "{c}");
+        // Recorded svc uid 1000: host 1005 becomes container 1000.
+        let mut f = with_policy(facts(conf), policy);
+        let mut st = State::new(105);
+        st.runtime_user = Some(crate::model::state::RuntimeUser {
+            uid: 1000,
+            gid: 1000,
+            name: Some("svc".into()),
+            ..Default::default()
+        });
+        f.state = Some(st);
+        let d = decide(&f);
+        assert_eq!(d.refusal, None);
+        let c = &d.change(Target::PveConf).unwrap().new;
+        assert!(c.contains("lxc.idmap: u 1000 1005 1\n"), "{c}");
+        assert!(c.contains("lxc.idmap: g 44 44 1\n"), "{c}");
+        let why = d.change(Target::PveConf).unwrap().reasons.join(" ");
+        assert!(why.contains("runtime user svc uid 1000"), "{why}");
+        // A bad runtime line names the policy line.
+        let f = with_policy(facts(conf), "idmap = [\n\"uid 0 runtime\"]\n");
+        let r = decide(&f).refusal.unwrap();
+        assert!(
+            r.contains("105.toml line 2") && r.contains("host root"),
+            "{r}"
+        );
     }
 
     #[test]

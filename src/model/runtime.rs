@@ -314,6 +314,54 @@ pub fn keeps_supplementary_groups(
     Some(expected.iter().all(|g| p.groups.contains(g)))
 }
 
+/// The container side of a policy `idmap` line that names the runtime user:
+/// `"uid 1005 runtime"`, `"gid 1005 runtime"`, `"both 1005 runtime"`.
+pub const RUNTIME_TOKEN: &str = "runtime";
+
+/// A parsed runtime-user idmap line: which kinds, and the host ID.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RuntimeIdmap {
+    pub uid: bool,
+    pub gid: bool,
+    pub host: u32,
+}
+
+/// True when `line` is a runtime-user line (its last word is `runtime`).
+pub fn is_runtime_idmap(line: &str) -> bool {
+    line.split_ascii_whitespace().nth(2) == Some(RUNTIME_TOKEN)
+}
+
+/// Parses `KIND HOST runtime`. HOST is one ID (the service user is one
+/// user), not 0 (host root never goes into a container).
+pub fn parse_runtime_idmap(line: &str) -> Result<RuntimeIdmap, String> {
+    let f: Vec<&str> = line.split_ascii_whitespace().collect();
+    let [kind, host, RUNTIME_TOKEN] = f.as_slice() else {
+        return Err(format!(
+            "'{line}' is not a runtime-user line; the form is 'uid|gid|both HOST runtime', like \"uid 1005 runtime\""
+        ));
+    };
+    let (uid, gid) = match *kind {
+        "uid" => (true, false),
+        "gid" => (false, true),
+        "both" => (true, true),
+        other => return Err(format!("'{line}': '{other}' is not uid, gid or both")),
+    };
+    let host: u32 = match host.parse() {
+        Ok(h) if host.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => {
+            return Err(format!(
+            "'{line}': '{host}' is not one host ID; the runtime user maps to exactly one host ID"
+        ))
+        }
+    };
+    if host == 0 {
+        return Err(format!(
+            "'{line}': host ID 0 (host root) is never mapped into a container"
+        ));
+    }
+    Ok(RuntimeIdmap { uid, gid, host })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -454,6 +502,27 @@ mod tests {
         assert_eq!(keeps_supplementary_groups(true, &[20], &e), Some(false));
         e.groups = vec![20, 1000];
         assert_eq!(keeps_supplementary_groups(true, &[20], &e), Some(true));
+    }
+
+    #[rstest]
+    #[case("uid 1005 runtime", Ok(RuntimeIdmap { uid: true, gid: false, host: 1005 }))]
+    #[case("gid 44 runtime", Ok(RuntimeIdmap { uid: false, gid: true, host: 44 }))]
+    #[case("both 2000 runtime", Ok(RuntimeIdmap { uid: true, gid: true, host: 2000 }))]
+    fn runtime_idmap_lines(#[case] line: &str, #[case] want: Result<RuntimeIdmap, String>) {
+        assert!(is_runtime_idmap(line));
+        assert_eq!(parse_runtime_idmap(line), want);
+    }
+
+    #[rstest]
+    #[case("uid 0 runtime", "host root")]
+    #[case("uid 1005-1009 runtime", "not one host ID")]
+    #[case("uid +5 runtime", "not one host ID")]
+    #[case("uid 4294967296 runtime", "not one host ID")]
+    #[case("user 1005 runtime", "not uid, gid or both")]
+    #[case("uid runtime", "not a runtime-user line")]
+    fn bad_runtime_idmap_lines(#[case] line: &str, #[case] why: &str) {
+        let e = parse_runtime_idmap(line).unwrap_err();
+        assert!(e.contains(why), "{e}");
     }
 
     #[test]
