@@ -177,3 +177,63 @@ fn second_start_writes_nothing_and_removing_the_device_removes_the_lines() {
     let state = fs::read_to_string(ct.state_path()).unwrap();
     assert!(!state.contains("lxc.idmap"), "{state}");
 }
+
+/// shadow's real `usermod --add-subgids` (taking `lckpwdf()` and the link
+/// lock on the real `/etc`) racing eight pre-starts: no line lost, none
+/// doubled, no lock left. The bed restores the files afterwards.
+#[test]
+fn real_usermod_racing_pre_starts_on_the_real_files() {
+    let bed = Bed::new();
+    let vmids: Vec<u32> = (990_135..990_143).collect();
+    let mut cts = Vec::new();
+    for (i, &v) in vmids.iter().enumerate() {
+        let gid = 30_001 + i * 10;
+        cts.push(
+            bed.container(v)
+                .policy(&format!("idmap = [\"gid {gid} {gid}\"]\n"))
+                .create(),
+        );
+    }
+    let mut ours = Vec::new();
+    let mut theirs = Vec::new();
+    for (i, &v) in vmids.iter().enumerate() {
+        ours.push(
+            std::process::Command::new(Bed::hook_binary())
+                .args([&v.to_string(), "pre-start"])
+                .env_remove("PCT_PASSTHROUGH_ROOT")
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let start = 700_000 + i * 100;
+        theirs.push(
+            std::process::Command::new("/usr/sbin/usermod")
+                .args(["--add-subgids", &format!("{start}-{}", start + 9), "root"])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+    }
+    for c in ours.into_iter().chain(theirs) {
+        let o = c.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let text = bed.subgid();
+    for i in 0..vmids.len() {
+        let ours = format!("root:{}:1", 30_001 + i * 10);
+        let theirs = format!("root:{}:10", 700_000 + i * 100);
+        for line in [ours, theirs] {
+            assert_eq!(
+                text.lines().filter(|l| *l == line).count(),
+                1,
+                "{line} in\n{text}"
+            );
+        }
+    }
+    assert!(!std::path::Path::new("/etc/subgid.lock").exists());
+    drop(cts);
+}
