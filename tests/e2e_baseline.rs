@@ -603,3 +603,26 @@ fn real_binary_invalid_policy_aborts_the_start_in_task_log_and_syslog() {
     });
     assert!(logged, "no syslog line for 990114: {:#?}", bed.syslog());
 }
+
+#[test]
+fn destroying_a_running_container_waits_for_a_slow_post_stop() {
+    let bed = Bed::new();
+    let late = std::path::Path::new("/var/lib/pct-passthrough/990115.late");
+    let mut ct = bed
+        .container(990_115)
+        .hook(Hook::Script(format!(
+            "[ \"$2\" = post-stop ] || exit 0\nsleep 1\nmkdir -p /var/lib/pct-passthrough\ntouch {}\n",
+            late.display()
+        )))
+        .create();
+    ct.start().expect_started();
+    let t = std::time::Instant::now();
+    drop(ct);
+    assert!(
+        t.elapsed() >= Duration::from_millis(900),
+        "drop did not wait for post-stop"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!late.exists(), "a late post-stop wrote after the cleanup");
+    assert!(e2e::bed::monitor_pids(990_115).is_empty());
+}

@@ -375,6 +375,18 @@ pub(crate) fn destroy_vmid(vmid: u32) {
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .status();
+        // lxc-stop 5.0.2 returns after the post-stop hooks; waiting for the
+        // monitor too keeps a late post-stop from writing after the cleanup
+        // on LXC versions that report STOPPED first.
+        if !wait_monitor_gone(vmid, Duration::from_secs(15)) {
+            for pid in monitor_pids(vmid) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            wait_monitor_gone(vmid, Duration::from_secs(5));
+        }
         unmount_under(&dir);
         let _ = fs::remove_dir_all(&dir);
     }
@@ -413,4 +425,28 @@ fn unmount_under(dir: &Path) {
     for p in points {
         let _ = nix::mount::umount2(p, nix::mount::MntFlags::MNT_DETACH);
     }
+}
+
+/// Host PIDs of the `lxc-start` monitor of container `vmid`.
+pub fn monitor_pids(vmid: u32) -> Vec<i32> {
+    let want = format!("[lxc monitor] /var/lib/lxc {vmid}");
+    let mut out = Vec::new();
+    for e in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmd) = fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd);
+        if cmd.trim_end_matches('\0').trim_end() == want {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Waits until container `vmid` has no monitor left; false on timeout.
+pub fn wait_monitor_gone(vmid: u32, timeout: Duration) -> bool {
+    super::run::wait_until(timeout, || monitor_pids(vmid).is_empty())
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use pct_passthrough::sys::lock::{flock_exclusive, FlockGuard};
 
-use super::bed::{destroy_vmid, write_replace, Bed, SNIPPETS};
+use super::bed::{destroy_vmid, wait_monitor_gone, write_replace, Bed, SNIPPETS};
 use super::genconf::{self, DevNode, DevSpec, HookPaths, PveConf};
 use super::hooks;
 use super::run::{run, Run};
@@ -654,6 +654,7 @@ impl Ct<'_> {
         rep.lxc_start = Some(r);
         if !ok || !self.wait_state("RUNNING", Duration::from_secs(10)) {
             rep.post_stop = self.wait_post_stop(Duration::from_secs(5));
+            wait_monitor_gone(vmid, Duration::from_secs(15));
             rep.error = Some(format!(
                 "startup for container '{vmid}' failed\n--- lxc log (errors) ---\n{}",
                 self.lxc_log()
@@ -730,6 +731,10 @@ impl Ct<'_> {
         } else {
             None
         };
+        assert!(
+            wait_monitor_gone(vmid, Duration::from_secs(15)),
+            "e2e: CT {vmid}: the LXC monitor (post-stop hooks) did not exit"
+        );
         if let Some(p) = &post_stop {
             if p.code != 0 {
                 warnings.push(format!(
@@ -883,8 +888,15 @@ impl Ct<'_> {
         );
         self.running = false;
         let conf = PveConf::parse(&self.pve_conf());
-        conf.hookscript()
-            .and_then(|_| self.wait_post_stop(Duration::from_secs(10)))
+        let post = conf
+            .hookscript()
+            .and_then(|_| self.wait_post_stop(Duration::from_secs(10)));
+        assert!(
+            wait_monitor_gone(self.vmid, Duration::from_secs(15)),
+            "e2e: CT {}: the LXC monitor (post-stop hooks) did not exit",
+            self.vmid
+        );
+        post
     }
 
     /// An in-guest `reboot -f`: LXC restarts the container itself; the
