@@ -107,6 +107,21 @@ manifest_add() {
     manifest_has "$1" || printf '%s\n' "$1" >>"$MANIFEST"
 }
 
+# ensure_dir DIR: mkdir -p, recording each directory it creates so that
+# uninstall removes exactly those (when empty).
+ensure_dir() {
+    local d=$1 missing=()
+    while [ ! -d "$d" ]; do
+        missing=("$d" "${missing[@]}")
+        d=$(dirname "$d")
+    done
+    local m
+    for m in "${missing[@]}"; do
+        mkdir "$m"
+        manifest_add "dir	$m"
+    done
+}
+
 need_pct() {
     command -v pct >/dev/null 2>&1 ||
         die "pct not found on PATH; run this on a Proxmox VE node as root"

@@ -119,7 +119,7 @@ esac
 # 3. The binary. The directory is made by us only if missing; it stays.
 dir=$(r "$snip")
 dest=$dir/$NAME
-mkdir -p "$dir"
+ensure_dir "$dir"
 if [ -e "$dest" ] && cmp -s "$BINARY" "$dest"; then
     say "$snip/$NAME is up to date ($VERSION)"
 else
@@ -168,7 +168,7 @@ for vmid in "${VMIDS[@]}"; do
             fi
             if [ -z "$have" ]; then
                 line="chain = \"$cur\""
-                mkdir -p "$POLICY_DIR"
+                ensure_dir "$POLICY_DIR"
                 if [ -e "$policy" ]; then
                     { printf '%s\n' "$line"; cat "$policy"; } | replace_with_stdin "$policy"
                     manifest_add "policy-line	$vmid	$line"

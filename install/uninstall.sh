@@ -104,7 +104,6 @@ for rec in "${records[@]}"; do
             :
         elif [ "$(sha256sum "$policy" | cut -d' ' -f1)" = "$sum" ]; then
             rm -f "$policy"
-            rmdir "$POLICY_DIR" 2>/dev/null || true
             say "container $vmid: removed /etc/pve/pct-passthrough/$vmid.toml"
         else
             say "container $vmid: /etc/pve/pct-passthrough/$vmid.toml was edited since install; kept, without its chain line"
@@ -122,6 +121,13 @@ for rec in "${records[@]}"; do
         else
             rm -f "$dest"
             say "removed ${dest#"$ROOT"}"
+        fi
+        ;;
+    dir)
+        if [ ${#ONLY[@]} -gt 0 ]; then
+            undone=0
+        elif [ -d "$a" ] && ! rmdir "$a" 2>/dev/null; then
+            say "kept ${a#"$ROOT"}: it is not empty"
         fi
         ;;
     storage)

@@ -266,6 +266,7 @@ fn partial_uninstall_keeps_the_binary_and_other_containers() {
 fn shared_storage_needs_no_storage_cfg_edit() {
     let h = Host::new();
     fs::create_dir_all(h.path("etc/pve/nodes/pve2")).unwrap();
+    let before = h.snapshot();
     let out = ok(&h.install(&["--storage", "shared-nfs", "105"]));
     assert_eq!(h.read("etc/pve/storage.cfg"), STORAGE_CFG);
     assert!(h
@@ -280,9 +281,27 @@ fn shared_storage_needs_no_storage_cfg_edit() {
         "shared storage needs no per-node hint: {out}"
     );
     ok(&h.run("uninstall.sh", &[]));
-    assert!(!h
-        .path("mnt/pve/shared-nfs/snippets/pct-passthrough")
-        .exists());
+    // The directories it had to create are gone too.
+    assert_eq!(h.snapshot(), before);
+}
+
+#[test]
+fn directories_it_created_go_and_others_stay() {
+    let h = Host::new();
+    fs::remove_dir_all(h.path("etc/pve/pct-passthrough")).unwrap();
+    let before = h.snapshot();
+    ok(&h.install(&["106"]));
+    assert!(h.path("etc/pve/pct-passthrough/106.toml").exists());
+    // Someone else's file in a directory install created keeps it.
+    h.write("etc/pve/pct-passthrough/200.toml", "enabled = false\n");
+    let out = ok(&h.run("uninstall.sh", &[]));
+    assert!(
+        out.contains("kept /etc/pve/pct-passthrough: it is not empty"),
+        "{out}"
+    );
+    fs::remove_file(h.path("etc/pve/pct-passthrough/200.toml")).unwrap();
+    fs::remove_dir(h.path("etc/pve/pct-passthrough")).unwrap();
+    assert_eq!(h.snapshot(), before);
 }
 
 #[test]
