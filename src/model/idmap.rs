@@ -474,6 +474,11 @@ pub fn lookup(map: &[IdmapEntry], kind: IdKind, ct: u64) -> Option<u64> {
         .map(|e| e.host + (ct - e.ct))
 }
 
+/// True when `map` maps container uid 0 and gid 0: LXC needs both.
+pub fn maps_root(map: &[IdmapEntry]) -> bool {
+    IdKind::ALL.iter().all(|&k| lookup(map, k, 0).is_some())
+}
+
 /// The passthroughs `map` does not already give, each with what the map
 /// does with its first differing ID instead.
 pub fn unmet<'a>(

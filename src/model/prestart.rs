@@ -6,7 +6,7 @@
 //! Planning works on a [`Draft`]: each step (ID maps here; devices next)
 //! edits the draft, and [`Draft::finish`] turns it into file changes.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use crate::model::event::Event;
 use crate::model::idmap::{self, IdKind, IdRange, IdmapEntry, Passthrough, RawIdmap};
@@ -421,26 +421,29 @@ pub fn owned_idmap_line(e: &IdmapEntry) -> String {
 /// needs and the same-boot patch out.
 pub fn plan_idmap(facts: &Facts, d: &mut Draft) -> Result<(), String> {
     let conf_path = &facts.conf_path;
-    let owned: HashSet<IdmapEntry> = d
+    // How many occurrences of each entry the tool owns.
+    let mut owned: HashMap<IdmapEntry, usize> = HashMap::new();
+    for e in d
         .state
         .owned
         .conf_lines
         .iter()
         .filter_map(|l| l.strip_prefix("lxc.idmap:"))
         .filter_map(|v| IdmapEntry::parse(v.trim()).ok())
-        .collect();
-    // The main section's lines, split into the tool's and a person's.
-    let mut mine = Vec::new();
-    let mut theirs = Vec::new();
-    let end = main_end(&facts.conf);
-    for (n, line) in facts.conf.lines()[..end].iter().enumerate() {
+    {
+        *owned.entry(e).or_default() += 1;
+    }
+    // The main section's lines (of the draft, so earlier steps' edits
+    // count), with their line index.
+    let end = main_end(&d.conf);
+    let mut lines: Vec<(usize, IdmapEntry)> = Vec::new();
+    for (n, line) in d.conf.lines()[..end].iter().enumerate() {
         if let LineKind::Raw { key, value } = &line.kind {
             if key != "lxc.idmap" {
                 continue;
             }
             match IdmapEntry::parse(value) {
-                Ok(e) if owned.contains(&e) => mine.push(e),
-                Ok(e) => theirs.push(e),
+                Ok(e) => lines.push((n, e)),
                 Err(err) => {
                     return Err(format!(
                         "{conf_path} line {}: lxc.idmap {err}; Proxmox fails the start with \"failed to parse idmap\"; fix or remove the line",
@@ -450,6 +453,27 @@ pub fn plan_idmap(facts: &Facts, d: &mut Draft) -> Result<(), String> {
             }
         }
     }
+    // Each owned entry claims one occurrence, the last: the tool appends.
+    // A person's copy of the same line stays theirs.
+    let mut mine_at: HashSet<usize> = HashSet::new();
+    for (n, e) in lines.iter().rev() {
+        if let Some(c) = owned.get_mut(e).filter(|c| **c > 0) {
+            *c -= 1;
+            mine_at.insert(*n);
+        }
+    }
+    let mine: Vec<IdmapEntry> = lines
+        .iter()
+        .filter(|(n, _)| mine_at.contains(n))
+        .map(|(_, e)| *e)
+        .collect();
+    let theirs: Vec<IdmapEntry> = lines
+        .iter()
+        .filter(|(n, _)| !mine_at.contains(n))
+        .map(|(_, e)| *e)
+        .collect();
+    // Every line, in the config's order (as PVE copies them to LXC).
+    let all: Vec<IdmapEntry> = lines.iter().map(|(_, e)| *e).collect();
     let passthroughs = collect_passthroughs(facts)?;
     let described: Vec<String> = passthroughs.iter().map(ToString::to_string).collect();
 
@@ -465,6 +489,7 @@ pub fn plan_idmap(facts: &Facts, d: &mut Draft) -> Result<(), String> {
         if !mine.is_empty() {
             remove_owned_idmap(
                 d,
+                &mine_at,
                 Some("removed the tool's lxc.idmap lines: a privileged container needs no ID map"),
             );
         }
@@ -472,16 +497,28 @@ pub fn plan_idmap(facts: &Facts, d: &mut Draft) -> Result<(), String> {
     }
 
     let effective: Vec<IdmapEntry> = if !theirs.is_empty() {
-        if let Err(problems) = idmap::validate(&theirs) {
+        let gives = |m: &[IdmapEntry]| {
+            idmap::validate(m).is_ok() && idmap::unmet(m, &passthroughs).is_empty()
+        };
+        let alone = gives(&theirs);
+        // A person's lines added next to the tool's, together a good map.
+        let together = !mine.is_empty() && gives(&all);
+        let chosen = if alone && (idmap::maps_root(&theirs) || !together) {
+            if !mine.is_empty() {
+                remove_owned_idmap(d, &mine_at, Some("removed the tool's lxc.idmap lines: the container's own lines give what is needed"));
+            }
+            theirs
+        } else if together {
+            all
+        } else if let Err(problems) = idmap::validate(&theirs) {
             return Err(format!(
                 "{conf_path}: the lxc.idmap lines would make the start fail: {}",
                 problems.join("; ")
             ));
-        }
-        let unmet = idmap::unmet(&theirs, &passthroughs);
-        if !unmet.is_empty() {
+        } else {
+            let unmet = idmap::unmet(&theirs, &passthroughs);
             return Err(conflict_message(conf_path, &theirs, &unmet, &passthroughs));
-        }
+        };
         if !passthroughs.is_empty() {
             d.events.push(Event::info(
                 "idmap-kept",
@@ -491,14 +528,20 @@ pub fn plan_idmap(facts: &Facts, d: &mut Draft) -> Result<(), String> {
                 ),
             ));
         }
-        if !mine.is_empty() {
-            remove_owned_idmap(d, Some("removed the tool's lxc.idmap lines: the container's own lines give what is needed"));
+        if !idmap::maps_root(&chosen) {
+            d.events.push(Event::warn(
+                "idmap-no-root",
+                format!(
+                    "{conf_path}: the lxc.idmap lines map no container uid 0 or gid 0 (root), so LXC cannot set up the container; add lines for container ID 0, like 'lxc.idmap: u 0 100000 65536'"
+                ),
+            ));
         }
-        theirs
+        chosen
     } else if passthroughs.is_empty() {
         if !mine.is_empty() {
             remove_owned_idmap(
                 d,
+                &mine_at,
                 Some("removed the tool's lxc.idmap lines: no ID passthrough is needed any more, Proxmox's default map applies"),
             );
         }
@@ -511,7 +554,7 @@ pub fn plan_idmap(facts: &Facts, d: &mut Draft) -> Result<(), String> {
             )
         })?;
         if mine != map {
-            remove_owned_idmap(d, None);
+            remove_owned_idmap(d, &mine_at, None);
             for e in &map {
                 d.conf.push_raw("lxc.idmap", &e.to_string());
                 d.state.owned.conf_lines.push(owned_idmap_line(e));
@@ -583,22 +626,15 @@ fn main_end(conf: &PveConfig) -> usize {
         .unwrap_or(conf.lines().len())
 }
 
-/// Removes the tool's `lxc.idmap` lines from the config and the state;
-/// `reason` is recorded when a line goes.
-fn remove_owned_idmap(d: &mut Draft, reason: Option<&str>) {
-    let owned: HashSet<IdmapEntry> = d
-        .state
-        .owned
-        .conf_lines
-        .iter()
-        .filter_map(|l| l.strip_prefix("lxc.idmap:"))
-        .filter_map(|v| IdmapEntry::parse(v.trim()).ok())
-        .collect();
-    let removed = d.conf.remove_main_where(|l| match &l.kind {
-        LineKind::Raw { key, value } if key == "lxc.idmap" => {
-            IdmapEntry::parse(value).is_ok_and(|e| owned.contains(&e))
-        }
-        _ => false,
+/// Removes the tool's `lxc.idmap` lines (main-section indexes `mine_at`)
+/// from the config and from the state; `reason` is recorded when a line goes.
+fn remove_owned_idmap(d: &mut Draft, mine_at: &HashSet<usize>, reason: Option<&str>) {
+    // remove_main_where visits the main section's lines in order.
+    let mut n = 0;
+    let removed = d.conf.remove_main_where(|_| {
+        let hit = mine_at.contains(&n);
+        n += 1;
+        hit
     });
     d.state
         .owned
@@ -961,6 +997,59 @@ mod tests {
         );
         let d = decide(&facts("unprivileged: 1\ndev0: /dev/dri/renderD128\n"));
         assert_eq!(d.idmap.unwrap(), idmap::pve_default());
+    }
+
+    #[test]
+    fn a_persons_lines_next_to_the_tools_are_kept_when_together_they_work() {
+        let f = facts(SERIAL);
+        let f1 = apply(&f, &decide(&f));
+        // A person adds a uid passthrough beyond the base range.
+        let conf = format!("{}lxc.idmap: u 70000 70000 1\n", f1.conf.render());
+        let mut f2 = f1.clone();
+        f2.conf = PveConfig::parse(&conf);
+        f2.lxc_config.text = None;
+        let d = decide(&f2);
+        assert_eq!(d.refusal, None);
+        assert!(d.change(Target::PveConf).is_none(), "{:#?}", d.changes);
+        assert!(d.change(Target::Subuid).is_some());
+        assert_eq!(d.idmap.unwrap().len(), 5);
+        // Their line alone maps no root: never strip the tool's lines then.
+        let d = decide(&{
+            let mut f3 = f2.clone();
+            f3.conf = PveConfig::parse(&conf.replace("lxc.mount.entry", "#lxc.mount.entry"));
+            f3
+        });
+        assert_eq!(d.refusal, None);
+        assert!(d.change(Target::PveConf).is_none(), "{:#?}", d.changes);
+    }
+
+    #[test]
+    fn a_persons_full_map_replaces_the_tools_lines_and_keeps_their_copies() {
+        let f = facts(SERIAL);
+        let f1 = apply(&f, &decide(&f));
+        // A person writes a full map of their own above the tool's lines;
+        // two of their lines equal the tool's.
+        let theirs = "lxc.idmap: u 0 100000 1000\nlxc.idmap: u 1000 101000 64536\nlxc.idmap: g 0 100000 10\nlxc.idmap: g 10 100010 10\nlxc.idmap: g 20 20 1\nlxc.idmap: g 21 100021 65515\n";
+        let conf = f1.conf.render().replace(
+            "lxc.idmap: u 0 100000 65536\n",
+            &format!("{theirs}lxc.idmap: u 0 100000 65536\n"),
+        );
+        let mut f2 = f1.clone();
+        f2.conf = PveConfig::parse(&conf);
+        let d = decide(&f2);
+        assert_eq!(d.refusal, None);
+        let new = &d.change(Target::PveConf).unwrap().new;
+        assert_eq!(new, &format!("arch: amd64\nhostname: z2m\nunprivileged: 1\nlxc.mount.entry: /dev/serial/by-id/usb-ITead_Sonoff_Zigbee_3.0-if00-port0 dev/ttyUSB0 none bind,optional,create=file\n{theirs}"));
+        let st = State::parse(&d.change(Target::State).unwrap().new).unwrap();
+        assert!(st.owned.conf_lines.is_empty());
+        assert!(decide(&apply(&f2, &d)).changes.is_empty());
+    }
+
+    #[test]
+    fn a_map_without_root_warns() {
+        let d = decide(&facts("unprivileged: 1\nlxc.idmap: g 0 100000 65536\n"));
+        assert_eq!(d.refusal, None);
+        assert!(d.events.iter().any(|e| e.name == "idmap-no-root"));
     }
 
     #[test]
