@@ -626,3 +626,28 @@ fn destroying_a_running_container_waits_for_a_slow_post_stop() {
     assert!(!late.exists(), "a late post-stop wrote after the cleanup");
     assert!(e2e::bed::monitor_pids(990_115).is_empty());
 }
+
+#[test]
+fn a_hook_child_holding_stdout_keeps_the_task_waiting() {
+    let bed = Bed::new();
+    // post-start leaves a background child with the inherited stdout for
+    // 1 s: PVE's run_command (and the bed) wait until it closes.
+    let mut ct = bed
+        .container(990_116)
+        .hook(Hook::Script(
+            "[ \"$2\" = post-start ] || exit 0\n(sleep 1; echo late child) &\necho quick\nexit 0\n"
+                .into(),
+        ))
+        .create();
+    let rep = ct.start();
+    rep.expect_started();
+    let post = rep.post_start.as_ref().unwrap();
+    assert!(post.exited_after < Duration::from_millis(500), "{post}");
+    let closed = post.closed_after.expect("closed within the deadline");
+    assert!(closed >= Duration::from_millis(900), "{post}");
+    assert_eq!(post.stdout, "quick\nlate child\n");
+    assert!(
+        rep.lock_held >= closed,
+        "the lock is held until the pipes close"
+    );
+}
