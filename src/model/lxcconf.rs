@@ -81,6 +81,30 @@ impl LxcConfig {
         out
     }
 
+    /// The text with a `key = value` line appended for each of `values` the
+    /// file does not have yet (compared after trimming), or `None` when it
+    /// has them all. For cgroup device rules: PVE's own rules stay.
+    pub fn with_appended(&self, key: &str, values: &[String]) -> Option<String> {
+        let have: Vec<&str> = self.values(key).collect();
+        let mut missing: Vec<&str> = Vec::new();
+        for v in values.iter().map(|v| v.trim()) {
+            if !have.contains(&v) && !missing.contains(&v) {
+                missing.push(v);
+            }
+        }
+        if missing.is_empty() {
+            return None;
+        }
+        let mut out = self.text.clone();
+        if !out.is_empty() && !out.ends_with('\n') {
+            out.push('\n');
+        }
+        for v in missing {
+            out.push_str(&format!("{key} = {v}\n"));
+        }
+        Some(out)
+    }
+
     /// The text with the `lxc.idmap` lines set to `map`, or `None` when the
     /// file already has exactly these entries in this order.
     pub fn with_idmap(&self, map: &[IdmapEntry]) -> Option<String> {
@@ -140,6 +164,27 @@ mod tests {
         assert_eq!(
             c.with_idmap(&map).unwrap(),
             "# comment lxc.idmap = x\nlxc.idmap = u 0 1000 1\nlxc.idmapx = 1\n"
+        );
+    }
+
+    #[test]
+    fn appends_only_missing_values() {
+        let c = LxcConfig::parse("lxc.cgroup2.devices.allow = a\nlxc.rootfs.path = x");
+        let rules = vec![
+            "c 188:0 rwm".to_string(),
+            "a".to_string(),
+            "c 188:0 rwm".to_string(),
+        ];
+        let new = c
+            .with_appended("lxc.cgroup2.devices.allow", &rules)
+            .unwrap();
+        assert_eq!(
+            new,
+            "lxc.cgroup2.devices.allow = a\nlxc.rootfs.path = x\nlxc.cgroup2.devices.allow = c 188:0 rwm\n"
+        );
+        assert_eq!(
+            LxcConfig::parse(&new).with_appended("lxc.cgroup2.devices.allow", &rules),
+            None
         );
     }
 

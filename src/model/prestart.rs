@@ -670,17 +670,29 @@ fn conflict_message(
     )
 }
 
+/// One planning step: edits the draft, or returns a refusal message.
+pub type Step = fn(&Facts, &mut Draft) -> Result<(), String>;
+
+/// The planning steps, in order. A step edits `d.conf` (recording a line
+/// per change in `d.conf_reasons` and what it owns in `d.state.owned`),
+/// edits the generated LXC config from `d.lxc_text(facts)` into `d.lxc`
+/// (reasons in `d.lxc_reasons`), and adds events. ID passthroughs go
+/// through [`PASSTHROUGH_SOURCES`], not through a step of their own.
+pub const STEPS: &[Step] = &[plan_idmap];
+
 /// Decides what pre-start does.
 pub fn decide(facts: &Facts) -> Decision {
     let mut d = Draft::new(facts);
-    match plan_idmap(facts, &mut d) {
-        Ok(()) => d.finish(facts),
-        Err(refusal) => Decision {
-            events: d.events,
-            refusal: Some(refusal),
-            ..Decision::default()
-        },
+    for step in STEPS {
+        if let Err(refusal) = step(facts, &mut d) {
+            return Decision {
+                events: d.events,
+                refusal: Some(refusal),
+                ..Decision::default()
+            };
+        }
     }
+    d.finish(facts)
 }
 
 #[cfg(test)]
