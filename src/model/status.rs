@@ -302,7 +302,11 @@ impl Status {
                 } else {
                     format!(": {}", d.detail)
                 };
-                let _ = writeln!(o, "  {} {}{node}: {}{detail}", d.source, d.path, d.verdict);
+                let verdict = match d.verdict.as_str() {
+                    "unknown" => "not checked yet (post-start checks it)",
+                    v => v,
+                };
+                let _ = writeln!(o, "  {} {}{node}: {verdict}{detail}", d.source, d.path);
             }
         }
         match &self.runtime_user {
@@ -390,6 +394,9 @@ mod tests {
         assert_eq!(s.idmap_source, "default");
         assert!(s.subid.iter().all(|c| c.covered));
         assert_eq!(s.devices[0].verdict, "unknown");
+        assert!(s.render().contains(
+            "  dev0 /dev/serial/by-id/usb-x -> /dev/ttyUSB0: not checked yet (post-start checks it)\n"
+        ));
 
         let c = PveConfig::parse("arch: amd64\n");
         let s = build(&facts(&c, None));
