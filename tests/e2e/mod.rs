@@ -76,6 +76,13 @@
 //! - The LXC hooks are small shell scripts doing only the devN and
 //!   hookscript parts of PVE's (no `lock` check, no config regeneration on
 //!   reboot). Post-stop output goes to files, not LXC's log.
+//! - The hookscript's environment is only PVE's `PATH` and `LC_ALL=C`, cwd
+//!   `/` (PVE: the daemon's environment plus `LC_ALL=C`, cwd unspecified).
+//!   The task log is the hook output plus PVE's error and warning lines,
+//!   without timestamps.
+//! - The pty stand-in is `c 136:N`, which the privileged allow list already
+//!   allows (a real ttyUSB is 188:N); test privileged cgroup rules with a
+//!   `char_node` outside the list instead (e.g. 1:11).
 //! - Hook phases get a 60 s deadline (PVE waits forever); output still open
 //!   after it shows as `closed_after: None`.
 //! - Stop is always a hard stop (`--kill`), as `pct stop`; no shutdown.
