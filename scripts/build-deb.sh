@@ -125,6 +125,31 @@ Description: Proxmox VE hookscript for devices and IDs in unprivileged container
  .
  Register it with /usr/share/pct-passthrough/install/install.sh VMID.
 EOF
+# On upgrade, refresh the copy install.sh put on the snippets storage, so the
+# hookscript runs the new version (doctor warns when they differ). Nothing
+# else: registering containers stays an explicit install.sh run.
+cat >"$d/DEBIAN/postinst" <<'EOF'
+#!/bin/sh
+set -e
+if [ "$1" = configure ]; then
+    root=${PCT_PASSTHROUGH_ROOT:-}
+    root=${root%/}
+    bin=${PCT_PASSTHROUGH_BIN:-/usr/bin/pct-passthrough}
+    manifest=$root/var/lib/pct-passthrough/install/manifest
+    if [ -f "$manifest" ]; then
+        awk -F '\t' '$1 == "binary" { print $3 }' "$manifest" | while read -r dest; do
+            [ -n "$dest" ] && [ -f "$dest" ] || continue
+            cmp -s "$bin" "$dest" && continue
+            cp "$bin" "$dest.tmp.$$"
+            chmod 0755 "$dest.tmp.$$"
+            mv -f "$dest.tmp.$$" "$dest"
+            echo "pct-passthrough: updated the hookscript copy ${dest#"$root"}"
+        done
+    fi
+fi
+exit 0
+EOF
+chmod 0755 "$d/DEBIAN/postinst"
 (cd "$d" && find usr -type f -print0 | sort -z | xargs -0 md5sum >DEBIAN/md5sums)
 find "$d" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
 

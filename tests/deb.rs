@@ -100,6 +100,44 @@ fn package_builds_with_the_expected_contents() {
     );
     assert!(man.contains("\npct-passthrough plan <vmid>"), "{man}");
     assert!(man.contains("PCT_PASSTHROUGH_ROOT"), "{man}");
+    // postinst refreshes the copy install.sh made, and nothing else.
+    let ctl = out.path().join("ctl");
+    dpkg_deb(&["-e", &deb, ctl.to_str().unwrap()]);
+    let root = out.path().join("root");
+    let snippet = root.join("var/lib/vz/snippets/pct-passthrough");
+    std::fs::create_dir_all(snippet.parent().unwrap()).unwrap();
+    std::fs::write(&snippet, "old build").unwrap();
+    let manifest = root.join("var/lib/pct-passthrough/install/manifest");
+    std::fs::create_dir_all(manifest.parent().unwrap()).unwrap();
+    std::fs::write(
+        &manifest,
+        format!(
+            "dir\t{0}/x\nbinary\tcreated\t{1}\n",
+            root.display(),
+            snippet.display()
+        ),
+    )
+    .unwrap();
+    let postinst = || {
+        let o = Command::new(ctl.join("postinst"))
+            .arg("configure")
+            .env("PCT_PASSTHROUGH_ROOT", &root)
+            .env("PCT_PASSTHROUGH_BIN", BIN)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    assert_eq!(
+        postinst(),
+        "pct-passthrough: updated the hookscript copy /var/lib/vz/snippets/pct-passthrough\n"
+    );
+    assert_eq!(
+        std::fs::read(&snippet).unwrap(),
+        std::fs::read(BIN).unwrap()
+    );
+    assert_eq!(postinst(), "", "nothing to do the second time");
+
     let policies = x.join("usr/share/doc/pct-passthrough/examples/policies");
     for entry in std::fs::read_dir(policies).unwrap() {
         let p = entry.unwrap().path();
