@@ -201,6 +201,12 @@ fn root_overlap(h: &Host) {
 fn root_stale(h: &Host) {
     h.write("etc/subgid", "root:100000:65536\nroot:20:1\nroot:44:1\n");
 }
+fn chain_missing(h: &Host) {
+    h.write(
+        "etc/pve/pct-passthrough/105.toml",
+        "chain = \"local:snippets/old-hook.pl\"\n",
+    );
+}
 fn no_container(h: &Host) {
     fs::remove_file(h.root.join("etc/pve/lxc/105.conf")).unwrap();
 }
@@ -285,6 +291,7 @@ fn no_container(h: &Host) {
     "warn  host: /etc/subgid line 3: root:44:1 is used by no container map on this node (stale?)",
     "delete line 3 of /etc/subgid"
 )]
+#[case::chain_missing(chain_missing, "fail  105: 'chain' in {root}/etc/pve/pct-passthrough/105.toml: 'local:snippets/old-hook.pl' ({root}/var/lib/vz/snippets/old-hook.pl) does not exist", "fix: fix or remove 'chain' in /etc/pve/pct-passthrough/105.toml")]
 #[case::no_container(
     no_container,
     "fail  105: /etc/pve/lxc/105.conf does not exist on this node",
@@ -298,8 +305,11 @@ fn each_broken_fixture_names_its_problem_and_fix(
     let h = Host::healthy();
     breakage(&h);
     let (code, out) = h.doctor(&["105"]);
+    // Messages from the hook's own code name host paths under the root.
+    let line = &line.replace("{root}", &h.root.display().to_string());
+    let fix = &fix.replace("{root}", &h.root.display().to_string());
     let at = out
-        .find(line)
+        .find(line.as_str())
         .unwrap_or_else(|| panic!("no '{line}' in:\n{out}"));
     let next = out[at..].lines().nth(1).unwrap_or("");
     assert!(

@@ -242,6 +242,20 @@ fn container_checks(paths: &Paths, vmid: Vmid, subuid: &str, subgid: &str) -> Ve
     let runs_us = volume.is_some_and(|v| v.rsplit('/').next() == Some("pct-passthrough"))
         && policy.as_ref().is_none_or(|p| p.enabled);
     out.extend(doctor::container_map(&id, &conf, subuid, subgid, runs_us));
+    if policy.as_ref().is_some_and(|p| p.chain.is_some()) {
+        out.push(match crate::phase::chain::find(paths, vmid) {
+            Ok(Some(c)) => Check::ok(
+                &id,
+                format!("chained hookscript {} is present and executable", c.volume),
+            ),
+            Ok(None) => Check::ok(&id, "no chained hookscript"),
+            Err(e) => Check::fail(
+                &id,
+                format!("{e:#}; pre-start refuses every start"),
+                format!("fix or remove 'chain' in {policy_abs}"),
+            ),
+        });
+    }
 
     for d in device_facts(paths, &conf, policy.as_ref()) {
         out.push(doctor::device(&id, &d));
