@@ -11,6 +11,7 @@ use crate::model::policy::Policy;
 use crate::model::pveconf::PveConfig;
 use crate::model::state::State;
 use crate::model::storage;
+use crate::model::subid::nsswitch_has_subid;
 use crate::model::text::Limits;
 use crate::paths::{Paths, Vmid};
 use crate::sys::devnode;
@@ -57,24 +58,6 @@ fn executable(paths: &Paths, abs: &str) -> bool {
     fs::metadata(paths.host(abs)).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
-/// Numbers of lines that are neither blank, a comment, nor `owner:start:count`.
-fn unparsed_subid_lines(text: &str) -> Vec<usize> {
-    text.split('\n')
-        .enumerate()
-        .filter(|(_, l)| {
-            let l = l.trim();
-            if l.is_empty() || l.starts_with('#') {
-                return false;
-            }
-            let f: Vec<&str> = l.split(':').collect();
-            let num =
-                |s: &str| !s.is_empty() && s.len() <= 10 && s.bytes().all(|b| b.is_ascii_digit());
-            !(f.len() == 3 && !f[0].is_empty() && num(f[1]) && num(f[2]))
-        })
-        .map(|(i, _)| i + 1)
-        .collect()
-}
-
 fn host_checks(paths: &Paths) -> Vec<Check> {
     let mut out = vec![doctor::shadow_tools(
         executable(paths, "/usr/bin/newuidmap"),
@@ -85,7 +68,7 @@ fn host_checks(paths: &Paths) -> Vec<Check> {
             Ok(text) => {
                 let unparsed = text
                     .as_deref()
-                    .map(unparsed_subid_lines)
+                    .map(doctor::unparsed_subid_lines)
                     .unwrap_or_default();
                 out.extend(doctor::subid_shape(abs, text.as_deref(), &unparsed));
             }
@@ -94,13 +77,7 @@ fn host_checks(paths: &Paths) -> Vec<Check> {
     }
     match read(paths, "/etc/nsswitch.conf", Limits::HOST_FILE, "host") {
         Ok(text) => {
-            let has = text.as_deref().is_some_and(|t| {
-                t.lines().any(|l| {
-                    l.trim_start()
-                        .strip_prefix("subid")
-                        .is_some_and(|r| r.trim_start().starts_with(':'))
-                })
-            });
+            let has = text.as_deref().is_some_and(nsswitch_has_subid);
             out.push(doctor::nsswitch(has));
         }
         Err(c) => out.push(c),
@@ -304,17 +281,4 @@ fn device_facts(paths: &Paths, conf: &PveConfig, policy: Option<&Policy>) -> Vec
             }
         })
         .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn subid_junk_lines() {
-        assert_eq!(
-            unparsed_subid_lines("root:100000:65536\n# c\n\nroot:x:1\nfoo\nroot:1:2:3\n"),
-            [4, 5, 6]
-        );
-    }
 }

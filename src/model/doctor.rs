@@ -119,6 +119,24 @@ pub fn shadow_tools(newuidmap: bool, newgidmap: bool) -> Check {
     }
 }
 
+/// Numbers of the lines shadow ignores: neither blank, a comment, nor a
+/// range line `SubidFile` accepts.
+pub fn unparsed_subid_lines(text: &str) -> Vec<usize> {
+    let parsed: Vec<usize> = SubidFile::parse(text)
+        .ranges()
+        .iter()
+        .map(|r| r.line)
+        .collect();
+    text.split('\n')
+        .enumerate()
+        .filter(|(i, l)| {
+            let l = l.trim();
+            !l.is_empty() && !l.starts_with('#') && !parsed.contains(&(i + 1))
+        })
+        .map(|(i, _)| i + 1)
+        .collect()
+}
+
 /// The shape of a subid file: present, a final newline, no junk lines.
 /// `unparsed` lists the 1-based numbers of non-blank, non-comment lines that
 /// are not `owner:start:count`.
@@ -658,6 +676,14 @@ mod tests {
         assert_eq!(
             subid_shape("/etc/subuid", Some(""), &[])[0].verdict,
             Verdict::Ok
+        );
+    }
+
+    #[test]
+    fn subid_junk_lines() {
+        assert_eq!(
+            unparsed_subid_lines("root:100000:65536\n# c\n\nroot:x:1\nfoo\nroot:1:2:3\nroot:5:0\n"),
+            [4, 5, 6, 7]
         );
     }
 
