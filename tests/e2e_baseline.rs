@@ -651,3 +651,34 @@ fn a_hook_child_holding_stdout_keeps_the_task_waiting() {
         "the lock is held until the pipes close"
     );
 }
+
+#[test]
+fn devn_added_by_pre_start_is_created_this_boot_but_its_rule_only_next_boot() {
+    let bed = Bed::new();
+    let node = bed.char_node("zero1", 1, 5, 0, 0o600);
+    let line = format!("dev0: {},gid=20", node.path.display());
+    let mut ct = bed
+        .container(990_117)
+        .hook(Hook::Script(format!(
+            "[ \"$2\" = pre-start ] || exit 0\ngrep -q '^dev0:' /etc/pve/lxc/$1.conf || echo '{line}' >> /etc/pve/lxc/$1.conf\n"
+        )))
+        .create();
+    let rep = ct.start();
+    rep.expect_started();
+    // update_lxc_config ran before the hook: no rule yet.
+    assert!(!rep.generated_config.as_deref().unwrap().contains("1:5 rw"));
+    // The LXC pre-start hook re-read the config: the node is there now.
+    let inside = ct
+        .exec(&format!("stat -c '%u %g %a' {}", node.path.display()))
+        .ok()
+        .to_string();
+    assert_eq!(inside.trim(), "0 20 660");
+    ct.stop();
+    let rep = ct.start();
+    rep.expect_started();
+    assert!(rep
+        .generated_config
+        .as_deref()
+        .unwrap()
+        .contains("lxc.cgroup.devices.allow = c 1:5 rw\n"));
+}
