@@ -237,3 +237,30 @@ fn real_usermod_racing_pre_starts_on_the_real_files() {
     assert!(!std::path::Path::new("/etc/subgid.lock").exists());
     drop(cts);
 }
+
+/// A hand-written map without container gid 0 makes lxc-start fail with an
+/// obscure cgroup error; with the hook the start is refused up front with
+/// the lines and the fix.
+#[test]
+fn map_without_container_root_is_refused_with_the_fix() {
+    let bed = Bed::new();
+    let mut ct = bed
+        .container(990_144)
+        .conf("lxc.idmap: u 0 100000 65536")
+        .conf("lxc.idmap: g 1 100001 65535")
+        .hook(Hook::Binary)
+        .create();
+    let rep = ct.start();
+    assert!(!rep.started, "{rep}");
+    let err = rep.error.clone().unwrap_or_default();
+    assert!(
+        err.contains("hookscript error for 990144 on pre-start"),
+        "{rep}"
+    );
+    assert!(
+        rep.task_log
+            .contains("map no container uid 0 or no container gid 0")
+            && rep.task_log.contains("'lxc.idmap: g 0 100000 65536'"),
+        "{rep}"
+    );
+}

@@ -529,11 +529,10 @@ pub fn plan_idmap(facts: &Facts, d: &mut Draft) -> Result<(), String> {
             ));
         }
         if !idmap::maps_root(&chosen) {
-            d.events.push(Event::warn(
-                "idmap-no-root",
-                format!(
-                    "{conf_path}: the lxc.idmap lines map no container uid 0 or gid 0 (root), so LXC cannot set up the container; add lines for container ID 0, like 'lxc.idmap: u 0 100000 65536'"
-                ),
+            let lines: Vec<String> = chosen.iter().map(|e| format!("'{e}'")).collect();
+            return Err(format!(
+                "{conf_path}: the lxc.idmap lines {} map no container uid 0 or no container gid 0 (root), and LXC fails to start such a container; add lines for container ID 0 of both types, like 'lxc.idmap: u 0 100000 65536' and 'lxc.idmap: g 0 100000 65536'",
+                lines.join(", ")
             ));
         }
         chosen
@@ -1058,10 +1057,13 @@ mod tests {
     }
 
     #[test]
-    fn a_map_without_root_warns() {
-        let d = decide(&facts("unprivileged: 1\nlxc.idmap: g 0 100000 65536\n"));
-        assert_eq!(d.refusal, None);
-        assert!(d.events.iter().any(|e| e.name == "idmap-no-root"));
+    fn a_map_without_root_is_refused() {
+        let r = decide(&facts(
+            "unprivileged: 1\nlxc.idmap: u 0 100000 65536\nlxc.idmap: g 1 100001 65535\n",
+        ))
+        .refusal
+        .unwrap();
+        assert!(r.contains("'u 0 100000 65536', 'g 1 100001 65535' map no container uid 0 or no container gid 0"), "{r}");
     }
 
     #[test]
