@@ -583,7 +583,7 @@ pub fn plan_idmap(facts: &Facts, d: &mut Draft) -> Result<(), String> {
     if facts.nsswitch.as_deref().is_some_and(nsswitch_has_subid) {
         d.events.push(Event::warn(
             "subid-nsswitch",
-            "/etc/nsswitch.conf has a subid: line, so shadow ignores /etc/subuid and /etc/subgid; make sure that service grants root the ranges of the map",
+            "/etc/nsswitch.conf has a subid: line naming a service other than files, so shadow ignores /etc/subuid and /etc/subgid; make sure that service grants root the ranges of the map, or remove the line",
         ));
     }
 

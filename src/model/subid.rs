@@ -151,13 +151,20 @@ pub fn union(rs: &mut [IdRange]) -> Vec<IdRange> {
     out
 }
 
-/// True when `/etc/nsswitch.conf` text has an active `subid:` line: shadow
-/// then asks that service and ignores the files.
+/// True when `/etc/nsswitch.conf` text has an active `subid:` line naming
+/// a service other than `files`: shadow then asks that service and ignores
+/// `/etc/subuid` and `/etc/subgid`.
 pub fn nsswitch_has_subid(text: &str) -> bool {
     text.lines().any(|l| {
-        let l = l.trim_start();
+        let l = l.split('#').next().unwrap_or("").trim_start();
         l.strip_prefix("subid")
-            .is_some_and(|rest| rest.trim_start().starts_with(':'))
+            .and_then(|rest| rest.trim_start().strip_prefix(':'))
+            .is_some_and(|services| {
+                services
+                    .split_ascii_whitespace()
+                    .next()
+                    .is_some_and(|s| s != "files")
+            })
     })
 }
 
@@ -207,7 +214,10 @@ mod tests {
 
     #[rstest]
     #[case("subid: sss\n", true)]
-    #[case("  subid :files\n", true)]
+    #[case("  subid :sss\n", true)]
+    #[case("subid: files\n", false)]
+    #[case("subid:\n", false)]
+    #[case("subid: sss # remote\n", true)]
     #[case("#subid: sss\n", false)]
     #[case("passwd: files\nsubids: x\n", false)]
     #[case("", false)]
