@@ -1,0 +1,370 @@
+//! Whole-process benchmark: wall time and peak RSS of `pct-passthrough 105
+//! pre-start` (hookscript mode) against temp host roots, one per shape, and
+//! of the floor, a static binary that only exits. Writes a markdown table.
+//!
+//! `cargo bench --bench process` after `cargo build --release --example
+//! floor`; `scripts/bench.sh` does both. Environment: `BENCH_ROUNDS` (default
+//! 500), `BENCH_OUT` (a directory for `process.md`).
+
+mod support;
+
+use std::fmt::Write as _;
+use std::fs;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use support::shapes;
+use support::stats::{fmt_bytes, fmt_time, summary};
+
+const MIB: f64 = 1024.0 * 1024.0;
+/// DESIGN.md Targets.
+const TARGET_NOTHING_S: f64 = 1e-3;
+const TARGET_TYPICAL_S: f64 = 3e-3;
+const TARGET_BINARY_BYTES: f64 = 3.0 * MIB;
+const TARGET_RSS_BYTES: f64 = 8.0 * MIB;
+
+/// One run of a process.
+struct Sample {
+    wall_s: f64,
+    maxrss_bytes: f64,
+    ok: bool,
+}
+
+/// Spawns `bin args` with Proxmox's hookscript environment (no TTY, stdin at
+/// EOF, `LC_ALL=C`, PVE's `PATH`) and `PCT_PASSTHROUGH_ROOT=root`; returns
+/// the wall time from spawn to reap and the child's peak RSS.
+fn run_once(bin: &Path, args: &[&str], root: Option<&Path>) -> io::Result<Sample> {
+    let mut cmd = Command::new(bin);
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", "/sbin:/bin:/usr/sbin:/usr/bin")
+        .env("LC_ALL", "C")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if let Some(r) = root {
+        cmd.env("PCT_PASSTHROUGH_ROOT", r);
+    }
+    let t0 = Instant::now();
+    let child = cmd.spawn()?;
+    let pid = child.id() as libc::pid_t;
+    let mut status: libc::c_int = 0;
+    // SAFETY: an all-zero rusage is a valid value of this plain C struct.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `pid` is our own unreaped child; `status` and `ru` are valid
+    // for writes for the duration of the call.
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+    let wall_s = t0.elapsed().as_secs_f64();
+    if r != pid {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(Sample {
+        wall_s,
+        maxrss_bytes: ru.ru_maxrss as f64 * 1024.0,
+        ok: libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+    })
+}
+
+/// What a shape is and what the table says about it.
+struct Shape {
+    name: &'static str,
+    /// Builds the host root; `None` for the floor.
+    build: Option<fn(&Path) -> io::Result<()>>,
+    /// Run the tool once on the built root before it becomes the template:
+    /// the "second start" shapes.
+    settle: bool,
+    /// Run in every `every`-th round.
+    every: usize,
+    target_s: Option<f64>,
+    /// Files (relative to the root) the run must change for the numbers to
+    /// mean what the row says; empty: the run must change nothing.
+    must_change: &'static [&'static str],
+}
+
+const SHAPES: &[Shape] = &[
+    Shape {
+        name: "floor (static binary that only exits)",
+        build: None,
+        settle: false,
+        every: 1,
+        target_s: None,
+        must_change: &[],
+    },
+    Shape {
+        name: "pre-start, nothing to do",
+        build: Some(shapes::nothing),
+        settle: false,
+        every: 1,
+        target_s: Some(TARGET_NOTHING_S),
+        must_change: &[],
+    },
+    Shape {
+        name: "pre-start, typical (stick by-id, GID 20, subgid append)",
+        build: Some(shapes::typical),
+        settle: false,
+        every: 1,
+        target_s: Some(TARGET_TYPICAL_S),
+        must_change: &["etc/subgid"],
+    },
+    Shape {
+        name: "pre-start, typical, second start (nothing changes)",
+        build: Some(shapes::typical),
+        settle: true,
+        every: 1,
+        target_s: None,
+        must_change: &[],
+    },
+    Shape {
+        name: "pre-start, large (1,000-line config, 10,000 subid lines, 300 passthroughs)",
+        build: Some(shapes::large),
+        settle: false,
+        every: 4,
+        target_s: None,
+        must_change: &["etc/subgid", "etc/subuid"],
+    },
+];
+
+struct Prepared<'a> {
+    shape: &'a Shape,
+    template: Option<PathBuf>,
+    root: Option<PathBuf>,
+    written: Vec<PathBuf>,
+    problem: Option<String>,
+    samples: Vec<Sample>,
+}
+
+/// A fresh copy of the template at `root`, flushed to disk: on a host the
+/// files are not freshly written, and writeback of the copy would otherwise
+/// land in the timed run.
+fn reset(template: &Path, root: &Path) -> io::Result<()> {
+    if root.exists() {
+        fs::remove_dir_all(root)?;
+    }
+    shapes::copy_tree(template, root)?;
+    let dir = fs::File::open(root)?;
+    // SAFETY: `dir` is an open descriptor for the duration of the call.
+    if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Runs the tool once on a fresh copy, untimed, to check that the shape
+/// does what its row claims; returns the files the run changed.
+fn check(
+    bin: &Path,
+    template: &Path,
+    root: &Path,
+    must_change: &[&str],
+) -> io::Result<(Vec<PathBuf>, Option<String>)> {
+    reset(template, root)?;
+    let before = shapes::files(root)?;
+    let out = Command::new(bin)
+        .args([shapes::VMID, "pre-start"])
+        .env("PCT_PASSTHROUGH_ROOT", root)
+        .stdin(Stdio::null())
+        .output()?;
+    let after = shapes::files(root)?;
+    let written = shapes::changed(&before, &after);
+    let problem = if !out.status.success() {
+        Some(format!(
+            "exit {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    } else if must_change.is_empty() && !written.is_empty() {
+        Some(format!(
+            "wrote {} file(s) with nothing to change",
+            written.len()
+        ))
+    } else {
+        let missing: Vec<&str> = must_change
+            .iter()
+            .copied()
+            .filter(|m| !written.iter().any(|w| w == Path::new(m)))
+            .collect();
+        (!missing.is_empty()).then(|| {
+            format!(
+                "did not change {} (the feature is not there yet?)",
+                missing.join(", ")
+            )
+        })
+    };
+    Ok((written, problem))
+}
+
+fn main() -> io::Result<()> {
+    let bin = std::env::var_os("BENCH_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_pct-passthrough")));
+    let floor = std::env::var_os("BENCH_FLOOR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| bin.with_file_name("examples").join("floor"));
+    if !floor.exists() {
+        eprintln!(
+            "{}: not found; build it first: cargo build --release --example floor",
+            floor.display()
+        );
+        std::process::exit(2);
+    }
+    let rounds: usize = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(500);
+    let work = tempfile::Builder::new()
+        .prefix("pct-passthrough-bench.")
+        .tempdir()?;
+
+    let mut prepared = Vec::new();
+    for (i, shape) in SHAPES.iter().enumerate() {
+        let mut p = Prepared {
+            shape,
+            template: None,
+            root: None,
+            written: Vec::new(),
+            problem: None,
+            samples: Vec::new(),
+        };
+        if let Some(build) = shape.build {
+            let template = work.path().join(format!("{i}.template"));
+            let root = work.path().join(format!("{i}.root"));
+            build(&template)?;
+            if shape.settle {
+                let (_, problem) = check(&bin, &template, &root, &[])?;
+                if problem.is_none() {
+                    fs::remove_dir_all(&template)?;
+                    fs::rename(&root, &template)?;
+                }
+            }
+            let (written, problem) = check(&bin, &template, &root, shape.must_change)?;
+            p.written = written;
+            p.problem = problem;
+            p.template = Some(template);
+            p.root = Some(root);
+        }
+        prepared.push(p);
+    }
+
+    eprintln!("bench: {rounds} rounds over {} shapes", SHAPES.len());
+    for r in 0..rounds {
+        for p in prepared.iter_mut() {
+            if r % p.shape.every != 0 {
+                continue;
+            }
+            let s = match (&p.template, &p.root) {
+                (Some(t), Some(root)) => {
+                    // A run that writes nothing leaves its root as it was.
+                    if !p.written.is_empty() {
+                        reset(t, root)?;
+                    }
+                    run_once(&bin, &[shapes::VMID, "pre-start"], Some(root))?
+                }
+                _ => run_once(&floor, &[], None)?,
+            };
+            p.samples.push(s);
+        }
+    }
+
+    // Shapes run without a reset must really have written nothing.
+    for p in prepared.iter_mut() {
+        if let (Some(t), Some(root), true) = (&p.template, &p.root, p.written.is_empty()) {
+            let drift = shapes::changed(&shapes::files(t)?, &shapes::files(root)?);
+            if !drift.is_empty() && p.problem.is_none() {
+                p.problem = Some(format!("timed runs changed {}", drift[0].display()));
+            }
+        }
+    }
+    let table = render(&prepared, &bin, rounds)?;
+    print!("{table}");
+    if let Some(dir) = std::env::var_os("BENCH_OUT") {
+        fs::write(Path::new(&dir).join("process.md"), &table)?;
+    }
+    Ok(())
+}
+
+fn render(prepared: &[Prepared], bin: &Path, rounds: usize) -> io::Result<String> {
+    let floor = summary(
+        &prepared[0]
+            .samples
+            .iter()
+            .map(|s| s.wall_s)
+            .collect::<Vec<_>>(),
+    );
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "Whole process, `pct-passthrough 105 pre-start` against a temp root, spawn to reap \
+         ({rounds} rounds, shapes interleaved; a run that writes gets a fresh copy of its root, \
+         copied and flushed untimed).\n"
+    );
+    t.push_str("| shape | runs | median | min | max | × floor | peak RSS | files written | target | met |\n");
+    t.push_str("|---|---:|---:|---:|---:|---:|---:|---|---|---|\n");
+    let mut peak_rss: f64 = 0.0;
+    for p in prepared {
+        let wall = summary(&p.samples.iter().map(|s| s.wall_s).collect::<Vec<_>>());
+        let rss = p.samples.iter().map(|s| s.maxrss_bytes).fold(0.0, f64::max);
+        let failed = p.samples.iter().filter(|s| !s.ok).count();
+        if p.template.is_some() {
+            peak_rss = peak_rss.max(rss);
+        }
+        let written = if p.template.is_none() {
+            "-".to_string()
+        } else if p.written.is_empty() {
+            "none".to_string()
+        } else {
+            p.written
+                .iter()
+                .map(|w| format!("`{}`", w.display()))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let (target, met) = match p.shape.target_s {
+            None => ("-".to_string(), "-".to_string()),
+            Some(ts) => {
+                let met = if let Some(problem) = &p.problem {
+                    format!("not measured: {problem}")
+                } else if failed > 0 {
+                    format!("no: {failed} run(s) failed")
+                } else if wall.median < ts {
+                    "yes".to_string()
+                } else {
+                    "no".to_string()
+                };
+                (format!("< {}", fmt_time(ts)), met)
+            }
+        };
+        let note = match (&p.problem, p.shape.target_s) {
+            (Some(problem), None) => format!(" ({problem})"),
+            _ if failed > 0 && p.shape.target_s.is_none() => format!(" ({failed} failed)"),
+            _ => String::new(),
+        };
+        let _ = writeln!(
+            t,
+            "| {}{note} | {} | {} | {} | {} | {:.2} | {} | {written} | {target} | {met} |",
+            p.shape.name,
+            wall.n,
+            fmt_time(wall.median),
+            fmt_time(wall.min),
+            fmt_time(wall.max),
+            wall.median / floor.median,
+            fmt_bytes(rss),
+        );
+    }
+    let size = fs::metadata(bin)?.len() as f64;
+    let yes = |b: bool| if b { "yes" } else { "no" };
+    let _ = writeln!(
+        t,
+        "\n| resource | measured | target | met |\n|---|---:|---|---|\n\
+         | static binary size (`{}`) | {} | < 3 MiB | {} |\n\
+         | peak RSS, worst pre-start run above | {} | < 8 MiB | {} |",
+        bin.file_name().unwrap_or_default().to_string_lossy(),
+        fmt_bytes(size),
+        yes(size < TARGET_BINARY_BYTES),
+        fmt_bytes(peak_rss),
+        yes(peak_rss < TARGET_RSS_BYTES),
+    );
+    Ok(t)
+}

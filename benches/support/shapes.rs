@@ -1,0 +1,248 @@
+//! Host roots for the benchmark shapes and the I/O regression tests: nothing
+//! to do, typical (one serial stick bound by its by-id path: GID 20 and a
+//! subgid append) and large (1,000-line config, 10,000 subid lines, 300
+//! policy passthroughs). Shared by `benches/process.rs` and `tests/io_budget.rs`.
+#![allow(dead_code)]
+
+use std::fmt::Write as _;
+use std::fs;
+use std::io;
+use std::os::unix::fs::{symlink, FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+pub const VMID: &str = "105";
+
+/// The sample host of the README's demo: zigbee2mqtt in container 105.
+pub fn sample_host() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/sample-host")
+}
+
+pub const STICK: &str =
+    "/dev/serial/by-id/usb-ITead_Sonoff_Zigbee_3.0_USB_Dongle_Plus_4c004e9c53c9ec118f6c5b3d-if00-port0";
+
+/// Copies a tree: directories, regular files (mode kept), symlinks and
+/// character devices (`mknod`, needs root).
+pub fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
+    let meta = fs::symlink_metadata(from)?;
+    let ft = meta.file_type();
+    if ft.is_dir() {
+        fs::create_dir_all(to)?;
+        fs::set_permissions(to, fs::Permissions::from_mode(meta.mode() & 0o7777))?;
+        for e in fs::read_dir(from)? {
+            let e = e?;
+            copy_tree(&e.path(), &to.join(e.file_name()))?;
+        }
+    } else if ft.is_symlink() {
+        symlink(fs::read_link(from)?, to)?;
+    } else if ft.is_char_device() {
+        mknod_char(
+            to,
+            meta.rdev(),
+            meta.mode() & 0o7777,
+            meta.uid(),
+            meta.gid(),
+        )?;
+    } else {
+        fs::copy(from, to)?;
+    }
+    Ok(())
+}
+
+/// Makes a character device node with owner and mode.
+pub fn mknod_char(path: &Path, rdev: u64, mode: u32, uid: u32, gid: u32) -> io::Result<()> {
+    use nix::sys::stat::{mknod, Mode, SFlag};
+    mknod(
+        path,
+        SFlag::S_IFCHR,
+        Mode::from_bits_truncate(mode),
+        rdev as nix::libc::dev_t,
+    )
+    .map_err(|e| {
+        io::Error::other(format!(
+            "mknod {}: {e} (the benchmark shapes need root)",
+            path.display()
+        ))
+    })?;
+    std::os::unix::fs::chown(path, Some(uid), Some(gid))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+}
+
+fn write(root: &Path, abs: &str, text: &str) -> io::Result<()> {
+    let p = root.join(abs.trim_start_matches('/'));
+    fs::create_dir_all(p.parent().expect("a parent"))?;
+    fs::write(p, text)
+}
+
+fn read(root: &Path, abs: &str) -> io::Result<String> {
+    fs::read_to_string(root.join(abs.trim_start_matches('/')))
+}
+
+/// The stick's host node as udev makes it: `c 188:0`, root:dialout, 0660.
+fn add_stick_node(root: &Path) -> io::Result<()> {
+    mknod_char(
+        &root.join("dev/ttyUSB0"),
+        nix::sys::stat::makedev(188, 0),
+        0o660,
+        0,
+        20,
+    )
+}
+
+/// Typical: the sample host with its stick. The config binds the stick by
+/// its by-id path; the tool passes GID 20 through and appends `root:20:1` to
+/// `/etc/subgid`.
+pub fn typical(root: &Path) -> io::Result<()> {
+    copy_tree(&sample_host(), root)?;
+    add_stick_node(root)
+}
+
+/// Nothing to do: the sample host's container without the stick's bind.
+pub fn nothing(root: &Path) -> io::Result<()> {
+    typical(root)?;
+    let conf = read(root, "/etc/pve/lxc/105.conf")?;
+    let kept: String = conf
+        .split_inclusive('\n')
+        .filter(|l| !l.starts_with("lxc.mount.entry:"))
+        .collect();
+    write(root, "/etc/pve/lxc/105.conf", &kept)?;
+    let lxc = read(root, "/var/lib/lxc/105/config")?;
+    let kept: String = lxc
+        .split_inclusive('\n')
+        .filter(|l| !l.starts_with("lxc.mount.entry"))
+        .collect();
+    write(root, "/var/lib/lxc/105/config", &kept)
+}
+
+/// Lines of the large config, subid files and policy.
+pub const LARGE_CONFIG_LINES: usize = 1000;
+pub const LARGE_SUBID_LINES: usize = 10_000;
+pub const LARGE_PASSTHROUGHS: usize = 300;
+
+/// Large: the typical host, with a 1,000-line config (the main section plus
+/// snapshot sections and `[pve:pending]`), 10,000 lines in each subid file
+/// and 300 passthroughs from policy `idmap` lines (150 uids and 150 gids,
+/// none adjacent, so the map stays under LXC's limit of lines).
+pub fn large(root: &Path) -> io::Result<()> {
+    typical(root)?;
+    let main = read(root, "/etc/pve/lxc/105.conf")?;
+    write(
+        root,
+        "/etc/pve/lxc/105.conf",
+        &config_of_lines(&main, LARGE_CONFIG_LINES),
+    )?;
+    let subid = large_subid(LARGE_SUBID_LINES);
+    write(root, "/etc/subuid", &subid)?;
+    write(root, "/etc/subgid", &subid)?;
+    write(
+        root,
+        "/etc/pve/pct-passthrough/105.toml",
+        &policy_idmap(LARGE_PASSTHROUGHS),
+    )
+}
+
+/// `main` followed by snapshot sections (copies of its body) and a pending
+/// section, to exactly `lines` lines; below the main section's length, its
+/// first `lines` lines.
+pub fn config_of_lines(main: &str, lines: usize) -> String {
+    let mut out = String::new();
+    let mut count = 0;
+    for l in main.split_inclusive('\n').take(lines) {
+        out.push_str(l);
+        count += 1;
+    }
+    let body: Vec<&str> = main
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .collect();
+    const PENDING: &str = "\n[pve:pending]\nmemory: 1024\n";
+    let mut snap = 0;
+    // A snapshot: a blank line, a header, its body and `snaptime:`.
+    while count + 3 + 4 <= lines {
+        let take = (lines - count - 3 - 3).min(body.len());
+        let _ = write!(out, "\n[snap{snap}]\n");
+        for l in &body[..take] {
+            out.push_str(l);
+            out.push('\n');
+        }
+        let _ = writeln!(out, "snaptime: {}", 1_731_000_000 + snap);
+        count += 3 + take;
+        snap += 1;
+    }
+    if count + 3 <= lines {
+        out.push_str(PENDING);
+        count += 3;
+    }
+    while count < lines {
+        out.push_str("swap: 0\n");
+        count += 1;
+    }
+    out
+}
+
+/// A subid file of `lines` lines: root's PVE range first, then other
+/// owners' disjoint ranges above it.
+pub fn large_subid(lines: usize) -> String {
+    let mut out = String::from("root:100000:65536\n");
+    for i in 1..lines as u64 {
+        let _ = writeln!(out, "user{i}:{}:65536", 165_536 + i * 65_536);
+    }
+    out
+}
+
+/// A policy with `n` passthroughs: alternately `uid` and `gid` lines, host
+/// IDs 1000, 1002, ... (never adjacent, so none merge).
+pub fn policy_idmap(n: usize) -> String {
+    let mut out = String::from("idmap = [\n");
+    for i in 0..n {
+        let id = 1000 + 2 * (i / 2);
+        let kind = if i % 2 == 0 { "uid" } else { "gid" };
+        let _ = writeln!(out, "  \"{kind} {id} {id}\",");
+    }
+    out.push_str("]\n");
+    out
+}
+
+/// Every regular file under `root` with its bytes, sorted by path: compare
+/// two of these to see what a run changed.
+pub fn files(root: &Path) -> io::Result<Vec<(PathBuf, Vec<u8>)>> {
+    fn walk(dir: &Path, root: &Path, out: &mut Vec<(PathBuf, Vec<u8>)>) -> io::Result<()> {
+        for e in fs::read_dir(dir)? {
+            let e = e?;
+            let ft = e.file_type()?;
+            if ft.is_dir() {
+                walk(&e.path(), root, out)?;
+            } else if ft.is_file() {
+                let rel = e
+                    .path()
+                    .strip_prefix(root)
+                    .expect("under root")
+                    .to_path_buf();
+                out.push((rel, fs::read(e.path())?));
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    walk(root, root, &mut out)?;
+    out.sort();
+    Ok(out)
+}
+
+/// Paths (relative to the root) whose bytes differ, or that exist on one
+/// side only.
+pub fn changed(before: &[(PathBuf, Vec<u8>)], after: &[(PathBuf, Vec<u8>)]) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = Vec::new();
+    for (p, b) in before {
+        match after.iter().find(|(q, _)| q == p) {
+            Some((_, a)) if a == b => {}
+            _ => out.push(p.clone()),
+        }
+    }
+    for (p, _) in after {
+        if !before.iter().any(|(q, _)| q == p) {
+            out.push(p.clone());
+        }
+    }
+    out.sort();
+    out
+}

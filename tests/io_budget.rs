@@ -1,0 +1,256 @@
+//! Regression checks for what keeps pre-start fast (tests, not timings): the
+//! real binary runs under strace against a temp root, and the files it
+//! opens, writes, renames and removes are compared with what it must touch.
+//! Needs root and strace (`.ci/run` installs it).
+
+#[path = "../benches/support/shapes.rs"]
+mod shapes;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_pct-passthrough");
+
+/// Every syscall that opens a path or changes the file tree.
+const TRACED: &str = "open,openat,openat2,creat,rename,renameat,renameat2,unlink,unlinkat,\
+    mkdir,mkdirat,rmdir,link,linkat,symlink,symlinkat,truncate,chmod,fchmodat,chown,fchownat,\
+    lchown,mknod,mknodat";
+
+/// Opens the Rust runtime itself makes in every binary (the main thread's
+/// stack guard), outside the root.
+const RUNTIME_OPENS: &[&str] = &["/proc/self/maps"];
+
+/// One traced call on a path.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Call {
+    syscall: String,
+    /// Relative to the root as `/etc/...`; absolute if outside it.
+    path: String,
+    /// The call changes the file tree or opens for writing.
+    mutates: bool,
+}
+
+/// What one traced run did.
+struct Trace {
+    calls: Vec<Call>,
+    status: std::process::ExitStatus,
+    stderr: String,
+}
+
+impl Trace {
+    /// Paths opened (read or write, found or not), deduplicated.
+    fn opened(&self) -> BTreeSet<String> {
+        self.calls
+            .iter()
+            .filter(|c| c.syscall.starts_with("open") || c.syscall == "creat")
+            .map(|c| c.path.clone())
+            .filter(|p| !RUNTIME_OPENS.contains(&p.as_str()))
+            .collect()
+    }
+
+    fn mutations(&self) -> Vec<&Call> {
+        self.calls.iter().filter(|c| c.mutates).collect()
+    }
+
+    fn mutated_paths(&self) -> BTreeSet<String> {
+        self.mutations().iter().map(|c| c.path.clone()).collect()
+    }
+}
+
+/// The first quoted string of an strace argument list, unescaped enough
+/// for paths (strace escapes `"` and `\`).
+fn quoted(args: &str) -> Option<(String, &str)> {
+    let start = args.find('"')? + 1;
+    let mut out = String::new();
+    let mut chars = args[start..].char_indices();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '\\' => out.push(chars.next()?.1),
+            '"' => return Some((out, &args[start + i + 1..])),
+            _ => out.push(c),
+        }
+    }
+    None
+}
+
+/// The calls of an strace log, paths made relative to `root_s`.
+fn parse_log(text: &str, root_s: &str) -> Vec<Call> {
+    let mut calls = Vec::new();
+    for line in text.lines() {
+        // `PID name(args) = result`, or `PID name(args <unfinished ...>`.
+        let line = line.split_once(' ').map_or(line, |(_, rest)| rest);
+        if line.starts_with("<...") || line.starts_with("+++") || line.starts_with("---") {
+            continue;
+        }
+        let Some((syscall, args)) = line.split_once('(') else {
+            continue;
+        };
+        let mut rest = args;
+        // rename and link calls name two paths; both count.
+        while let Some((path, tail)) = quoted(rest) {
+            let rel = match path.strip_prefix(root_s) {
+                Some("") => "/".to_string(),
+                Some(r) => r.to_string(),
+                None => path.clone(),
+            };
+            let flags = tail.split(')').next().unwrap_or("");
+            let writes_open = ["O_WRONLY", "O_RDWR", "O_CREAT", "O_TRUNC", "O_APPEND"]
+                .iter()
+                .any(|f| flags.contains(f));
+            let mutates = if syscall.starts_with("open") {
+                writes_open
+            } else {
+                true
+            };
+            calls.push(Call {
+                syscall: syscall.to_string(),
+                path: rel,
+                mutates,
+            });
+            rest = tail;
+            if syscall.starts_with("open") {
+                break;
+            }
+        }
+    }
+    calls
+}
+
+/// Runs the binary under strace with `PCT_PASSTHROUGH_ROOT=root`.
+fn trace(root: &Path, args: &[&str]) -> Trace {
+    let log = tempfile::NamedTempFile::new().expect("temp file");
+    let out = Command::new("strace")
+        .args([
+            "-f",
+            "-qq",
+            "-s",
+            "4096",
+            "-e",
+            &format!("trace={TRACED}"),
+            "-o",
+        ])
+        .arg(log.path())
+        .arg(BIN)
+        .args(args)
+        .env("PCT_PASSTHROUGH_ROOT", root)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("running strace: {e}; install it (.ci/run does: apt-get install strace)")
+        });
+    let text = std::fs::read_to_string(log.path()).expect("strace log");
+    assert!(
+        !text.is_empty(),
+        "strace wrote nothing: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let calls = parse_log(&text, root.to_str().expect("utf-8 temp path"));
+    Trace {
+        calls,
+        status: out.status,
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn set(items: &[&str]) -> BTreeSet<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+fn root_with(build: fn(&Path) -> std::io::Result<()>) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    build(&dir.path().join("r")).expect("build the shape (needs root)");
+    dir
+}
+
+#[test]
+fn nothing_to_do_opens_only_config_and_policy_and_writes_nothing() {
+    let dir = root_with(shapes::nothing);
+    let root = dir.path().join("r");
+    let t = trace(&root, &[shapes::VMID, "pre-start"]);
+    assert!(t.status.success(), "{}", t.stderr);
+    assert_eq!(t.stderr, "", "a container with nothing to do is silent");
+    assert_eq!(
+        t.opened(),
+        set(&["/etc/pve/lxc/105.conf", "/etc/pve/pct-passthrough/105.toml"]),
+        "nothing to do: read the config and look for a policy, nothing else"
+    );
+    assert_eq!(t.mutations(), Vec::<&Call>::new());
+}
+
+#[test]
+fn dry_run_writes_nothing() {
+    for build in [shapes::typical, shapes::large] {
+        let dir = root_with(build);
+        let root = dir.path().join("r");
+        let before = shapes::files(&root).unwrap();
+        let t = trace(&root, &["--phase", "pre-start", shapes::VMID, "--dry-run"]);
+        assert!(t.status.success(), "{}", t.stderr);
+        assert_eq!(t.mutations(), Vec::<&Call>::new(), "{}", t.stderr);
+        assert_eq!(
+            shapes::changed(&before, &shapes::files(&root).unwrap()),
+            Vec::<std::path::PathBuf>::new()
+        );
+    }
+}
+
+#[test]
+fn second_start_writes_nothing() {
+    for build in [shapes::nothing, shapes::typical, shapes::large] {
+        let dir = root_with(build);
+        let root = dir.path().join("r");
+        let first = trace(&root, &[shapes::VMID, "pre-start"]);
+        assert!(first.status.success(), "{}", first.stderr);
+        let before = shapes::files(&root).unwrap();
+        let t = trace(&root, &[shapes::VMID, "pre-start"]);
+        assert!(t.status.success(), "{}", t.stderr);
+        assert_eq!(
+            t.mutated_paths(),
+            BTreeSet::new(),
+            "the second start changes nothing, so it opens nothing for writing, renames, \
+             removes or creates nothing"
+        );
+        assert_eq!(
+            shapes::changed(&before, &shapes::files(&root).unwrap()),
+            Vec::<std::path::PathBuf>::new()
+        );
+    }
+}
+
+#[test]
+fn strace_lines_parse_into_calls() {
+    let log = r#"41 openat(AT_FDCWD, "/r/etc/pve/lxc/105.conf", O_RDONLY|O_CLOEXEC) = 3
+41 openat(AT_FDCWD, "/proc/self/maps", O_RDONLY|O_CLOEXEC) = 3
+41 openat(AT_FDCWD, "/r/etc/subgid.tmp.41", O_WRONLY|O_CREAT|O_EXCL|O_CLOEXEC, 0644) = 4
+41 rename("/r/etc/subgid.tmp.41", "/r/etc/subgid") = 0
+42 unlink("/r/a \"q\"") = -1 ENOENT (No such file or directory)
+42 openat(AT_FDCWD, "/r/x", O_RDONLY <unfinished ...>
+42 <... openat resumed>) = 5
+41 +++ exited with 0 +++
+"#;
+    let calls = parse_log(log, "/r");
+    let short: Vec<(&str, &str, bool)> = calls
+        .iter()
+        .map(|c| (c.syscall.as_str(), c.path.as_str(), c.mutates))
+        .collect();
+    assert_eq!(
+        short,
+        vec![
+            ("openat", "/etc/pve/lxc/105.conf", false),
+            ("openat", "/proc/self/maps", false),
+            ("openat", "/etc/subgid.tmp.41", true),
+            ("rename", "/etc/subgid.tmp.41", true),
+            ("rename", "/etc/subgid", true),
+            ("unlink", "/a \"q\"", true),
+            ("openat", "/x", false),
+        ]
+    );
+    let t = Trace {
+        calls,
+        status: std::process::ExitStatus::default(),
+        stderr: String::new(),
+    };
+    assert_eq!(
+        t.opened(),
+        set(&["/etc/pve/lxc/105.conf", "/etc/subgid.tmp.41", "/x"])
+    );
+}
