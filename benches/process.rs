@@ -233,15 +233,22 @@ fn main() -> io::Result<()> {
             let root = work.path().join(format!("{i}.root"));
             build(&template)?;
             if shape.settle {
-                let (_, problem) = check(&bin, &template, &root, &[])?;
-                if problem.is_none() {
-                    fs::remove_dir_all(&template)?;
-                    fs::rename(&root, &template)?;
+                // The first start; what it leaves is the template.
+                let out = Command::new(&bin)
+                    .args([shapes::VMID, "pre-start"])
+                    .env("PCT_PASSTHROUGH_ROOT", &template)
+                    .stdin(Stdio::null())
+                    .output()?;
+                if !out.status.success() {
+                    p.problem = Some(format!(
+                        "first start failed: {}",
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    ));
                 }
             }
             let (written, problem) = check(&bin, &template, &root, shape.must_change)?;
             p.written = written;
-            p.problem = problem;
+            p.problem = p.problem.or(problem);
             p.template = Some(template);
             p.root = Some(root);
         }

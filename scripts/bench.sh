@@ -36,8 +36,8 @@ target_dir=${CARGO_TARGET_DIR:-target}/x86_64-unknown-linux-gnu/release
 export BENCH_BIN=$PWD/$target_dir/pct-passthrough
 export BENCH_FLOOR=$PWD/$target_dir/examples/floor
 export BENCH_OUT=$out
-cargo bench --quiet --bench process
-cargo bench --quiet --bench growth
+cargo bench --quiet --bench process >/dev/null
+cargo bench --quiet --bench growth >/dev/null
 
 cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)
 tmpfs=$(df -PT "${TMPDIR:-/tmp}" | awk 'NR == 2 { print $2 }')

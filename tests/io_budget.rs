@@ -79,7 +79,9 @@ fn parse_log(text: &str, root_s: &str) -> Vec<Call> {
     let mut calls = Vec::new();
     for line in text.lines() {
         // `PID name(args) = result`, or `PID name(args <unfinished ...>`.
-        let line = line.split_once(' ').map_or(line, |(_, rest)| rest);
+        let line = line
+            .trim_start_matches(|c: char| c.is_ascii_digit())
+            .trim_start();
         if line.starts_with("<...") || line.starts_with("+++") || line.starts_with("---") {
             continue;
         }
@@ -218,13 +220,13 @@ fn second_start_writes_nothing() {
 
 #[test]
 fn strace_lines_parse_into_calls() {
-    let log = r#"41 openat(AT_FDCWD, "/r/etc/pve/lxc/105.conf", O_RDONLY|O_CLOEXEC) = 3
-41 openat(AT_FDCWD, "/proc/self/maps", O_RDONLY|O_CLOEXEC) = 3
+    let log = r#"41    openat(AT_FDCWD, "/r/etc/pve/lxc/105.conf", O_RDONLY|O_CLOEXEC) = 3
+41  openat(AT_FDCWD, "/proc/self/maps", O_RDONLY|O_CLOEXEC) = 3
 41 openat(AT_FDCWD, "/r/etc/subgid.tmp.41", O_WRONLY|O_CREAT|O_EXCL|O_CLOEXEC, 0644) = 4
-41 rename("/r/etc/subgid.tmp.41", "/r/etc/subgid") = 0
+rename("/r/etc/subgid.tmp.41", "/r/etc/subgid") = 0
 42 unlink("/r/a \"q\"") = -1 ENOENT (No such file or directory)
 42 openat(AT_FDCWD, "/r/x", O_RDONLY <unfinished ...>
-42 <... openat resumed>) = 5
+<... openat resumed>) = 5
 41 +++ exited with 0 +++
 "#;
     let calls = parse_log(log, "/r");
