@@ -61,5 +61,6 @@ pub fn run(cmd: Command, paths: &Paths) -> u8 {
         Command::Doctor { vmid } => crate::cmd::doctor::run(paths, vmid),
         Command::Plan { vmid } => crate::cmd::plan::run(paths, vmid),
         Command::Status { vmid, json } => crate::cmd::status::run(paths, vmid, json),
+        Command::LxcMountHook { args } => crate::phase::mount_hook::run(&args),
     }
 }

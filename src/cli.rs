@@ -54,6 +54,11 @@ pub enum Command {
     Doctor {
         vmid: Option<Vmid>,
     },
+    /// `lxc-mount-hook ...`: run by LXC from an `lxc.hook.mount` line that
+    /// pre-start put in the generated config (first-boot group setup).
+    LxcMountHook {
+        args: Vec<String>,
+    },
     Help,
     Version,
 }
@@ -93,6 +98,19 @@ fn parse_phase(s: &str) -> Result<Phase, UsageError> {
 /// Parses argv without the program name.
 pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageError> {
     use lexopt::prelude::*;
+    let args: Vec<OsString> = args.into_iter().collect();
+    if args
+        .first()
+        .is_some_and(|a| a == crate::model::firstboot::SUBCOMMAND)
+    {
+        // LXC's own argv: parsed by the hook, which never fails a start.
+        return Ok(Command::LxcMountHook {
+            args: args[1..]
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect(),
+        });
+    }
     let mut p = lexopt::Parser::from_args(args);
     let mut positionals: Vec<String> = Vec::new();
     let mut phase_opt: Option<String> = None;

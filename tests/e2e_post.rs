@@ -152,12 +152,9 @@ fn privilege_drop_is_detected_within_a_second_and_recorded() {
     assert_eq!(u["name"], "svc");
     assert_eq!(u["gid"], 1000);
     assert_eq!(u["comm"], "sleep");
-    // The default map leaves host dialout unmapped: no group can help.
-    assert_eq!(v["devices"][0]["verdict"], "no-access", "{v:#}");
-    assert!(v["devices"][0]["detail"]
-        .as_str()
-        .unwrap()
-        .contains("not mapped"));
+    // pre-start passed GID 20 through and svc is in dialout: it works now.
+    assert_eq!(v["devices"][0]["verdict"], "ok", "{v:#}");
+    assert_eq!(u["groups"], serde_json::json!([20, 1000]));
     ct.stop();
 }
 
@@ -360,6 +357,8 @@ fn hostile_containers_never_touch_the_host_and_say_why() {
             "{what}: {v:#}"
         );
         assert_eq!(host_files(), before, "{what}: a host file changed");
+        let log = bed.syslog_for(vmid).join("\n");
+        assert!(log.contains(why), "{what}: syslog does not say why: {log}");
         ct.stop();
     }
 }
@@ -401,4 +400,108 @@ fn eight_containers_at_once_each_get_their_own_state() {
     for ct in cts.iter_mut() {
         ct.stop();
     }
+}
+
+#[test]
+fn first_boot_mount_hook_puts_the_recorded_user_in_dialout_before_init() {
+    let bed = Bed::new();
+    let pty = bed.pty_serial();
+    const BARE: &str = "root:x:0:\nsvc:x:1000:\n";
+    let mut ct = bed
+        .container(990_153)
+        .etc_group(BARE)
+        .user("svc", 1000, 1000, &[])
+        .conf(&pty_entry(&pty))
+        .init("su -s /bin/sh svc -c 'exec sleep 1000' &\nwhile :; do sleep 3600; done\n")
+        .hook(Hook::Binary)
+        .create();
+    // Boot 1: nothing known before the start; post-start fixes the group.
+    let rep = ct.start();
+    rep.expect_started();
+    assert!(
+        !ct.lxc_config().contains("lxc.hook.mount"),
+        "{}",
+        ct.lxc_config()
+    );
+    let (v, _) = wait_state(&ct.state_path(), Duration::from_secs(10), |v| {
+        has_runtime_uid(v, 1000)
+    });
+    assert_eq!(v["devices"][0]["verdict"], "needs-restart", "{v:#}");
+    ct.stop();
+
+    // The rootfs is rebuilt (an image update): the group is gone again.
+    fs::write(ct.rootfs().join("etc/group"), BARE).unwrap();
+    let mut st: Value =
+        serde_json::from_str(&fs::read_to_string(ct.state_path()).unwrap()).unwrap();
+    st["runtime_user"]["detected_at"] = serde_json::json!(0);
+    fs::write(ct.state_path(), st.to_string()).unwrap();
+
+    // Boot 2: the user is known, so the mount hook edits before init.
+    let rep = ct.start();
+    rep.expect_started();
+    let lxc = ct.lxc_config();
+    let line = format!(
+        "lxc.hook.mount = {} lxc-mount-hook --uid 1000 --group 20:dialout",
+        fs::canonicalize(Bed::hook_binary()).unwrap().display()
+    );
+    assert!(lxc.lines().any(|l| l == line), "{lxc}");
+    let pre = rep.pre_start.as_ref().unwrap();
+    assert!(pre.stderr.contains("before init runs"), "{pre}");
+    let (v, _) = wait_state(&ct.state_path(), Duration::from_secs(10), |v| {
+        v["runtime_user"]["detected_at"].as_u64() > Some(0)
+    });
+    // The service started with the group: it works on this boot.
+    assert_eq!(
+        v["runtime_user"]["groups"],
+        serde_json::json!([20, 1000]),
+        "{v:#}"
+    );
+    assert_eq!(v["devices"][0]["verdict"], "ok", "{v:#}");
+    assert_eq!(
+        v["changes"],
+        serde_json::json!([]),
+        "the hook did it: {v:#}"
+    );
+    assert_eq!(
+        fs::read_to_string(ct.rootfs().join("etc/group")).unwrap(),
+        "root:x:0:\nsvc:x:1000:\ndialout:x:20:svc\n"
+    );
+    let meta = fs::metadata(ct.rootfs().join("etc/group")).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (BASE, BASE));
+    let w = ct.exec_as("svc", "printf 'first boot\\n' > /dev/ttyUSB0");
+    assert!(w.success(), "{w}");
+    ct.stop();
+}
+
+#[test]
+fn first_boot_mount_hook_is_safe_against_a_hostile_rootfs() {
+    let bed = Bed::new();
+    let before = host_files();
+    let mut ct = bed
+        .container(990_154)
+        .service_user()
+        .conf("lxc.init.uid: 1000")
+        .conf("dev0: /dev/null,gid=20,mode=0660")
+        .hook(Hook::Binary)
+        .create();
+    let r = ct.rootfs();
+    fs::remove_file(r.join("etc/group")).unwrap();
+    symlink("../../../../../../etc/group", r.join("etc/group")).unwrap();
+    lchown(&r.join("etc/group"), BASE);
+    let rep = ct.start();
+    rep.expect_started();
+    assert!(ct
+        .lxc_config()
+        .contains("lxc-mount-hook --uid 1000 --group 20:dialout"));
+    let log = bed.syslog_for(990_154).join("\n");
+    assert!(
+        log.contains("phase=mount-hook") && log.contains("/etc/group: a symbolic link"),
+        "{log}"
+    );
+    assert_eq!(host_files(), before, "a host file changed");
+    assert!(fs::symlink_metadata(r.join("etc/group"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    ct.stop();
 }

@@ -5,6 +5,7 @@ pub mod access;
 pub mod diff;
 pub mod doctor;
 pub mod event;
+pub mod firstboot;
 pub mod group;
 pub mod idmap;
 pub mod lxcconf;

@@ -3,6 +3,7 @@
 //! exit-code contract: only pre-start blocks a start.
 
 pub mod chain;
+pub mod mount_hook;
 pub mod post_start;
 pub mod pre_start;
 pub mod stop;

@@ -262,37 +262,37 @@ fn detect_and_apply(job: &Job, log: &mut Log) -> Result<()> {
 }
 
 /// What the container child is asked to do.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct CtRequest {
-    uid: u32,
-    ct_paths: Vec<String>,
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct CtRequest {
+    pub uid: u32,
+    pub ct_paths: Vec<String>,
     /// Preferred names for container GIDs (from the host's group names).
-    names: BTreeMap<u32, String>,
+    pub names: BTreeMap<u32, String>,
     /// GIDs wanted whatever the nodes show (the 1:1 passthroughs).
-    want_gids: Vec<u32>,
+    pub want_gids: Vec<u32>,
     /// GIDs whose container names are recorded (host device-group GIDs).
-    lookup_gids: Vec<u32>,
+    pub lookup_gids: Vec<u32>,
 }
 
 /// What the container child reports.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct CtReport {
-    name: Option<String>,
-    member_of_before: Vec<u32>,
-    member_of_after: Vec<u32>,
-    nodes: Vec<Option<NodeStat>>,
-    outcomes: Vec<GroupOutcome>,
-    wrote: Vec<String>,
+pub(crate) struct CtReport {
+    pub name: Option<String>,
+    pub member_of_before: Vec<u32>,
+    pub member_of_after: Vec<u32>,
+    pub nodes: Vec<Option<NodeStat>>,
+    pub outcomes: Vec<GroupOutcome>,
+    pub wrote: Vec<String>,
     /// Device-group names → GIDs inside.
-    groups_by_name: BTreeMap<String, u32>,
-    names_by_gid: BTreeMap<u32, String>,
+    pub groups_by_name: BTreeMap<String, u32>,
+    pub names_by_gid: BTreeMap<u32, String>,
     /// Why a step gave up.
-    problems: Vec<String>,
+    pub problems: Vec<String>,
 }
 
 /// Runs inside the container (see `sys::ns`): reads passwd and group files
 /// defensively, applies the Group rules, stats the device nodes.
-fn ct_job(req: &CtRequest) -> Result<CtReport, String> {
+pub(crate) fn ct_job(req: &CtRequest) -> Result<CtReport, String> {
     let max = group::LIMITS.max_bytes;
     let mut r = CtReport::default();
     match read_untrusted(None, "/etc/passwd", Resolve::NoSymlinks, max) {
@@ -469,7 +469,7 @@ fn apply(
         want_gids,
         lookup_gids,
     };
-    let target = Target {
+    let target = Target::Running {
         pidfd: &job.pinned.pidfd,
         userns: job.pinned.own_userns,
     };

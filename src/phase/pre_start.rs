@@ -110,6 +110,7 @@ pub fn gather(ctx: &mut Ctx, conf: PveConfig, policy: Option<(String, Policy)>) 
             None
         },
         lxc_config: host_file(paths.lxc_config(vmid))?,
+        mount_hook_exe: crate::sys::proc::exe_for_mount_hook(unprivileged),
     })
 }
 

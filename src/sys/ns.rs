@@ -7,6 +7,7 @@
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -23,10 +24,17 @@ use serde::Serialize;
 const MAX_RESULT: usize = 4 << 20;
 
 /// Which container to enter.
-pub struct Target<'a> {
-    pub pidfd: &'a OwnedFd,
-    /// Enter the user namespace too (unprivileged containers).
-    pub userns: bool,
+pub enum Target<'a> {
+    /// A running container, through its init's pidfd.
+    Running {
+        pidfd: &'a OwnedFd,
+        /// Enter the user namespace too (unprivileged containers).
+        userns: bool,
+    },
+    /// A rootfs mounted at this path in our own mount namespace, before the
+    /// container's init runs (the `lxc.hook.mount` case: we already are in
+    /// the container's namespaces): `chroot` into it.
+    Rootfs(&'a Path),
 }
 
 /// Closes every fd from 3 up except `keep`.
@@ -84,16 +92,27 @@ fn prctl(option: libc::c_int, arg: libc::c_ulong) -> Result<(), String> {
 fn enter(target: &Target, keep_caps: &[Capability]) -> Result<(), String> {
     prctl(libc::PR_SET_DUMPABLE, 0)?;
     prctl(libc::PR_SET_NO_NEW_PRIVS, 1)?;
-    // Shed the host's supplementary groups while we still may.
-    nix::unistd::setgroups(&[]).map_err(|e| format!("setgroups([]) on the host: {e}"))?;
-    let flags = if target.userns {
-        CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS
-    } else {
-        CloneFlags::CLONE_NEWNS
-    };
-    // setns with a pidfd enters all namespaces in one step, user first.
-    nix::sched::setns(target.pidfd.as_fd(), flags)
-        .map_err(|e| format!("setns into the container: {e}"))?;
+    match target {
+        Target::Running { pidfd, userns } => {
+            // Shed the host's supplementary groups while we still may.
+            nix::unistd::setgroups(&[]).map_err(|e| format!("setgroups([]) on the host: {e}"))?;
+            let flags = if *userns {
+                CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS
+            } else {
+                CloneFlags::CLONE_NEWNS
+            };
+            // setns with a pidfd enters all namespaces in one step, user first.
+            nix::sched::setns(pidfd.as_fd(), flags)
+                .map_err(|e| format!("setns into the container: {e}"))?;
+        }
+        Target::Rootfs(path) => {
+            // No fd to the outside stays open (closed above), and
+            // CAP_SYS_CHROOT goes with the other capabilities below, so the
+            // chroot cannot be left.
+            nix::unistd::chdir(*path).map_err(|e| format!("chdir {}: {e}", path.display()))?;
+            nix::unistd::chroot(".").map_err(|e| format!("chroot {}: {e}", path.display()))?;
+        }
+    }
     nix::unistd::chdir("/").map_err(|e| format!("chdir / in the container: {e}"))?;
     match nix::unistd::setgroups(&[]) {
         // `setgroups` is "deny" in this user namespace: ours are already empty.
@@ -125,7 +144,11 @@ where
     match unsafe { fork() }.context("fork")? {
         ForkResult::Child => {
             drop(rd);
-            close_fds_except(&[wr.as_raw_fd(), target.pidfd.as_raw_fd()]);
+            let mut keep = vec![wr.as_raw_fd()];
+            if let Target::Running { pidfd, .. } = target {
+                keep.push(pidfd.as_raw_fd());
+            }
+            close_fds_except(&keep);
             let result: Result<T, String> = match enter(target, keep_caps) {
                 Ok(()) => match std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)) {
                     Ok(r) => r,

@@ -284,6 +284,34 @@ pub fn scan_pidns(pidns: &str, max: usize) -> Vec<Seen> {
     out
 }
 
+/// This binary's path, if an `lxc.hook.mount` can run it: in an
+/// unprivileged container the hook runs as the container's root, which is
+/// "other" to host files, so every directory needs o+x and the file o+rx.
+pub fn exe_for_mount_hook(unprivileged: bool) -> Result<String, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
+    let s = exe
+        .to_str()
+        .ok_or_else(|| format!("{}: not UTF-8", exe.display()))?
+        .to_string();
+    if !unprivileged {
+        return Ok(s);
+    }
+    let mode = |p: &Path| fs::metadata(p).map(|m| m.permissions().mode()).unwrap_or(0);
+    if mode(&exe) & 0o005 != 0o005 {
+        return Err(format!("{s} is not readable and executable by others"));
+    }
+    for dir in exe.ancestors().skip(1) {
+        if mode(dir) & 0o001 == 0 {
+            return Err(format!(
+                "{} is not searchable by others, so the container's root cannot run {s}",
+                dir.display()
+            ));
+        }
+    }
+    Ok(s)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
