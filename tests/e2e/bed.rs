@@ -26,8 +26,7 @@ pub const E2E_LOCK: &str = "/run/lock/pct-passthrough-e2e.lock";
 /// How long a test waits for another e2e run to finish.
 pub const E2E_LOCK_WAIT: Duration = Duration::from_secs(20 * 60);
 
-/// The bed's own host state: subid backups and a copy of the busybox
-/// applet list.
+/// The bed's own host state: the subid backups and its markers.
 pub const BED_DIR: &str = "/var/lib/pct-passthrough-e2e";
 /// `local:snippets/` on a Proxmox host.
 pub const SNIPPETS: &str = "/var/lib/vz/snippets";
@@ -288,8 +287,12 @@ fn backup_subids() {
     for f in SUBID_FILES {
         let b = backup_path(f);
         let absent = b.with_extension("absent");
+        // The backup keeps the original's mode, for the restore.
         match fs::read(f) {
-            Ok(bytes) => write_replace(&b, &bytes, 0o600),
+            Ok(bytes) => {
+                let mode = fs::metadata(f).map_or(0o644, |m| m.permissions().mode() & 0o7777);
+                write_replace(&b, &bytes, mode)
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 write_replace(&absent, b"", 0o600)
             }
@@ -312,7 +315,8 @@ fn restore_subids_if_backed_up() {
         if b.with_extension("absent").exists() {
             let _ = fs::remove_file(f);
         } else if let Ok(bytes) = fs::read(&b) {
-            write_replace(Path::new(f), &bytes, 0o644);
+            let mode = fs::metadata(&b).map_or(0o644, |m| m.permissions().mode() & 0o7777);
+            write_replace(Path::new(f), &bytes, mode);
         }
     }
     let _ = fs::remove_dir_all(&dir);

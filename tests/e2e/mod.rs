@@ -75,7 +75,10 @@
 //!   `/var/lib/lxc/<vmid>/lxc.log`.
 //! - The LXC hooks are small shell scripts doing only the devN and
 //!   hookscript parts of PVE's (no `lock` check, no config regeneration on
-//!   reboot). Post-stop output goes to files, not LXC's log.
+//!   reboot). Post-stop output goes to files, not LXC's log. The devN list
+//!   is re-read by the bed just before `lxc-start`; a device that vanished
+//!   after pre-start fails the start there, without LXC's post-stop (PVE:
+//!   its LXC pre-start hook fails and post-stop runs).
 //! - The hookscript's environment is only PVE's `PATH` and `LC_ALL=C`, cwd
 //!   `/` (PVE: the daemon's environment plus `LC_ALL=C`, cwd unspecified).
 //!   The task log is the hook output plus PVE's error and warning lines,
