@@ -256,6 +256,16 @@ fn dropped_supplementary_groups_are_recorded_with_the_devn_fallback() {
     let post = stop.post_stop.expect("post-stop ran");
     assert_eq!(post.code, 0);
     assert!(post.stderr.contains("next start"), "{post:?}");
+    // The next pre-start says what to set instead of group membership.
+    let rep = ct.start();
+    rep.expect_started();
+    let pre = rep.pre_start.as_ref().unwrap();
+    assert!(
+        pre.stderr.contains("runs without supplementary groups")
+            && pre.stderr.contains(",uid=1000,gid=1000"),
+        "{pre}"
+    );
+    ct.stop();
 }
 
 fn host_files() -> Vec<(String, Vec<u8>)> {
@@ -504,4 +514,30 @@ fn first_boot_mount_hook_is_safe_against_a_hostile_rootfs() {
         .file_type()
         .is_symlink());
     ct.stop();
+}
+
+#[test]
+fn init_is_pinned_and_a_pid_of_another_container_is_refused() {
+    use pct_passthrough::paths::Vmid;
+    use pct_passthrough::sys::proc::{find_and_pin, pin};
+    let bed = Bed::new();
+    let mut a = bed.container(990_155).create();
+    let mut b = bed.container(990_156).create();
+    a.start().expect_started();
+    b.start().expect_started();
+    let (va, vb) = (Vmid::new(990_155).unwrap(), Vmid::new(990_156).unwrap());
+    let ia = u32::try_from(a.init_pid().unwrap()).unwrap();
+    let ib = u32::try_from(b.init_pid().unwrap()).unwrap();
+    let p = find_and_pin(va).unwrap();
+    assert_eq!((p.pid, p.found_by), (ia, "cgroup"));
+    assert!(p.own_userns);
+    assert_eq!(find_and_pin(vb).unwrap().pid, ib);
+    let e = pin(ia, vb, "test").unwrap_err().to_string();
+    assert!(e.contains("not container 990156's"), "{e}");
+    let e = pin(1, va, "test").unwrap_err().to_string();
+    assert!(e.contains("refusing"), "{e}");
+    // A stopped container has no init to pin.
+    b.stop();
+    assert!(find_and_pin(vb).is_err());
+    a.stop();
 }

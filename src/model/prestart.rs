@@ -683,7 +683,51 @@ pub type Step = fn(&Facts, &mut Draft) -> Result<(), String>;
 /// (reasons in `d.lxc_reasons`), and adds events. ID passthroughs go
 /// through [`PASSTHROUGH_SOURCES`], not through a step of their own.
 /// `plan_first_boot` stays last: it reads the devices the other steps settled.
-pub const STEPS: &[Step] = &[plan_idmap, plan_first_boot];
+pub const STEPS: &[Step] = &[plan_idmap, plan_dev_fallback, plan_first_boot];
+
+/// Devices post-start found the service cannot reach through groups (it
+/// drops supplementary groups): the fix is the node owned by the service's
+/// uid/gid through `devN`. A line a person wrote is never changed; the task
+/// log says what to set. (A devices step that owns `devN` lines applies
+/// [`State::dev_fallback_for`] itself.)
+pub fn plan_dev_fallback(facts: &Facts, d: &mut Draft) -> Result<(), String> {
+    let Some(state) = &facts.state else {
+        return Ok(());
+    };
+    let vmid = facts.vmid;
+    for fb in &state.dev_fallback {
+        let dev = d.conf.dev_entries().into_iter().find(|e| e.path == fb.path);
+        let want = (fb.uid.to_string(), fb.gid.to_string());
+        match dev {
+            Some(e) if e.uid.as_deref() == Some(want.0.as_str())
+                && e.gid.as_deref() == Some(want.1.as_str()) => {}
+            Some(e) => {
+                let owned = format!("dev{}: {}", e.index, e.value);
+                if state.owned.dev_entries.contains(&owned) {
+                    continue;
+                }
+                let mut fixed = e.clone();
+                fixed.uid = Some(want.0.clone());
+                fixed.gid = Some(want.1.clone());
+                d.events.push(Event::warn(
+                    "dev-fallback",
+                    format!(
+                        "{}: the service (uid {} gid {}) runs without supplementary groups, so group access cannot help; give it the node: pct set {vmid} --dev{} {}",
+                        fb.path, fb.uid, fb.gid, e.index, fixed.render()
+                    ),
+                ));
+            }
+            None => d.events.push(Event::warn(
+                "dev-fallback",
+                format!(
+                    "{}: the service (uid {} gid {}) runs without supplementary groups, so group access cannot help; pass the device as devN with its uid/gid instead: pct set {vmid} --devN {},uid={},gid={}",
+                    fb.path, fb.uid, fb.gid, fb.path, fb.uid, fb.gid
+                ),
+            )),
+        }
+    }
+    Ok(())
+}
 
 /// First boot: when the service user is already known, an
 /// `lxc.hook.mount` line in the generated config (this start only) applies
@@ -852,6 +896,44 @@ mod tests {
         assert!(
             r.contains("105.toml line 2") && r.contains("host root"),
             "{r}"
+        );
+    }
+
+    #[test]
+    fn dev_fallback_is_advised_never_written_into_a_persons_line() {
+        use crate::model::state::DevFallback;
+        let conf = "unprivileged: 1\ndev0: /dev/ttyACM0,gid=20\n";
+        let mut f = facts(conf);
+        let mut st = State::new(105);
+        st.dev_fallback.push(DevFallback {
+            path: "/dev/ttyACM0".into(),
+            uid: 1000,
+            gid: 1000,
+            reason: "dropped".into(),
+        });
+        f.state = Some(st.clone());
+        let d = decide(&f);
+        assert_eq!(d.refusal, None);
+        assert!(d
+            .change(Target::PveConf)
+            .is_none_or(|c| c.new.contains("dev0: /dev/ttyACM0,gid=20\n")));
+        let ev: Vec<String> = d.events.iter().map(|e| e.message.clone()).collect();
+        assert!(
+            ev.iter()
+                .any(|m| m.contains("pct set 105 --dev0 /dev/ttyACM0,gid=1000,uid=1000")),
+            "{ev:#?}"
+        );
+        // Already set: nothing to say.
+        let mut f = facts("unprivileged: 1\ndev0: /dev/ttyACM0,uid=1000,gid=1000\n");
+        f.state = Some(st);
+        assert!(!decide(&f).events.iter().any(|e| e.name == "dev-fallback"));
+        assert_eq!(
+            f.state
+                .as_ref()
+                .unwrap()
+                .dev_fallback_for("/dev/ttyACM0")
+                .map(|x| x.uid),
+            Some(1000)
         );
     }
 

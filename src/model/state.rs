@@ -139,6 +139,12 @@ impl std::fmt::Display for StateProblem {
 }
 
 impl State {
+    /// The uid/gid post-start found the service needs on the node at `path`
+    /// (host path as the config names it), for the devices step.
+    pub fn dev_fallback_for(&self, path: &str) -> Option<&DevFallback> {
+        self.dev_fallback.iter().find(|f| f.path == path)
+    }
+
     pub fn new(vmid: u32) -> State {
         State {
             version: STATE_VERSION,
