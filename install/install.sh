@@ -98,18 +98,25 @@ case ",$s_content," in
     else
         new_content=snippets
     fi
-    awk -v id="$STORAGE" -v has="$s_hascontent" -v nc="$new_content" '
-        /^[A-Za-z0-9_-]+:[ \t]*[^ \t]/ {
-            hdr = $0; sub(/[ \t]+$/, "", hdr); i = hdr; sub(/^[^:]*:[ \t]*/, "", i)
-            insec = (i == id); print
-            if (insec && has == 0) print "\tcontent " nc
-            next
-        }
-        /^[ \t]/ && insec && $1 == "content" {
-            ws = $0; sub(/[^ \t].*/, "", ws); print ws "content " nc; next
-        }
-        /^[ \t]/ && insec { print; next }
-        { insec = 0; print }' "$STORAGE_CFG" | replace_with_stdin "$STORAGE_CFG" 0640
+    # On a Proxmox node, pvesm takes the cluster lock on storage.cfg and
+    # validates; elsewhere (tests, PCT_PASSTHROUGH_ROOT) edit the file.
+    if { [ -z "$ROOT" ] || [ "${PCT_PASSTHROUGH_USE_PVESM:-}" = 1 ]; } && command -v pvesm >/dev/null 2>&1; then
+        pvesm set "$STORAGE" --content "$new_content" ||
+            die "'pvesm set $STORAGE --content $new_content' failed; enable snippets on '$STORAGE' (Datacenter > Storage > Edit > Content), then re-run"
+    else
+        awk -v id="$STORAGE" -v has="$s_hascontent" -v nc="$new_content" '
+            /^[A-Za-z0-9_-]+:[ \t]*[^ \t]/ {
+                hdr = $0; sub(/[ \t]+$/, "", hdr); i = hdr; sub(/^[^:]*:[ \t]*/, "", i)
+                insec = (i == id); print
+                if (insec && has == 0) print "\tcontent " nc
+                next
+            }
+            /^[ \t]/ && insec && $1 == "content" {
+                ws = $0; sub(/[^ \t].*/, "", ws); print ws "content " nc; next
+            }
+            /^[ \t]/ && insec { print; next }
+            { insec = 0; print }' "$STORAGE_CFG" | replace_with_stdin "$STORAGE_CFG" 0640
+    fi
     after=$(sha256sum "$STORAGE_CFG" | cut -d' ' -f1)
     manifest_add "storage	$STORAGE	$backup	$after"
     say "enabled the 'snippets' content type on storage '$STORAGE' in /etc/pve/storage.cfg (backup: /var/lib/pct-passthrough/install/storage.cfg.orig)"

@@ -38,6 +38,16 @@ case "$3" in
 esac
 "#;
 
+/// `pvesm set <id> --content <list>`: records the call and rewrites that
+/// storage's content line, as PVE would (it would also take the cluster lock).
+const FAKE_PVESM: &str = r#"#!/bin/sh
+echo "pvesm $*" >>"$PCT_LOG"
+[ "$1 $3" = "set --content" ] || exit 2
+cfg="$PCT_PASSTHROUGH_ROOT/etc/pve/storage.cfg"
+awk -v id="$2" -v c="$4" '/^[a-z]+: / { s = ($2 == id) } s && /^\tcontent / { print "\tcontent " c; next } { print }' "$cfg" >"$cfg.new"
+mv "$cfg.new" "$cfg"
+"#;
+
 struct Host {
     _dir: tempfile::TempDir,
     root: PathBuf,
@@ -53,6 +63,8 @@ impl Host {
         fs::create_dir_all(root.join("etc/pve/nodes/pve1")).unwrap();
         fs::create_dir_all(&bin).unwrap();
         fs::write(bin.join("pct"), FAKE_PCT).unwrap();
+        fs::write(bin.join("pvesm"), FAKE_PVESM).unwrap();
+        fs::set_permissions(bin.join("pvesm"), fs::Permissions::from_mode(0o755)).unwrap();
         fs::set_permissions(bin.join("pct"), fs::Permissions::from_mode(0o755)).unwrap();
         let h = Host {
             _dir: dir,
@@ -114,6 +126,19 @@ impl Host {
             .env("PCT_LOG", self.root.join("pct.log"))
             .output()
             .unwrap()
+    }
+
+    fn install_cmd(&self, args: &[&str]) -> Command {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("install/install.sh");
+        let path = format!("{}:{}", self.bin.display(), std::env::var("PATH").unwrap());
+        let mut c = Command::new("bash");
+        c.arg(script)
+            .args(["--binary", BIN])
+            .args(args)
+            .env("PATH", path)
+            .env("PCT_PASSTHROUGH_ROOT", &self.root)
+            .env("PCT_LOG", self.root.join("pct.log"));
+        c
     }
 
     fn install(&self, args: &[&str]) -> Output {
@@ -311,6 +336,29 @@ fn cluster_with_local_storage_says_how_to_install_everywhere() {
     let out = ok(&h.install(&["105"]));
     assert!(out.contains("in a cluster (nodes: pve1 pve2)"), "{out}");
     assert!(out.contains("for n in pve1 pve2; do scp"), "{out}");
+}
+
+#[test]
+fn on_a_proxmox_node_pvesm_enables_snippets() {
+    let h = Host::new();
+    let before = h.snapshot();
+    let mut cmd_env = h.install_cmd(&["105"]);
+    ok(&cmd_env
+        .env("PCT_PASSTHROUGH_USE_PVESM", "1")
+        .output()
+        .unwrap());
+    assert_eq!(
+        h.pct_calls(),
+        [
+            "pvesm set local --content iso,vztmpl,backup,snippets",
+            "set 105 --hookscript local:snippets/pct-passthrough",
+        ]
+    );
+    assert!(h
+        .read("etc/pve/storage.cfg")
+        .contains("\tcontent iso,vztmpl,backup,snippets\n"));
+    ok(&h.run("uninstall.sh", &[]));
+    assert_eq!(h.snapshot(), before);
 }
 
 #[test]
