@@ -541,3 +541,38 @@ fn init_is_pinned_and_a_pid_of_another_container_is_refused() {
     assert!(find_and_pin(vb).is_err());
     a.stop();
 }
+
+#[test]
+fn privileged_container_gets_the_group_fix_without_a_user_namespace() {
+    let bed = Bed::new();
+    let pty = bed.pty_serial();
+    let mut ct = bed
+        .container(990_157)
+        .privileged()
+        .etc_group("root:x:0:\nsvc:x:1000:\n")
+        .user("svc", 1000, 1000, &[])
+        .conf(&pty_entry(&pty))
+        .init("sleep 1\nsu -s /bin/sh svc -c 'exec sleep 1000' &\nwhile :; do sleep 3600; done\n")
+        .hook(Hook::Binary)
+        .create();
+    let rep = ct.start();
+    rep.expect_started();
+    let init = ct.init_pid().unwrap();
+    let dropped = wait_host_uid(init, 1000, Duration::from_secs(10));
+    let (v, at) = wait_state(&ct.state_path(), Duration::from_secs(10), |v| {
+        has_runtime_uid(v, 1000)
+    });
+    eprintln!(
+        "privileged: recorded {:?} after the drop",
+        at.saturating_duration_since(dropped)
+    );
+    assert_eq!(v["runtime_user"]["name"], "svc");
+    assert_eq!(
+        fs::read_to_string(ct.rootfs().join("etc/group")).unwrap(),
+        "root:x:0:\nsvc:x:1000:\ndialout:x:20:svc\n"
+    );
+    let meta = fs::metadata(ct.rootfs().join("etc/group")).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (0, 0));
+    assert_eq!(v["devices"][0]["verdict"], "needs-restart", "{v:#}");
+    ct.stop();
+}

@@ -32,10 +32,13 @@ use crate::sys::worker;
 
 /// Default time bound of the worker (policy `detect_timeout`).
 pub const DEFAULT_BOUND_SECS: u32 = 60;
-/// Poll interval of the process scan.
-pub const POLL: Duration = Duration::from_millis(50);
+/// Poll interval of the process scan while a drop is likely (the first
+/// [`FAST_PHASE`]), then [`POLL_SLOW`] until the bound.
+pub const POLL: Duration = Duration::from_millis(25);
+pub const POLL_SLOW: Duration = Duration::from_millis(100);
+pub const FAST_PHASE: Duration = Duration::from_secs(10);
 /// A non-root answer must hold this long before it counts.
-pub const STABLE: Duration = Duration::from_millis(300);
+pub const STABLE: Duration = Duration::from_millis(150);
 /// An all-root container is recorded as root after this long; the worker
 /// keeps watching for a later privilege drop until its bound.
 pub const ROOT_SETTLE: Duration = Duration::from_secs(3);
@@ -257,7 +260,11 @@ fn detect_and_apply(job: &Job, log: &mut Log) -> Result<()> {
             }
             return Ok(());
         }
-        std::thread::sleep(POLL);
+        std::thread::sleep(if started.elapsed() < FAST_PHASE {
+            POLL
+        } else {
+            POLL_SLOW
+        });
     }
 }
 
