@@ -576,3 +576,31 @@ fn privileged_container_gets_the_group_fix_without_a_user_namespace() {
     assert_eq!(v["devices"][0]["verdict"], "needs-restart", "{v:#}");
     ct.stop();
 }
+
+#[test]
+fn all_root_container_records_root_and_the_devn_fallback() {
+    let bed = Bed::new();
+    let pty = bed.pty_serial();
+    let mut ct = bed
+        .container(990_158)
+        .service_user()
+        .conf(&pty_entry(&pty))
+        .init("sleep 1000 &\nwhile :; do sleep 3600; done\n")
+        .hook(Hook::Binary)
+        .create();
+    ct.start().expect_started();
+    let (v, _) = wait_state(&ct.state_path(), Duration::from_secs(10), |v| {
+        v["runtime_user"]["uid"].as_u64() == Some(0)
+    });
+    assert_eq!(v["runtime_user"]["name"], "root");
+    assert_eq!(v["runtime_user"]["comm"], "sleep");
+    // Host root owns the node and is unmapped: container root cannot
+    // override, and is not in dialout. A devN node would be its own.
+    assert_eq!(v["devices"][0]["verdict"], "no-access", "{v:#}");
+    assert_eq!(v["dev_fallback"][0]["uid"], 0, "{v:#}");
+    // dialout exists (GID 20 passed through) and root was not added to it.
+    assert!(fs::read_to_string(ct.rootfs().join("etc/group"))
+        .unwrap()
+        .contains("dialout:x:20:svc\n"));
+    ct.stop();
+}

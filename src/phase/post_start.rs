@@ -533,7 +533,7 @@ fn apply(
                 d.ct_path, creds.uid, v.verdict, v.detail
             ),
         );
-        if v.needs_dev_fallback && p.uid != 0 {
+        if v.needs_dev_fallback {
             fallback.push(DevFallback {
                 path: d.path.clone(),
                 uid: creds.uid,

@@ -37,6 +37,27 @@ pub enum Target<'a> {
     Rootfs(&'a Path),
 }
 
+/// Closes `[first, last]`; falls back to one `close` per fd up to the
+/// fd limit on kernels without `close_range` (before 5.9).
+fn close_span(first: u32, last: u32) {
+    // SAFETY: close_range only closes fds; callers exclude the ones in use.
+    let r = unsafe { libc::syscall(libc::SYS_close_range, first, last, 0) };
+    if r == 0 {
+        return;
+    }
+    // SAFETY: sysconf has no preconditions.
+    let max = unsafe { libc::sysconf(libc::_SC_OPEN_MAX) };
+    let max = u32::try_from(max)
+        .unwrap_or(1 << 20)
+        .min(last.saturating_add(1));
+    for fd in first..max {
+        if let Ok(fd) = i32::try_from(fd) {
+            // SAFETY: closing an fd nobody else in this process uses; EBADF is fine.
+            unsafe { libc::close(fd) };
+        }
+    }
+}
+
 /// Closes every fd from 3 up except `keep`.
 pub fn close_fds_except(keep: &[RawFd]) {
     let mut keep: Vec<u32> = keep.iter().filter_map(|&f| u32::try_from(f).ok()).collect();
@@ -44,13 +65,11 @@ pub fn close_fds_except(keep: &[RawFd]) {
     let mut first = 3u32;
     for k in keep.into_iter().filter(|&k| k >= 3) {
         if k > first {
-            // SAFETY: close_range only closes fds; the ones we still use are excluded.
-            unsafe { libc::syscall(libc::SYS_close_range, first, k - 1, 0) };
+            close_span(first, k - 1);
         }
         first = k + 1;
     }
-    // SAFETY: as above.
-    unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0) };
+    close_span(first, u32::MAX);
 }
 
 /// Keeps `keep` in the effective and permitted sets and drops every other
@@ -341,6 +360,28 @@ pub fn read_untrusted(
 mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
+
+    #[test]
+    fn close_fds_keeps_only_what_is_named() {
+        // In a child: the test harness's own fds must survive in the parent.
+        // SAFETY: the child only closes fds, checks and `_exit`s.
+        match unsafe { fork() }.unwrap() {
+            ForkResult::Child => {
+                let a = File::open("/dev/null").unwrap();
+                let b = File::open("/dev/null").unwrap();
+                close_fds_except(&[b.as_raw_fd()]);
+                // SAFETY: fcntl F_GETFD only queries the fd.
+                let a_open = unsafe { libc::fcntl(a.as_raw_fd(), libc::F_GETFD) } != -1;
+                // SAFETY: as above.
+                let b_open = unsafe { libc::fcntl(b.as_raw_fd(), libc::F_GETFD) } != -1;
+                // SAFETY: leave the child without running the harness's code.
+                unsafe { libc::_exit(if !a_open && b_open { 0 } else { 1 }) }
+            }
+            ForkResult::Parent { child } => {
+                assert_eq!(waitpid(child, None).unwrap(), WaitStatus::Exited(child, 0));
+            }
+        }
+    }
 
     #[test]
     fn untrusted_opens_refuse_links_fifos_and_size() {

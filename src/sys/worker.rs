@@ -56,10 +56,18 @@ pub fn detach<F: FnOnce()>(keep: &[RawFd], hard_bound: Duration, work: F) -> Res
 }
 
 fn grandchild<F: FnOnce()>(keep: &[RawFd], hard_bound: Duration, work: F) {
-    if let Ok(null) = OpenOptions::new().read(true).write(true).open("/dev/null") {
-        for fd in 0..3 {
-            // SAFETY: dup2 onto 0-2 replaces stdio with /dev/null; both fds are valid.
-            unsafe { libc::dup2(null.as_raw_fd(), fd) };
+    match OpenOptions::new().read(true).write(true).open("/dev/null") {
+        Ok(null) => {
+            for fd in 0..3 {
+                // SAFETY: dup2 onto 0-2 replaces stdio with /dev/null; both fds are valid.
+                unsafe { libc::dup2(null.as_raw_fd(), fd) };
+            }
+        }
+        Err(_) => {
+            for fd in 0..3 {
+                // SAFETY: without /dev/null, close stdio: Proxmox must not wait for us.
+                unsafe { libc::close(fd) };
+            }
         }
     }
     close_fds_except(keep);
