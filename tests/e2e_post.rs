@@ -152,6 +152,13 @@ fn privilege_drop_is_detected_within_a_second_and_recorded() {
     assert_eq!(u["name"], "svc");
     assert_eq!(u["gid"], 1000);
     assert_eq!(u["comm"], "sleep");
+    // `status --json` shows it as DESIGN.md says: IDs inside the container.
+    let st = bed.cli(&["status", "990150", "--json"]);
+    let st: Value = serde_json::from_str(st.ok()).unwrap();
+    assert_eq!(st["runtime_user"]["uid"], 1000, "{st:#}");
+    assert_eq!(st["runtime_user"]["gid"], 1000);
+    assert_eq!(st["runtime_user"]["name"], "svc");
+    assert_eq!(st["runtime_user"]["groups"], serde_json::json!([20, 1000]));
     // pre-start passed GID 20 through and svc is in dialout: it works now.
     assert_eq!(v["devices"][0]["verdict"], "ok", "{v:#}");
     assert_eq!(u["groups"], serde_json::json!([20, 1000]));
