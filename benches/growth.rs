@@ -14,9 +14,12 @@ use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use pct_passthrough::model::group::{self, GroupWant};
+use pct_passthrough::model::idmap::{self, IdKind, IdRange, Passthrough};
 use pct_passthrough::model::policy::Policy;
-use pct_passthrough::model::prestart;
+use pct_passthrough::model::prestart::{self, Facts, HostFile};
 use pct_passthrough::model::pveconf::PveConfig;
+use pct_passthrough::model::subid::SubidFile;
 use support::shapes;
 use support::stats::{exponent, fmt_time, nlogn_exponent};
 
@@ -51,17 +54,6 @@ const CASES: &[Case] = &[
         },
     },
     Case {
-        name: "config accessors: anything to do? (`prestart::config_has_work`)",
-        unit: "line",
-        base: 1,
-        make: |n| {
-            let conf = PveConfig::parse(&shapes::config_of_lines(&sample_conf(), n));
-            Box::new(move || {
-                black_box(prestart::config_has_work(black_box(&conf)));
-            })
-        },
-    },
-    Case {
         name: "policy parse, `idmap` lines (`policy`)",
         unit: "line",
         base: 1,
@@ -72,7 +64,124 @@ const CASES: &[Case] = &[
             })
         },
     },
+    Case {
+        name: "ID map, clumps of 10 adjacent IDs (`idmap::compute`)",
+        unit: "passthrough",
+        base: 1,
+        make: |n| {
+            let pts: Vec<Passthrough> = (0..n)
+                .map(|i| {
+                    let (kind, id) = shapes::clumped_id(i);
+                    let kind = if kind == "uid" {
+                        IdKind::Uid
+                    } else {
+                        IdKind::Gid
+                    };
+                    Passthrough::same(kind, id, format!("policy line {}: \"{id}\"", i + 2))
+                })
+                .collect();
+            let base = idmap::pve_default();
+            Box::new(move || {
+                black_box(idmap::compute(&base, black_box(&pts)).expect("a valid map"));
+            })
+        },
+    },
+    Case {
+        name: "ID map, one run of adjacent IDs (`idmap::compute`)",
+        unit: "passthrough",
+        base: 1,
+        make: |n| {
+            let pts: Vec<Passthrough> = (0..n as u64)
+                .map(|i| {
+                    let id = 1000 + i;
+                    Passthrough::same(IdKind::Gid, id, format!("policy line {}: \"{id}\"", i + 2))
+                })
+                .collect();
+            let base = idmap::pve_default();
+            Box::new(move || {
+                black_box(idmap::compute(&base, black_box(&pts)).expect("a valid map"));
+            })
+        },
+    },
+    Case {
+        name: "subid parse + coverage + append (`subid::SubidFile`)",
+        unit: "line",
+        base: 10,
+        make: |n| {
+            let text = shapes::large_subid(n);
+            let wanted = [IdRange::new(20, 1), IdRange::new(100_000, 65_536)];
+            Box::new(move || {
+                let f = SubidFile::parse(black_box(&text));
+                black_box(f.plan(black_box(&wanted)).expect("root:20:1 is missing"));
+            })
+        },
+    },
+    Case {
+        name: "container group file: GID 20 and a member (`group::ensure_groups`)",
+        unit: "line",
+        base: 10,
+        make: |n| {
+            let text = shapes::group_file(n);
+            let wants = [GroupWant {
+                gid: 20,
+                name: "dialout".to_string(),
+            }];
+            Box::new(move || {
+                black_box(
+                    group::ensure_groups(black_box(&text), None, &wants, Some("svc"))
+                        .expect("an edit"),
+                );
+            })
+        },
+    },
+    Case {
+        name: "pre-start planner, policy passthroughs (`prestart::decide`)",
+        unit: "passthrough",
+        base: 1,
+        make: |n| {
+            let text = shapes::policy_idmap_clumped(n);
+            let facts = planner_facts(&text);
+            Box::new(move || {
+                let d = prestart::decide(black_box(&facts));
+                assert!(d.refusal.is_none(), "{:?}", d.refusal);
+                black_box(d);
+            })
+        },
+    },
+    Case {
+        name: "pre-start planner, config lines (`prestart::decide`)",
+        unit: "line",
+        base: 1,
+        make: |n| {
+            let mut facts = planner_facts("");
+            let conf = shapes::config_of_lines(&sample_conf(), n.max(16));
+            facts.conf = PveConfig::parse(&conf);
+            Box::new(move || {
+                black_box(prestart::decide(black_box(&facts)));
+            })
+        },
+    },
 ];
+
+/// The typical host's facts (the sample config with its stick, PVE's
+/// generated config, root's subid ranges) with a policy of `policy` text.
+fn planner_facts(policy: &str) -> Facts {
+    let host = shapes::sample_host();
+    let read = |p: &str| std::fs::read_to_string(host.join(p)).expect("sample host file");
+    let conf = PveConfig::parse(&read("etc/pve/lxc/105.conf"));
+    let mut f = Facts::minimal(105, "/etc/pve/lxc/105.conf", conf);
+    f.subuid.text = Some(read("etc/subuid"));
+    f.subgid.text = Some(read("etc/subgid"));
+    f.lxc_config.text = Some(read("var/lib/lxc/105/config"));
+    if !policy.is_empty() {
+        f.policy = Some(Policy::parse("p.toml", policy).expect("policy"));
+        f.policy_file = HostFile::new(
+            "/etc/pve/pct-passthrough/105.toml",
+            Some(policy.to_string()),
+        );
+    }
+    f
+}
 
 /// Counts heap allocations, to report allocations per element: a number
 /// that, unlike time, does not depend on the machine's load.

@@ -202,6 +202,43 @@ pub fn policy_idmap(n: usize) -> String {
     out
 }
 
+/// The host ID of the `i`-th of [`clumped_ids`]: clumps of 10 adjacent IDs,
+/// 10 apart, alternately uids and gids. 1,000 of them make 50 passthrough
+/// lines per kind, well inside LXC's 340-line limit.
+pub fn clumped_id(i: usize) -> (&'static str, u64) {
+    let clump = (i / 10) as u64;
+    let kind = if clump.is_multiple_of(2) {
+        "uid"
+    } else {
+        "gid"
+    };
+    (kind, 1000 + clump * 20 + (i % 10) as u64)
+}
+
+/// A policy with `n` one-ID passthroughs from [`clumped_id`].
+pub fn policy_idmap_clumped(n: usize) -> String {
+    let mut out = String::from("idmap = [\n");
+    for i in 0..n {
+        let (kind, id) = clumped_id(i);
+        let _ = writeln!(out, "  \"{kind} {id} {id}\",");
+    }
+    out.push_str("]\n");
+    out
+}
+
+/// A container `/etc/group` of `lines` lines (Debian's first groups, then
+/// service groups with a member each), without GID 20.
+pub fn group_file(lines: usize) -> String {
+    let mut out: String = "root:x:0:\ndaemon:x:1:\nbin:x:2:\nsys:x:3:\n"
+        .split_inclusive('\n')
+        .take(lines)
+        .collect();
+    for i in 4..lines {
+        let _ = writeln!(out, "svc{i}:x:{}:user{i}", 1000 + i);
+    }
+    out
+}
+
 /// Every regular file under `root` with its bytes, sorted by path: compare
 /// two of these to see what a run changed.
 pub fn files(root: &Path) -> io::Result<Vec<(PathBuf, Vec<u8>)>> {

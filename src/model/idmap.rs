@@ -317,6 +317,26 @@ impl fmt::Display for MapError {
     }
 }
 
+/// How long a merged passthrough's reason may grow before further sources
+/// are summed up: a run of n adjacent IDs from n policy lines then merges
+/// in O(n), not O(n²), and its message stays readable.
+const REASON_MAX: usize = 240;
+const MORE: &str = "; and more";
+
+/// Appends `reason` to a merged passthrough's `reasons` unless it is already
+/// there, or `; and more` once they are long.
+fn add_reason(reasons: &mut String, reason: &str) {
+    if reasons.ends_with(MORE) || reasons.split("; ").any(|r| r == reason) {
+        return;
+    }
+    if reasons.len() + 2 + reason.len() > REASON_MAX {
+        reasons.push_str(MORE);
+    } else {
+        reasons.push_str("; ");
+        reasons.push_str(reason);
+    }
+}
+
 /// Merges passthroughs of one kind: exact duplicates collapse, ranges that
 /// continue each other on both sides join. Two passthroughs that want the
 /// same container ID on different host IDs (or the reverse) are an error
@@ -339,9 +359,7 @@ pub fn merge_passthroughs(passthroughs: &[Passthrough]) -> Result<Vec<Passthroug
                 if p.ct <= last_end && same_offset {
                     let end = last_end.max(p.ct.saturating_add(p.len));
                     last.len = end - last.ct;
-                    if !last.reason.contains(&p.reason) {
-                        last.reason = format!("{}; {}", last.reason, p.reason);
-                    }
+                    add_reason(&mut last.reason, &p.reason);
                     continue;
                 }
                 if p.ct < last_end {
@@ -707,6 +725,32 @@ mod tests {
             problems.iter().any(|p| p.contains(want)),
             "{problems:#?} lacks {want}"
         );
+    }
+
+    #[test]
+    fn merged_reasons_stay_short_and_unique() {
+        let same = [
+            Passthrough::same(IdKind::Gid, 20, "serial device bound: /dev/a"),
+            Passthrough::same(IdKind::Gid, 20, "serial device bound: /dev/a"),
+            Passthrough::same(IdKind::Gid, 21, "policy line 1"),
+            Passthrough::same(IdKind::Gid, 22, "policy line 12"),
+        ];
+        let m = merge_passthroughs(&same).unwrap();
+        assert_eq!(
+            m[0].reason,
+            "serial device bound: /dev/a; policy line 1; policy line 12"
+        );
+        assert_eq!(m[0].len, 3);
+        // A run of 5,000 adjacent IDs from 5,000 lines: one passthrough, a
+        // bounded reason.
+        let run: Vec<Passthrough> = (0..5000)
+            .map(|i| Passthrough::same(IdKind::Uid, 1000 + i, format!("policy line {i}")))
+            .collect();
+        let m = merge_passthroughs(&run).unwrap();
+        assert_eq!((m.len(), m[0].ct, m[0].len), (1, 1000, 5000));
+        assert!(m[0].reason.starts_with("policy line 0; policy line 1; "));
+        assert!(m[0].reason.ends_with("; and more"), "{}", m[0].reason);
+        assert!(m[0].reason.len() <= REASON_MAX + MORE.len());
     }
 
     #[test]

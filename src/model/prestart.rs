@@ -12,7 +12,7 @@ use crate::model::event::Event;
 use crate::model::firstboot;
 use crate::model::idmap::{self, IdKind, IdRange, IdmapEntry, Passthrough, RawIdmap};
 use crate::model::lxcconf::LxcConfig;
-use crate::model::policy::{line_of, Policy};
+use crate::model::policy::{LineIndex, Policy};
 use crate::model::pveconf::{LineKind, PveConfig};
 use crate::model::runtime;
 use crate::model::state::State;
@@ -322,14 +322,14 @@ pub fn policy_idmap(facts: &Facts) -> Result<Vec<Passthrough>, String> {
     let Some(policy) = &facts.policy else {
         return Ok(Vec::new());
     };
-    let text = facts.policy_file.text.as_deref().unwrap_or("");
+    let lines = LineIndex::new(facts.policy_file.text.as_deref().unwrap_or(""));
     let mut out = Vec::new();
     for item in &policy.idmap {
         if runtime::is_runtime_idmap(item.get_ref()) {
             // The runtime-user source handles these.
             continue;
         }
-        let line = line_of(text, item.span().start);
+        let line = lines.line_of(item.span().start);
         let raw = RawIdmap::parse(item.get_ref())
             .map_err(|e| format!("{} line {line}: idmap {e}", facts.policy_file.path))?;
         out.extend(raw.passthroughs(&format!("policy line {line}: \"{}\"", item.get_ref())));
@@ -344,7 +344,7 @@ pub fn runtime_user_idmap(facts: &Facts) -> Result<Vec<Passthrough>, String> {
     let Some(policy) = &facts.policy else {
         return Ok(Vec::new());
     };
-    let text = facts.policy_file.text.as_deref().unwrap_or("");
+    let lines = LineIndex::new(facts.policy_file.text.as_deref().unwrap_or(""));
     let user = facts
         .state
         .as_ref()
@@ -356,7 +356,7 @@ pub fn runtime_user_idmap(facts: &Facts) -> Result<Vec<Passthrough>, String> {
         .iter()
         .filter(|i| runtime::is_runtime_idmap(i.get_ref()))
     {
-        let line = line_of(text, item.span().start);
+        let line = lines.line_of(item.span().start);
         let r = runtime::parse_runtime_idmap(item.get_ref())
             .map_err(|e| format!("{} line {line}: idmap {e}", facts.policy_file.path))?;
         let Some(u) = user else { continue };
