@@ -208,6 +208,39 @@ mod tests {
     }
 
     #[test]
+    fn lxc_mount_hook_takes_lxcs_argv_verbatim() {
+        assert_eq!(
+            p(&[
+                "lxc-mount-hook",
+                "--uid",
+                "1000",
+                "--group",
+                "20:dialout",
+                "105",
+                "lxc",
+                "mount"
+            ]),
+            Ok(Command::LxcMountHook {
+                args: [
+                    "--uid",
+                    "1000",
+                    "--group",
+                    "20:dialout",
+                    "105",
+                    "lxc",
+                    "mount"
+                ]
+                .map(String::from)
+                .to_vec()
+            })
+        );
+        // Only as the first word.
+        assert!(
+            p(&["105", "lxc-mount-hook"]).is_ok_and(|c| !matches!(c, Command::LxcMountHook { .. }))
+        );
+    }
+
+    #[test]
     fn hook_mode() {
         assert_eq!(
             p(&["105", "pre-start"]),

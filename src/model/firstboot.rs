@@ -60,21 +60,23 @@ fn device_groups(conf: &PveConfig) -> Vec<(u32, String)> {
 }
 
 /// The plan, if the user is known and a device needs a group. A recorded
-/// user wins over `lxc.init.uid`; root and a user whose entrypoint drops
-/// supplementary groups gain nothing from membership and are skipped.
+/// user counts once post-start had to fix the groups after the service
+/// started (`State::first_boot_groups`; a rootfs that already had them gets
+/// no hook); root and a user whose entrypoint drops supplementary groups
+/// gain nothing from membership. Without a recorded user, a numeric
+/// `lxc.init.uid` is used.
 pub fn plan(conf: &PveConfig, state: Option<&State>) -> Option<HookPlan> {
     let groups = device_groups(conf);
     if groups.is_empty() {
         return None;
     }
-    let recorded = state
-        .and_then(|s| s.runtime_user.as_ref())
-        .filter(|u| u.uid != 0 && u.keeps_supplementary_groups);
+    let recorded = state.and_then(|s| s.runtime_user.as_ref().map(|u| (u, s.first_boot_groups)));
     let (uid, source) = match recorded {
-        Some(u) => (
+        Some((u, true)) if u.uid != 0 && u.keeps_supplementary_groups => (
             u.uid,
             format!("runtime user uid {} recorded by post-start", u.uid),
         ),
+        Some(_) => return None,
         None => {
             let v = conf.raw_values("lxc.init.uid").last()?;
             let uid: u32 = v.trim().parse().ok().filter(|u| *u != 0)?;
@@ -167,6 +169,7 @@ mod tests {
 
     fn state(uid: u32, keeps: bool) -> State {
         let mut s = State::new(105);
+        s.first_boot_groups = true;
         s.runtime_user = Some(RuntimeUser {
             uid,
             gid: uid,
@@ -212,19 +215,13 @@ mod tests {
                 (7, "pctdev7".into())
             ]
         );
-        // A recorded user who drops groups, or root, falls back to init.uid.
-        assert_eq!(
-            plan(&PveConfig::parse(conf), Some(&state(1000, false)))
-                .unwrap()
-                .uid,
-            1001
-        );
-        assert_eq!(
-            plan(&PveConfig::parse(conf), Some(&state(0, true)))
-                .unwrap()
-                .uid,
-            1001
-        );
+        // A recorded user who drops groups, or root: membership cannot help.
+        assert!(plan(&PveConfig::parse(conf), Some(&state(1000, false))).is_none());
+        assert!(plan(&PveConfig::parse(conf), Some(&state(0, true))).is_none());
+        // The groups were already right when post-start looked: no hook.
+        let mut fine = state(1000, true);
+        fine.first_boot_groups = false;
+        assert!(plan(&PveConfig::parse(SERIAL), Some(&fine)).is_none());
         // Nothing known, or nothing needed.
         assert!(plan(&PveConfig::parse(SERIAL), None).is_none());
         assert!(plan(&PveConfig::parse("lxc.init.uid: 5\n"), None).is_none());

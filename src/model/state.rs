@@ -40,6 +40,11 @@ pub struct State {
     /// pre-start gives them the service's uid/gid through `devN`.
     #[serde(default)]
     pub dev_fallback: Vec<DevFallback>,
+    /// Set (and kept) once post-start had to add a group or a membership
+    /// after the service had started: from then on pre-start has LXC apply
+    /// the Group rules before init (`model::firstboot`).
+    #[serde(default)]
+    pub first_boot_groups: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

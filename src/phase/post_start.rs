@@ -621,6 +621,8 @@ fn apply(
     } else {
         "changed"
     };
+    // Groups fixed after the service started: next time, before init.
+    let fixed_late = p.uid != 0 && report.outcomes.iter().any(|o| o.created || o.member_added);
     update_state(&job.paths, job.vmid, |s| {
         s.runtime_user = Some(user.clone());
         s.container_groups = report.groups_by_name.clone();
@@ -628,6 +630,7 @@ fn apply(
         s.changes = changes.clone();
         s.devices = verdicts.clone();
         s.dev_fallback = fallback.clone();
+        s.first_boot_groups |= fixed_late;
         s.last_run = Some(LastRun {
             phase: "post-start".into(),
             outcome: outcome.into(),
