@@ -5,9 +5,11 @@
 #   ./scripts/bench.sh             measure and rewrite the README table
 #   ./scripts/bench.sh --no-write  measure and print only
 #
-# Needs root (device nodes in the temp roots). BENCH_ROUNDS (default 500)
-# sets the whole-process rounds; TMPDIR picks the filesystem the temp roots
-# live on. Under 5 minutes on 2 cores, build included.
+# Needs root (device nodes in the temp roots) and, for the post-start
+# timings, what the e2e tests need (lxc, uidmap, busybox-static, cc).
+# BENCH_ROUNDS (default 500) sets the whole-process rounds, BENCH_E2E_ROUNDS
+# (default 5) the container starts; TMPDIR picks the filesystem the temp
+# roots live on. Under 5 minutes on 2 cores, build included.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,6 +40,13 @@ export BENCH_FLOOR=$PWD/$target_dir/examples/floor
 export BENCH_OUT=$out
 cargo bench --quiet --bench process >/dev/null
 cargo bench --quiet --bench growth >/dev/null
+# post-start on real LXC (root, lxc, uidmap, busybox-static; serialized with
+# every other e2e run on the machine by the bed's lock).
+if ! cargo test --quiet --test e2e_bench -- --ignored --test-threads=1 >"$out/e2e.log" 2>&1; then
+    cat "$out/e2e.log" >&2
+    printf '%s\n' "post-start on real LXC: **not measured**: the e2e benchmark failed" \
+        "(\`cargo test --test e2e_bench -- --ignored\`; see its output)." >"$out/post_start.md"
+fi
 
 cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)
 tmpfs=$(df -PT "${TMPDIR:-/tmp}" | awk 'NR == 2 { print $2 }')
@@ -49,6 +58,8 @@ tmpfs=$(df -PT "${TMPDIR:-/tmp}" | awk 'NR == 2 { print $2 }')
         "$load; temp roots on $tmpfs; $(rustc --version | cut -d' ' -f1-2)."
     echo
     cat "$out/process.md"
+    echo
+    cat "$out/post_start.md"
     echo
     cat "$out/growth.md"
     echo

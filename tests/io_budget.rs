@@ -27,6 +27,10 @@ struct Call {
     syscall: String,
     /// Relative to the root as `/etc/...`; absolute if outside it.
     path: String,
+    /// Which path argument: 1 is a rename's or link's target.
+    arg: usize,
+    /// An open's flags (`O_WRONLY|O_CREAT|...`); empty for other calls.
+    flags: String,
     /// The call changes the file tree or opens for writing.
     mutates: bool,
 }
@@ -55,6 +59,22 @@ impl Trace {
 
     fn mutated_paths(&self) -> BTreeSet<String> {
         self.mutations().iter().map(|c| c.path.clone()).collect()
+    }
+
+    /// Files replaced by a rename: the targets.
+    fn renamed_to(&self) -> BTreeSet<String> {
+        self.calls
+            .iter()
+            .filter(|c| c.syscall.starts_with("rename") && c.arg == 1)
+            .map(|c| c.path.clone())
+            .collect()
+    }
+
+    fn write_opens(&self) -> Vec<&Call> {
+        self.calls
+            .iter()
+            .filter(|c| c.syscall.starts_with("open") && c.mutates)
+            .collect()
     }
 }
 
@@ -90,6 +110,7 @@ fn parse_log(text: &str, root_s: &str) -> Vec<Call> {
         };
         let mut rest = args;
         // rename and link calls name two paths; both count.
+        let mut arg = 0;
         while let Some((path, tail)) = quoted(rest) {
             let rel = match path.strip_prefix(root_s) {
                 Some("") => "/".to_string(),
@@ -105,11 +126,19 @@ fn parse_log(text: &str, root_s: &str) -> Vec<Call> {
             } else {
                 true
             };
+            let is_open = syscall.starts_with("open") || syscall == "creat";
             calls.push(Call {
                 syscall: syscall.to_string(),
                 path: rel,
+                arg,
+                flags: if is_open {
+                    flags.trim_start_matches([',', ' ']).to_string()
+                } else {
+                    String::new()
+                },
                 mutates,
             });
+            arg += 1;
             rest = tail;
             if syscall.starts_with("open") {
                 break;
@@ -180,6 +209,39 @@ fn nothing_to_do_opens_only_config_and_policy_and_writes_nothing() {
 }
 
 #[test]
+fn typical_first_start_replaces_exactly_its_files_and_never_truncates() {
+    let dir = root_with(shapes::typical);
+    let root = dir.path().join("r");
+    let t = trace(&root, &[shapes::VMID, "pre-start"]);
+    assert!(t.status.success(), "{}", t.stderr);
+    assert_eq!(
+        t.renamed_to(),
+        set(&[
+            "/etc/pve/lxc/105.conf",
+            "/etc/subgid",
+            "/etc/subgid-",
+            "/var/lib/lxc/105/config",
+            "/var/lib/pct-passthrough/105.json",
+        ]),
+        "GID 20 for the stick: the config, subgid and its backup, this start's LXC \
+         config and the state are replaced, nothing else"
+    );
+    for c in t.write_opens() {
+        assert!(!c.flags.contains("O_TRUNC"), "{c:?} truncates in place");
+        assert!(
+            c.path.ends_with(".lock") || c.flags.contains("O_EXCL"),
+            "{c:?}: a write open that is neither a lock nor a new temp file"
+        );
+    }
+    let subuid: Vec<&Call> = t
+        .mutations()
+        .into_iter()
+        .filter(|c| c.path.starts_with("/etc/subuid"))
+        .collect();
+    assert_eq!(subuid, Vec::<&Call>::new(), "only a gid passes through");
+}
+
+#[test]
 fn dry_run_writes_nothing() {
     for build in [shapes::typical, shapes::large] {
         let dir = root_with(build);
@@ -234,6 +296,8 @@ rename("/r/etc/subgid.tmp.41", "/r/etc/subgid") = 0
         .iter()
         .map(|c| (c.syscall.as_str(), c.path.as_str(), c.mutates))
         .collect();
+    assert_eq!(calls[2].flags, "O_WRONLY|O_CREAT|O_EXCL|O_CLOEXEC, 0644");
+    assert_eq!((calls[4].arg, calls[4].flags.as_str()), (1, ""));
     assert_eq!(
         short,
         vec![
@@ -247,7 +311,7 @@ rename("/r/etc/subgid.tmp.41", "/r/etc/subgid") = 0
         ]
     );
     let t = Trace {
-        calls,
+        calls: calls.clone(),
         status: std::process::ExitStatus::default(),
         stderr: String::new(),
     };
@@ -255,4 +319,6 @@ rename("/r/etc/subgid.tmp.41", "/r/etc/subgid") = 0
         t.opened(),
         set(&["/etc/pve/lxc/105.conf", "/etc/subgid.tmp.41", "/x"])
     );
+    assert_eq!(t.renamed_to(), set(&["/etc/subgid"]));
+    assert_eq!(t.write_opens(), vec![&calls[2]]);
 }
