@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::model::state::GroupCollision;
 use crate::model::text::{self, Limits};
 
 /// Container files are untrusted: at most this many lines.
@@ -125,6 +126,28 @@ pub fn index(text: &str) -> GroupIndex {
         }
     }
     ix
+}
+
+/// Host device groups (`names`, e.g. render) whose host GID carries another
+/// name inside the container: host render 104 is `_ssh` in Debian images.
+/// `inside_by_gid`: the container's names of those GIDs.
+pub fn collisions(
+    host: &GroupIndex,
+    inside_by_gid: &BTreeMap<u32, String>,
+    names: &[&str],
+) -> Vec<GroupCollision> {
+    names
+        .iter()
+        .filter_map(|n| {
+            let gid = *host.by_name.get(*n)?;
+            let inside = inside_by_gid.get(&gid)?;
+            (inside != n).then(|| GroupCollision {
+                gid,
+                host_name: (*n).to_string(),
+                container_name: inside.clone(),
+            })
+        })
+        .collect()
 }
 
 /// Adds `member` to the comma list `list`; `None` if it is already there.
@@ -436,6 +459,27 @@ mod tests {
         assert!(out.starts_with(&t));
         // Generous: it is linear; this catches an accidental quadratic.
         assert!(start.elapsed() < std::time::Duration::from_secs(5));
+    }
+
+    #[test]
+    fn collisions_name_the_container_group() {
+        let host = index("dialout:x:20:\nvideo:x:44:\nrender:x:104:\n");
+        let ct = index("dialout:x:20:\nvideo:x:44:\n_ssh:x:104:\n");
+        let want: BTreeMap<u32, String> = [20, 44, 104]
+            .iter()
+            .filter_map(|g| ct.by_gid.get(g).map(|n| (*g, n.clone())))
+            .collect();
+        let c = collisions(&host, &want, &["dialout", "render", "video"]);
+        assert_eq!(
+            c,
+            vec![GroupCollision {
+                gid: 104,
+                host_name: "render".into(),
+                container_name: "_ssh".into()
+            }]
+        );
+        // A GID free inside is no collision.
+        assert!(collisions(&host, &BTreeMap::new(), &["render"]).is_empty());
     }
 
     #[test]

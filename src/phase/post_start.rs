@@ -18,9 +18,7 @@ use crate::model::passwd;
 use crate::model::prestart;
 use crate::model::pveconf::PveConfig;
 use crate::model::runtime::{self, Choice, IdMap, ProcEntry, Stability};
-use crate::model::state::{
-    DevFallback, DeviceVerdict, GroupCollision, LastRun, RuntimeUser, State,
-};
+use crate::model::state::{DevFallback, DeviceVerdict, LastRun, RuntimeUser, State};
 use crate::model::text::Limits;
 use crate::paths::{Paths, Vmid};
 use crate::sys::fs::{read_text, replace_file};
@@ -548,18 +546,7 @@ fn apply(
             detail: v.detail,
         });
     }
-    let collisions: Vec<GroupCollision> = DEVICE_GROUPS
-        .iter()
-        .filter_map(|n| {
-            let h = *host.by_name.get(*n)?;
-            let inside = report.names_by_gid.get(&h)?;
-            (inside != n).then(|| GroupCollision {
-                gid: h,
-                host_name: (*n).to_string(),
-                container_name: inside.clone(),
-            })
-        })
-        .collect();
+    let collisions = group::collisions(&host, &report.names_by_gid, DEVICE_GROUPS);
     for c in &collisions {
         log.warn(
             "group-collision",
