@@ -362,6 +362,58 @@ mod tests {
     use std::os::unix::fs::symlink;
 
     #[test]
+    fn rootfs_child_is_chrooted_capability_dropped_and_bounded() {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("skipped: needs root for chroot");
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("etc")).unwrap();
+        std::fs::write(d.path().join("etc/group"), "inside:x:1:\n").unwrap();
+        let target = Target::Rootfs(d.path());
+        // The job sees the rootfs as `/`, with only CAP_CHOWN left.
+        let (text, caps) = run_in_container(
+            &target,
+            &[Capability::CAP_CHOWN],
+            Duration::from_secs(10),
+            || {
+                let t = read_untrusted(None, "/etc/group", Resolve::NoSymlinks, 100)?
+                    .ok_or("missing")?;
+                let c: Vec<String> = caps::read(None, CapSet::Effective)
+                    .map_err(|e| e.to_string())?
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect();
+                Ok((String::from_utf8_lossy(&t).into_owned(), c))
+            },
+        )
+        .unwrap();
+        assert_eq!(text, "inside:x:1:\n");
+        assert_eq!(caps, vec!["CAP_CHOWN".to_string()]);
+        // A job that hangs is killed at the bound.
+        let start = Instant::now();
+        let e = run_in_container(&target, &[], Duration::from_millis(300), || {
+            std::thread::sleep(Duration::from_secs(30));
+            Ok(())
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            start.elapsed()
+        );
+        assert!(e.contains("time bound"), "{e}");
+        // A job's error comes back as the error.
+        let e = run_in_container(&target, &[], Duration::from_secs(5), || {
+            Err::<(), String>("gave up: because".into())
+        })
+        .unwrap_err()
+        .to_string();
+        assert_eq!(e, "gave up: because");
+    }
+
+    #[test]
     fn close_fds_keeps_only_what_is_named() {
         // In a child: the test harness's own fds must survive in the parent.
         // SAFETY: the child only closes fds, checks and `_exit`s.
