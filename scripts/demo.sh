@@ -19,14 +19,17 @@ fi
 cp -a "$work/before" "$work/host"
 export PCT_PASSTHROUGH_ROOT="$work/host"
 
-echo "== pct-passthrough --phase pre-start 105 --dry-run"
-"$bin" --phase pre-start 105 --dry-run || echo "(exit $?)"
+echo "== pct-passthrough plan 105   (what the next start would change; writes nothing)"
+"$bin" plan 105 || echo "(exit $?)"
 echo
 echo "== pct-passthrough 105 pre-start   (as Proxmox calls the hookscript)"
 "$bin" 105 pre-start || echo "(exit $?)"
 echo
-echo "== what changed on the sample host"
-(cd "$work" && diff -ru --no-dereference before host) || true
+echo "== files the hook changed (the diffs are the plan above)"
+(cd "$work" && diff -rq --no-dereference -x "*.lock" before host | sed 's/^/  /') || true
+echo
+echo "== pct-passthrough status 105"
+"$bin" status 105 || echo "(exit $?)"
 echo
 echo "== pct-passthrough 105 pre-start   (second start: nothing left to do)"
 cp -a "$work/host" "$work/again"
