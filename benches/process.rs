@@ -26,6 +26,19 @@ const TARGET_TYPICAL_S: f64 = 3e-3;
 const TARGET_BINARY_BYTES: f64 = 3.0 * MIB;
 const TARGET_RSS_BYTES: f64 = 8.0 * MIB;
 
+/// A temp dir on tmpfs, if `/dev/shm` is one.
+fn tmpfs_dir() -> io::Result<Option<tempfile::TempDir>> {
+    use nix::sys::statfs::{statfs, TMPFS_MAGIC};
+    let shm = Path::new("/dev/shm");
+    if !statfs(shm).is_ok_and(|s| s.filesystem_type() == TMPFS_MAGIC) {
+        return Ok(None);
+    }
+    tempfile::Builder::new()
+        .prefix("pct-passthrough-bench.")
+        .tempdir_in(shm)
+        .map(Some)
+}
+
 /// One run of a process.
 struct Sample {
     wall_s: f64,
@@ -76,6 +89,9 @@ struct Shape {
     /// Run the tool once on the built root before it becomes the template:
     /// the "second start" shapes.
     settle: bool,
+    /// Put the root on tmpfs (`/dev/shm`), where fsync costs nothing: the
+    /// tool's own cost without the disk's.
+    tmpfs: bool,
     /// Run in every `every`-th round.
     every: usize,
     target_s: Option<f64>,
@@ -89,6 +105,7 @@ const SHAPES: &[Shape] = &[
         name: "floor (static binary that only exits)",
         build: None,
         settle: false,
+        tmpfs: false,
         every: 1,
         target_s: None,
         must_change: &[],
@@ -97,6 +114,7 @@ const SHAPES: &[Shape] = &[
         name: "pre-start, nothing to do",
         build: Some(shapes::nothing),
         settle: false,
+        tmpfs: false,
         every: 1,
         target_s: Some(TARGET_NOTHING_S),
         must_change: &[],
@@ -105,14 +123,25 @@ const SHAPES: &[Shape] = &[
         name: "pre-start, typical (stick by-id, GID 20, subgid append)",
         build: Some(shapes::typical),
         settle: false,
+        tmpfs: false,
         every: 1,
         target_s: Some(TARGET_TYPICAL_S),
+        must_change: &["etc/subgid"],
+    },
+    Shape {
+        name: "pre-start, typical, root on tmpfs (no fsync cost)",
+        build: Some(shapes::typical),
+        settle: false,
+        tmpfs: true,
+        every: 1,
+        target_s: None,
         must_change: &["etc/subgid"],
     },
     Shape {
         name: "pre-start, typical, second start (nothing changes)",
         build: Some(shapes::typical),
         settle: true,
+        tmpfs: false,
         every: 1,
         target_s: None,
         must_change: &[],
@@ -121,6 +150,16 @@ const SHAPES: &[Shape] = &[
         name: "pre-start, large (1,000-line config, 10,000 subid lines, 300 passthroughs)",
         build: Some(shapes::large),
         settle: false,
+        tmpfs: false,
+        every: 4,
+        target_s: None,
+        must_change: &["etc/subgid", "etc/subuid"],
+    },
+    Shape {
+        name: "pre-start, large, root on tmpfs (no fsync cost)",
+        build: Some(shapes::large),
+        settle: false,
+        tmpfs: true,
         every: 4,
         target_s: None,
         must_change: &["etc/subgid", "etc/subuid"],
@@ -217,6 +256,7 @@ fn main() -> io::Result<()> {
     let work = tempfile::Builder::new()
         .prefix("pct-passthrough-bench.")
         .tempdir()?;
+    let shm = tmpfs_dir()?;
 
     let mut prepared = Vec::new();
     for (i, shape) in SHAPES.iter().enumerate() {
@@ -229,8 +269,17 @@ fn main() -> io::Result<()> {
             samples: Vec::new(),
         };
         if let Some(build) = shape.build {
-            let template = work.path().join(format!("{i}.template"));
-            let root = work.path().join(format!("{i}.root"));
+            let base = match (&shm, shape.tmpfs) {
+                (_, false) => work.path(),
+                (Some(shm), true) => shm.path(),
+                (None, true) => {
+                    p.problem = Some("no tmpfs at /dev/shm".into());
+                    prepared.push(p);
+                    continue;
+                }
+            };
+            let template = base.join(format!("{i}.template"));
+            let root = base.join(format!("{i}.root"));
             build(&template)?;
             if shape.settle {
                 // The first start; what it leaves is the template.
@@ -258,7 +307,7 @@ fn main() -> io::Result<()> {
     eprintln!("bench: {rounds} rounds over {} shapes", SHAPES.len());
     for r in 0..rounds {
         for p in prepared.iter_mut() {
-            if r % p.shape.every != 0 {
+            if r % p.shape.every != 0 || (p.shape.build.is_some() && p.template.is_none()) {
                 continue;
             }
             let s = match (&p.template, &p.root) {
@@ -311,6 +360,15 @@ fn render(prepared: &[Prepared], bin: &Path, rounds: usize) -> io::Result<String
     t.push_str("|---|---:|---:|---:|---:|---:|---:|---|---|---|\n");
     let mut peak_rss: f64 = 0.0;
     for p in prepared {
+        if p.samples.is_empty() {
+            let why = p.problem.as_deref().unwrap_or("no runs");
+            let _ = writeln!(
+                t,
+                "| {} | 0 | - | - | - | - | - | - | - | not measured: {why} |",
+                p.shape.name
+            );
+            continue;
+        }
         let wall = summary(&p.samples.iter().map(|s| s.wall_s).collect::<Vec<_>>());
         let rss = p.samples.iter().map(|s| s.maxrss_bytes).fold(0.0, f64::max);
         let failed = p.samples.iter().filter(|s| !s.ok).count();

@@ -559,10 +559,13 @@ pub fn plan_idmap(facts: &Facts, d: &mut Draft) -> Result<(), String> {
         })?;
         if mine != map {
             remove_owned_idmap(d, &mine_at, None);
-            for e in &map {
-                d.conf.push_raw("lxc.idmap", &e.to_string());
-                d.state.owned.conf_lines.push(owned_idmap_line(e));
-            }
+            let values = idmap::render_values(&map);
+            d.conf
+                .push_raw_all("lxc.idmap", values.iter().map(String::as_str));
+            d.state
+                .owned
+                .conf_lines
+                .extend(map.iter().map(owned_idmap_line));
             d.conf_reasons.push(format!(
                 "lxc.idmap {} for {}",
                 idmap::render_values(&map).join(", "),

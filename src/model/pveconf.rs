@@ -285,8 +285,27 @@ impl PveConfig {
 
     /// Appends a raw `lxc.*` line (`key: value`) to the main section.
     pub fn push_raw(&mut self, key: &str, value: &str) {
+        self.push_raw_all(key, [value]);
+    }
+
+    /// Appends raw `lxc.*` lines (`key: value`, in order) to the main
+    /// section at once: one scan and one splice, however many lines (a loop
+    /// of [`push_raw`](Self::push_raw) shifts the sections after the main
+    /// one for every line).
+    pub fn push_raw_all<'v>(&mut self, key: &str, values: impl IntoIterator<Item = &'v str>) {
         let at = self.main_insert_point();
-        self.insert_at(at, &format!("{key}: {value}"));
+        let eol = self.new_eol();
+        let new: Vec<Line> = values
+            .into_iter()
+            .map(|v| Line::parse(&format!("{key}: {v}"), eol))
+            .collect();
+        if new.is_empty() {
+            return;
+        }
+        if at > 0 && self.lines[at - 1].eol == Eol::None {
+            self.lines[at - 1].eol = eol;
+        }
+        self.lines.splice(at..at, new);
     }
 
     /// Sets a PVE key in the main section: replaces its last occurrence, or
@@ -591,6 +610,28 @@ mod tests {
             c.render(),
             "arch: amd64\nlxc.idmap: u 0 100000 65536\nlxc.idmap: g 20 20 1\n\n[snap1]\nlxc.idmap: u 0 100000 65536\n\n[pve:pending]\nmemory: 1\n"
         );
+    }
+
+    #[test]
+    fn push_raw_all_is_push_raw_in_a_loop() {
+        for text in [
+            "",
+            "arch: amd64",
+            "arch: amd64\r\nlxc.idmap: u 0 100000 65536\r\n",
+            "arch: amd64\n\n[snap1]\nmemory: 1\n\n[pve:pending]\nmemory: 2\n",
+        ] {
+            let values = ["u 0 100000 1000", "u 1000 1000 1", "u 1001 101001 64535"];
+            let mut one_by_one = PveConfig::parse(text);
+            for v in values {
+                one_by_one.push_raw("lxc.idmap", v);
+            }
+            let mut at_once = PveConfig::parse(text);
+            at_once.push_raw_all("lxc.idmap", values);
+            assert_eq!(at_once, one_by_one, "{text:?}");
+            let mut none = PveConfig::parse(text);
+            none.push_raw_all("lxc.idmap", []);
+            assert_eq!(none.render(), text);
+        }
     }
 
     #[test]
