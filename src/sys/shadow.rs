@@ -120,6 +120,30 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// Keeps the current `file` as `<file>-`, as shadow does (same bytes, mode,
+/// owner and times). A regular file is hard-linked there through a temp
+/// name and a rename: its bytes are already on disk, so there is nothing to
+/// write or flush, and the directory fsync of the replacement that follows
+/// makes the rename durable. Anything else (a symlink, a filesystem without
+/// hard links) gets a copy `old` through the atomic replace.
+fn backup(file: &Path, old: &[u8]) -> Result<()> {
+    let dst = with_suffix(file, "-");
+    if fs::symlink_metadata(file).is_ok_and(|m| m.file_type().is_file()) {
+        let tmp = with_suffix(&dst, &format!(".tmp.{}", std::process::id()));
+        // A leftover from a crashed run with our pid.
+        let _ = fs::remove_file(&tmp);
+        if fs::hard_link(file, &tmp).is_ok() {
+            return fs::rename(&tmp, &dst).map_err(|e| {
+                let _ = fs::remove_file(&tmp);
+                anyhow::Error::new(e)
+                    .context(format!("{}: cannot rename into place", dst.display()))
+            });
+        }
+    }
+    let mode = fs::metadata(file).map_or(0o644, |m| m.mode() & 0o7777);
+    replace_file(&dst, old, mode)
+}
+
 /// One attempt, as shadow's `do_lock_file`: write our PID to `<file>.<pid>`,
 /// link it to `<file>.lock`, require a link count of 2. A lock whose PID is
 /// dead is removed once and the link retried. `Ok(Err(pid))`: held by `pid`.
@@ -274,9 +298,8 @@ pub fn ensure_coverage(
         let Some((new, added)) = SubidFile::parse(&old).plan(&need.ranges) else {
             continue;
         };
-        let mode = fs::metadata(path).map_or(0o644, |m| m.mode() & 0o7777);
         if fs::symlink_metadata(path).is_ok() {
-            replace_file(&with_suffix(path, "-"), old.as_bytes(), mode)
+            backup(path, old.as_bytes())
                 .with_context(|| format!("{}: cannot write the backup", path.display()))?;
         }
         replace_file(path, new.as_bytes(), 0o644)
@@ -414,6 +437,59 @@ mod tests {
             .collect();
         names.sort();
         assert_eq!(names, [".pwd.lock", "subgid", "subgid-"]);
+    }
+
+    #[test]
+    fn backup_is_the_old_file_with_its_mode_and_times_and_replaces_the_last() {
+        use std::os::unix::fs::PermissionsExt;
+        let (_d, p) = root();
+        fs::write(p.host("/etc/subgid-"), "an older backup\n").unwrap();
+        fs::write(p.subgid(), "root:100000:65536\n").unwrap();
+        fs::set_permissions(p.subgid(), fs::Permissions::from_mode(0o640)).unwrap();
+        let old = fs::metadata(p.subgid()).unwrap();
+        let need = [SubidNeed {
+            kind: IdKind::Gid,
+            ranges: vec![IdRange::new(20, 1)],
+        }];
+        ensure_coverage(&p, &need, Duration::from_secs(1)).unwrap();
+        let b = fs::metadata(p.host("/etc/subgid-")).unwrap();
+        assert_eq!(
+            fs::read_to_string(p.host("/etc/subgid-")).unwrap(),
+            "root:100000:65536\n"
+        );
+        assert_eq!((b.ino(), b.nlink()), (old.ino(), 1), "the old file itself");
+        assert_eq!(b.mode() & 0o7777, 0o640);
+        assert_eq!(b.modified().unwrap(), old.modified().unwrap());
+        let new = fs::metadata(p.subgid()).unwrap();
+        assert_ne!(new.ino(), old.ino());
+        assert_eq!(new.mode() & 0o7777, 0o640);
+        assert_eq!(
+            fs::read_to_string(p.subgid()).unwrap(),
+            "root:100000:65536\nroot:20:1\n"
+        );
+    }
+
+    #[test]
+    fn a_symlinked_file_is_backed_up_by_copy() {
+        let (d, p) = root();
+        let real = d.path().join("real-subgid");
+        fs::write(&real, "root:100000:65536\n").unwrap();
+        std::os::unix::fs::symlink(&real, p.subgid()).unwrap();
+        let need = [SubidNeed {
+            kind: IdKind::Gid,
+            ranges: vec![IdRange::new(20, 1)],
+        }];
+        ensure_coverage(&p, &need, Duration::from_secs(1)).unwrap();
+        let b = fs::symlink_metadata(p.host("/etc/subgid-")).unwrap();
+        assert!(b.file_type().is_file());
+        assert_eq!(
+            fs::read_to_string(p.host("/etc/subgid-")).unwrap(),
+            "root:100000:65536\n"
+        );
+        assert_eq!(
+            fs::read_to_string(&real).unwrap(),
+            "root:100000:65536\nroot:20:1\n"
+        );
     }
 
     #[test]
