@@ -8,14 +8,15 @@ use std::path::PathBuf;
 use anyhow::{anyhow, bail, Context, Result};
 
 use super::Ctx;
+use crate::model::idmap::IdKind;
 use crate::model::policy::Policy;
-use crate::model::prestart::{self, Decision, Facts, HostFile, Target};
+use crate::model::prestart::{self, Decision, Facts, HostFile, SubidNeed, Target};
 use crate::model::pveconf::PveConfig;
 use crate::model::state::State;
 use crate::model::text::Limits;
 use crate::phase::post_start::update_state;
 use crate::sys::fs::{read_text, replace_file};
-use crate::sys::shadow::{ensure_coverage, SHADOW_LOCK_TIMEOUT};
+use crate::sys::shadow::{append_coverage, SHADOW_LOCK_TIMEOUT};
 
 /// Reads the container config; a missing config is an error.
 pub fn read_conf(ctx: &Ctx) -> Result<(String, PveConfig)> {
@@ -171,7 +172,19 @@ pub fn apply(ctx: &mut Ctx, decision: &Decision) -> Result<()> {
                     continue;
                 }
                 subid_done = true;
-                let written = ensure_coverage(paths, &decision.subid, SHADOW_LOCK_TIMEOUT)
+                // The planner found these files short of their ranges.
+                let short: Vec<&SubidNeed> = decision
+                    .subid
+                    .iter()
+                    .filter(|n| {
+                        let t = match n.kind {
+                            IdKind::Uid => Target::Subuid,
+                            IdKind::Gid => Target::Subgid,
+                        };
+                        decision.change(t).is_some()
+                    })
+                    .collect();
+                let written = append_coverage(paths, &short, SHADOW_LOCK_TIMEOUT)
                     .context("adding subordinate IDs for root")?;
                 for w in written {
                     let added: Vec<String> = w

@@ -286,9 +286,27 @@ pub fn ensure_coverage(
             pending.push(need);
         }
     }
-    if pending.is_empty() {
+    append_coverage(paths, &pending, timeout)
+}
+
+/// The locked part of [`ensure_coverage`], for a caller that has just
+/// planned the appends (pre-start): no read before the locks. Each file is
+/// still re-read and re-planned under them, so a range another writer added
+/// meanwhile is not added twice; with nothing missing, it writes nothing
+/// (but takes the locks).
+pub fn append_coverage(
+    paths: &Paths,
+    needs: &[&SubidNeed],
+    timeout: Duration,
+) -> Result<Vec<SubidWrite>> {
+    let read = |kind: IdKind| -> Result<String> {
+        let path = subid_path(paths, kind);
+        Ok(read_text(&path, Limits::HOST_FILE)?.unwrap_or_default())
+    };
+    if needs.is_empty() {
         return Ok(Vec::new());
     }
+    let mut pending = needs.to_vec();
     pending.sort_by_key(|n| n.kind);
     let files: Vec<PathBuf> = pending.iter().map(|n| subid_path(paths, n.kind)).collect();
     let _locks = lock_subid_files(paths, &files, timeout).map_err(anyhow::Error::new)?;
@@ -490,6 +508,27 @@ mod tests {
             fs::read_to_string(&real).unwrap(),
             "root:100000:65536\nroot:20:1\n"
         );
+    }
+
+    #[test]
+    fn append_coverage_replans_under_the_lock() {
+        let (_d, p) = root();
+        // Planned when root:20:1 was missing; another writer added it since.
+        fs::write(p.subgid(), "root:100000:65536\nroot:20:1\n").unwrap();
+        let need = SubidNeed {
+            kind: IdKind::Gid,
+            ranges: vec![IdRange::new(20, 1)],
+        };
+        assert!(append_coverage(&p, &[&need], Duration::from_secs(1))
+            .unwrap()
+            .is_empty());
+        assert!(!p.host("/etc/subgid-").exists(), "nothing written");
+        fs::write(p.subgid(), "root:100000:65536\n").unwrap();
+        let w = append_coverage(&p, &[&need], Duration::from_secs(1)).unwrap();
+        assert_eq!(w[0].added, vec![IdRange::new(20, 1)]);
+        assert!(append_coverage(&p, &[], Duration::from_secs(1))
+            .unwrap()
+            .is_empty());
     }
 
     #[test]
