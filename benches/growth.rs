@@ -14,6 +14,7 @@ use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use pct_passthrough::model::doctor;
 use pct_passthrough::model::group::{self, GroupWant};
 use pct_passthrough::model::idmap::{self, IdKind, IdRange, Passthrough};
 use pct_passthrough::model::policy::Policy;
@@ -113,6 +114,19 @@ const CASES: &[Case] = &[
             Box::new(move || {
                 let f = SubidFile::parse(black_box(&text));
                 black_box(f.plan(black_box(&wanted)).expect("root:20:1 is missing"));
+            })
+        },
+    },
+    Case {
+        name: "doctor's subid checks (`doctor::root_ranges`, `unparsed_subid_lines`)",
+        unit: "line",
+        base: 10,
+        make: |n| {
+            let text = shapes::large_subid(n);
+            let used = [IdRange::new(100_000, 65_536)];
+            Box::new(move || {
+                black_box(doctor::root_ranges("/etc/subuid", black_box(&text), &used));
+                black_box(doctor::unparsed_subid_lines(black_box(&text)));
             })
         },
     },
