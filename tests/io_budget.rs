@@ -15,7 +15,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_pct-passthrough");
 /// Every syscall that opens a path or changes the file tree.
 const TRACED: &str = "open,openat,openat2,creat,rename,renameat,renameat2,unlink,unlinkat,\
     mkdir,mkdirat,rmdir,link,linkat,symlink,symlinkat,truncate,chmod,fchmodat,chown,fchownat,\
-    lchown,mknod,mknodat";
+    lchown,mknod,mknodat,clone,clone3,fork,vfork";
 
 /// Opens the Rust runtime itself makes in every binary (the main thread's
 /// stack guard), outside the root.
@@ -70,6 +70,14 @@ impl Trace {
             .collect()
     }
 
+    /// Processes or threads started.
+    fn spawns(&self) -> usize {
+        self.calls
+            .iter()
+            .filter(|c| ["clone", "clone3", "fork", "vfork"].contains(&c.syscall.as_str()))
+            .count()
+    }
+
     fn write_opens(&self) -> Vec<&Call> {
         self.calls
             .iter()
@@ -108,6 +116,16 @@ fn parse_log(text: &str, root_s: &str) -> Vec<Call> {
         let Some((syscall, args)) = line.split_once('(') else {
             continue;
         };
+        if ["clone", "clone3", "fork", "vfork"].contains(&syscall) {
+            calls.push(Call {
+                syscall: syscall.to_string(),
+                path: String::new(),
+                arg: 0,
+                flags: String::new(),
+                mutates: false,
+            });
+            continue;
+        }
         let mut rest = args;
         // rename and link calls name two paths; both count.
         let mut arg = 0;
@@ -206,6 +224,37 @@ fn nothing_to_do_opens_only_config_and_policy_and_writes_nothing() {
         "nothing to do: read the config and look for a policy, nothing else"
     );
     assert_eq!(t.mutations(), Vec::<&Call>::new());
+    assert_eq!(t.spawns(), 0);
+}
+
+/// The other phases with nothing to act on read what they must, start no
+/// worker and write nothing.
+#[test]
+fn other_phases_with_nothing_to_do_only_read() {
+    let dir = root_with(shapes::nothing);
+    let root = dir.path().join("r");
+    for (phase, opens) in [
+        (
+            "post-start",
+            &["/etc/pve/lxc/105.conf", "/etc/pve/pct-passthrough/105.toml"][..],
+        ),
+        ("pre-stop", &["/etc/pve/pct-passthrough/105.toml"][..]),
+        (
+            "post-stop",
+            &[
+                "/etc/pve/lxc/105.conf",
+                "/etc/pve/pct-passthrough/105.toml",
+                "/var/lib/pct-passthrough/105.json",
+            ][..],
+        ),
+    ] {
+        let t = trace(&root, &[shapes::VMID, phase]);
+        assert!(t.status.success(), "{phase}: {}", t.stderr);
+        assert_eq!(t.stderr, "", "{phase} is silent");
+        assert_eq!(t.opened(), set(opens), "{phase}");
+        assert_eq!(t.mutations(), Vec::<&Call>::new(), "{phase}");
+        assert_eq!(t.spawns(), 0, "{phase} starts no worker");
+    }
 }
 
 #[test]
@@ -310,6 +359,7 @@ rename("/r/etc/subgid.tmp.41", "/r/etc/subgid") = 0
 42 unlink("/r/a \"q\"") = -1 ENOENT (No such file or directory)
 42 openat(AT_FDCWD, "/r/x", O_RDONLY <unfinished ...>
 <... openat resumed>) = 5
+42 clone3({flags=CLONE_VM, exit_signal=SIGCHLD}, 88) = 43
 41 +++ exited with 0 +++
 "#;
     let calls = parse_log(log, "/r");
@@ -329,6 +379,7 @@ rename("/r/etc/subgid.tmp.41", "/r/etc/subgid") = 0
             ("rename", "/etc/subgid", true),
             ("unlink", "/a \"q\"", true),
             ("openat", "/x", false),
+            ("clone3", "", false),
         ]
     );
     let t = Trace {
@@ -341,5 +392,6 @@ rename("/r/etc/subgid.tmp.41", "/r/etc/subgid") = 0
         set(&["/etc/pve/lxc/105.conf", "/etc/subgid.tmp.41", "/x"])
     );
     assert_eq!(t.renamed_to(), set(&["/etc/subgid"]));
+    assert_eq!(t.spawns(), 1);
     assert_eq!(t.write_opens(), vec![&calls[2]]);
 }
