@@ -2,6 +2,8 @@
 #![forbid(unsafe_code)]
 
 pub mod access;
+pub mod device;
+pub mod devplan;
 pub mod diff;
 pub mod doctor;
 pub mod event;

@@ -8,6 +8,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use crate::model::devplan::{self, DeviceFact};
 use crate::model::event::Event;
 use crate::model::firstboot;
 use crate::model::idmap::{self, IdKind, IdRange, IdmapEntry, Passthrough, RawIdmap};
@@ -56,6 +57,8 @@ pub struct Facts {
     /// This binary's path, if the container's root can run it as an
     /// `lxc.hook.mount` (first-boot group setup); else why not.
     pub mount_hook_exe: Result<String, String>,
+    /// Every device path the config or policy names, and its node.
+    pub devices: Vec<DeviceFact>,
 }
 
 impl Facts {
@@ -74,6 +77,7 @@ impl Facts {
             nsswitch: None,
             lxc_config: HostFile::new(format!("/var/lib/lxc/{vmid}/config"), None),
             mount_hook_exe: Err("not known".into()),
+            devices: Vec::new(),
         }
     }
 }
@@ -301,6 +305,10 @@ pub const PASSTHROUGH_SOURCES: &[PassthroughSource] = &[
     PassthroughSource {
         name: "serial-bind",
         collect: serial_binds,
+    },
+    PassthroughSource {
+        name: "bound-node-group",
+        collect: devplan::bound_node_groups,
     },
     PassthroughSource {
         name: "runtime-user",
@@ -686,7 +694,12 @@ pub type Step = fn(&Facts, &mut Draft) -> Result<(), String>;
 /// (reasons in `d.lxc_reasons`), and adds events. ID passthroughs go
 /// through [`PASSTHROUGH_SOURCES`], not through a step of their own.
 /// `plan_first_boot` stays last: it reads the devices the other steps settled.
-pub const STEPS: &[Step] = &[plan_idmap, plan_dev_fallback, plan_first_boot];
+pub const STEPS: &[Step] = &[
+    plan_idmap,
+    devplan::plan_devices,
+    plan_dev_fallback,
+    plan_first_boot,
+];
 
 /// Devices post-start found the service cannot reach through groups (it
 /// drops supplementary groups): the fix is the node owned by the service's

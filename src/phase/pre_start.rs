@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use anyhow::{anyhow, bail, Context, Result};
 
 use super::Ctx;
+use crate::model::devplan::{self, DeviceFact};
 use crate::model::idmap::IdKind;
 use crate::model::policy::Policy;
 use crate::model::prestart::{self, Decision, Facts, HostFile, SubidNeed, Target};
@@ -15,6 +16,7 @@ use crate::model::pveconf::PveConfig;
 use crate::model::state::State;
 use crate::model::text::Limits;
 use crate::phase::post_start::update_state;
+use crate::sys::devnode;
 use crate::sys::fs::{read_text, replace_file};
 use crate::sys::shadow::{append_coverage, SHADOW_LOCK_TIMEOUT};
 
@@ -92,6 +94,13 @@ pub fn gather(ctx: &mut Ctx, conf: PveConfig, policy: Option<(String, Policy)>) 
         ),
     };
     let unprivileged = conf.unprivileged();
+    let devices = devplan::declared_paths(&conf, policy.as_ref())
+        .into_iter()
+        .map(|path| DeviceFact {
+            node: devnode::node(paths, &path).map_err(|e| e.to_string()),
+            path,
+        })
+        .collect();
     Ok(Facts {
         vmid: vmid.get(),
         conf_path: paths.pve_conf(vmid).display().to_string(),
@@ -112,6 +121,7 @@ pub fn gather(ctx: &mut Ctx, conf: PveConfig, policy: Option<(String, Policy)>) 
         },
         lxc_config: host_file(paths.lxc_config(vmid))?,
         mount_hook_exe: crate::sys::proc::exe_for_mount_hook(unprivileged),
+        devices,
     })
 }
 

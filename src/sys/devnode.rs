@@ -116,6 +116,33 @@ pub fn usb_attrs(node: &str) -> Option<UsbAttrs> {
     None
 }
 
+/// Resolves `abs` and stats the node: `Ok(None)` when it is missing.
+pub fn node(paths: &Paths, abs: &str) -> io::Result<Option<crate::model::device::Node>> {
+    use crate::model::device::{Node, NodeKind};
+    use std::os::unix::fs::FileTypeExt;
+    let Some((resolved, meta)) = resolve(paths, abs)? else {
+        return Ok(None);
+    };
+    let ft = meta.file_type();
+    let kind = if ft.is_char_device() {
+        NodeKind::Char
+    } else if ft.is_block_device() {
+        NodeKind::Block
+    } else {
+        NodeKind::NotDevice
+    };
+    let rdev = meta.rdev();
+    Ok(Some(Node {
+        resolved,
+        kind,
+        major: libc::major(rdev),
+        minor: libc::minor(rdev),
+        uid: meta.uid(),
+        gid: meta.gid(),
+        mode: meta.mode() & 0o7777,
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
