@@ -321,3 +321,31 @@ fn each_broken_fixture_names_its_problem_and_fix(
     assert_eq!(code, i32::from(line.starts_with("fail")), "{out}");
     assert!(out.ends_with(&format!("{fails} fail\n")), "{out}");
 }
+
+#[test]
+fn person_written_device_entries_that_cannot_work_are_warned_about() {
+    let h = Host::healthy();
+    let node = h.root.join("dev/ttyACM0");
+    nix::sys::stat::mknod(
+        &node,
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::from_bits_truncate(0o660),
+        libc::makedev(166, 0),
+    )
+    .unwrap();
+    h.edit_conf(
+        "unprivileged: 1\n",
+        "unprivileged: 1\nlxc.cgroup2.devices.allow: c 166:1 rwm\nlxc.mount.entry: /dev/ttyACM0 dev/ttyACM0 none bind\n",
+    );
+    let (code, out) = h.doctor(&["105"]);
+    assert_eq!(code, 0, "warnings only: {out}");
+    assert!(
+        out.contains("warn  105: lxc.cgroup2.devices.allow c 166:1 does not match /dev/ttyACM0, which is now c 166:0 (replugged?)"),
+        "{out}"
+    );
+    assert!(out.contains("remove the old rule"), "{out}");
+    assert!(
+        out.contains("lxc.mount.entry of /dev/ttyACM0 lacks optional,create=file"),
+        "{out}"
+    );
+}

@@ -237,6 +237,13 @@ fn container_checks(paths: &Paths, vmid: Vmid, subuid: &str, subgid: &str) -> Ve
     for d in device_facts(paths, &conf, policy.as_ref()) {
         out.push(doctor::device(&id, &d));
     }
+    out.extend(device_entry_checks(
+        paths,
+        vmid,
+        &conf,
+        policy.as_ref(),
+        state.as_ref(),
+    ));
     for dev in conf.dev_entries() {
         if !dev.path.starts_with("/dev/dri/render") {
             continue;
@@ -279,6 +286,45 @@ fn device_facts(paths: &Paths, conf: &PveConfig, policy: Option<&Policy>) -> Vec
                 by_id,
                 usb,
             }
+        })
+        .collect()
+}
+
+/// The devices step's findings about entries a person wrote (stale or
+/// broad cgroup rules, bind options, a `devN` group the service is not in),
+/// as pre-start logs them at every start.
+fn device_entry_checks(
+    paths: &Paths,
+    vmid: Vmid,
+    conf: &PveConfig,
+    policy: Option<&Policy>,
+    state: Option<&State>,
+) -> Vec<Check> {
+    use crate::model::devplan::{self, DeviceFact};
+    let id = vmid.to_string();
+    let mut facts = crate::model::prestart::Facts::minimal(
+        vmid.get(),
+        &paths.pve_conf(vmid).display().to_string(),
+        conf.clone(),
+    );
+    facts.policy = policy.cloned();
+    facts.state = state.cloned();
+    facts.devices = devplan::declared_paths(conf, policy)
+        .into_iter()
+        .map(|path| DeviceFact {
+            node: devnode::node(paths, &path).map_err(|e| e.to_string()),
+            path,
+        })
+        .collect();
+    let mut draft = crate::model::prestart::Draft::new(&facts);
+    let _ = devplan::plan_devices(&facts, &mut draft);
+    draft
+        .events
+        .iter()
+        .filter(|e| devplan::ENTRY_FINDINGS.contains(&e.name))
+        .map(|e| match e.message.rsplit_once("; ") {
+            Some((what, fix)) => Check::warn(&id, what, fix),
+            None => Check::warn(&id, e.message.clone(), "see the message"),
         })
         .collect()
 }

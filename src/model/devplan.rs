@@ -13,6 +13,16 @@ use crate::model::policy::{DeviceMethod, DevicePolicy, LineIndex};
 use crate::model::prestart::{Draft, Facts};
 use crate::model::pveconf::{DevEntry, LineKind};
 
+/// Event names for entries a person wrote that cannot work as they are;
+/// `doctor` shows them as warnings.
+pub const ENTRY_FINDINGS: &[&str] = &[
+    "cgroup-stale",
+    "cgroup-broad",
+    "bind-options",
+    "dev-unusable",
+    "dev-mode",
+];
+
 const MOUNT_KEY: &str = "lxc.mount.entry";
 const RULE_KEY: &str = "lxc.cgroup2.devices.allow";
 
