@@ -134,6 +134,16 @@ const SHAPES: &[Shape] = &[
         must_change: &["etc/subgid"],
     },
     Shape {
+        id: "typical-devn",
+        name: "pre-start, typical as `dev0:` (GID 20 on the node, no map)",
+        build: Some(shapes::typical_devn),
+        settle: false,
+        tmpfs: false,
+        every: 1,
+        target_s: None,
+        must_change: &["etc/pve/lxc/105.conf"],
+    },
+    Shape {
         id: "typical-tmpfs",
         name: "pre-start, typical, root on tmpfs (no fsync cost)",
         build: Some(shapes::typical),

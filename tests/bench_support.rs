@@ -109,6 +109,19 @@ fn shapes_build_and_copy_with_the_stick_node() {
 }
 
 #[test]
+fn devn_shape_names_the_stick_as_dev0_and_binds_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    shapes::typical_devn(dir.path()).unwrap();
+    let conf = PveConfig::parse(
+        &std::fs::read_to_string(dir.path().join("etc/pve/lxc/105.conf")).unwrap(),
+    );
+    let devs = conf.dev_entries();
+    assert_eq!(devs.len(), 1);
+    assert_eq!(devs[0].path, shapes::STICK);
+    assert!(conf.mount_entries().is_empty());
+}
+
+#[test]
 fn nothing_shape_has_no_device_bind() {
     let dir = tempfile::tempdir().unwrap();
     shapes::nothing(dir.path()).unwrap();

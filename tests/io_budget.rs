@@ -329,7 +329,12 @@ fn read_only_commands_write_nothing() {
 
 #[test]
 fn second_start_writes_nothing() {
-    for build in [shapes::nothing, shapes::typical, shapes::large] {
+    for build in [
+        shapes::nothing,
+        shapes::typical,
+        shapes::typical_devn,
+        shapes::large,
+    ] {
         let dir = root_with(build);
         let root = dir.path().join("r");
         let first = trace(&root, &[shapes::VMID, "pre-start"]);

@@ -96,6 +96,27 @@ pub fn typical(root: &Path) -> io::Result<()> {
     add_stick_node(root)
 }
 
+/// Typical, the GUI's way: the stick as `dev0:` by its by-id path instead
+/// of a bind (the tool gives the node GID 20; no map, no subgid edit).
+pub fn typical_devn(root: &Path) -> io::Result<()> {
+    typical(root)?;
+    let conf = read(root, "/etc/pve/lxc/105.conf")?;
+    let conf: String = conf
+        .split_inclusive('\n')
+        .map(|l| match l.strip_prefix("lxc.mount.entry: ") {
+            Some(entry) => format!("dev0: {}\n", entry.split(' ').next().unwrap_or_default()),
+            None => l.to_string(),
+        })
+        .collect();
+    write(root, "/etc/pve/lxc/105.conf", &conf)?;
+    let lxc = read(root, "/var/lib/lxc/105/config")?;
+    let kept: String = lxc
+        .split_inclusive('\n')
+        .filter(|l| !l.starts_with("lxc.mount.entry"))
+        .collect();
+    write(root, "/var/lib/lxc/105/config", &kept)
+}
+
 /// Nothing to do: the sample host's container without the stick's bind.
 pub fn nothing(root: &Path) -> io::Result<()> {
     typical(root)?;
