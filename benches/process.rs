@@ -124,6 +124,16 @@ const SHAPES: &[Shape] = &[
         must_change: &[],
     },
     Shape {
+        id: "nothing-large",
+        name: "pre-start, nothing to do, 1,000-line config, 10,000 subid lines",
+        build: Some(shapes::nothing_large),
+        settle: false,
+        tmpfs: false,
+        every: 1,
+        target_s: None,
+        must_change: &[],
+    },
+    Shape {
         id: "typical",
         name: "pre-start, typical (stick by-id, GID 20, subgid append)",
         build: Some(shapes::typical),

@@ -152,6 +152,26 @@ proptest! {
     }
 
     #[test]
+    fn main_section_alone_parses_to_the_same_main_lines(text in arb_config()) {
+        let whole = PveConfig::parse(&text);
+        let main_text = pct_passthrough::model::pveconf::main_section(&text);
+        prop_assert!(text.starts_with(main_text));
+        let main = PveConfig::parse(main_text);
+        let mains = |c: &PveConfig| -> Vec<pct_passthrough::model::pveconf::Line> {
+            c.lines_with_sections()
+                .filter(|(s, _)| *s == Section::Main)
+                .map(|(_, l)| l.clone())
+                .collect()
+        };
+        prop_assert_eq!(mains(&main), mains(&whole));
+        prop_assert_eq!(main.lines().len(), mains(&whole).len());
+        prop_assert_eq!(
+            pct_passthrough::model::prestart::config_has_work(&main),
+            pct_passthrough::model::prestart::config_has_work(&whole)
+        );
+    }
+
+    #[test]
     fn any_string_round_trips(text in "(?s).{0,200}") {
         prop_assert_eq!(PveConfig::parse(&text).render(), text);
     }

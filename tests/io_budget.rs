@@ -213,7 +213,13 @@ fn root_with(build: fn(&Path) -> std::io::Result<()>) -> tempfile::TempDir {
 
 #[test]
 fn nothing_to_do_opens_only_config_and_policy_and_writes_nothing() {
-    let dir = root_with(shapes::nothing);
+    for build in [shapes::nothing, shapes::nothing_large] {
+        nothing_to_do(build);
+    }
+}
+
+fn nothing_to_do(build: fn(&Path) -> std::io::Result<()>) {
+    let dir = root_with(build);
     let root = dir.path().join("r");
     let t = trace(&root, &[shapes::VMID, "pre-start"]);
     assert!(t.status.success(), "{}", t.stderr);

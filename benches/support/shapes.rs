@@ -134,6 +134,21 @@ pub fn nothing(root: &Path) -> io::Result<()> {
     write(root, "/var/lib/lxc/105/config", &kept)
 }
 
+/// Nothing to do, with the large shape's 1,000-line config (snapshots and
+/// pending section) and 10,000-line subid files.
+pub fn nothing_large(root: &Path) -> io::Result<()> {
+    nothing(root)?;
+    let main = read(root, "/etc/pve/lxc/105.conf")?;
+    write(
+        root,
+        "/etc/pve/lxc/105.conf",
+        &config_of_lines(&main, LARGE_CONFIG_LINES),
+    )?;
+    let subid = large_subid(LARGE_SUBID_LINES);
+    write(root, "/etc/subuid", &subid)?;
+    write(root, "/etc/subgid", &subid)
+}
+
 /// Lines of the large config, subid files and policy.
 pub const LARGE_CONFIG_LINES: usize = 1000;
 pub const LARGE_SUBID_LINES: usize = 10_000;

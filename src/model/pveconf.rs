@@ -354,18 +354,47 @@ impl fmt::Display for PveConfig {
     }
 }
 
+/// The main section of config text: everything before the first
+/// `[snapshot]` or `[pve:pending]` header line, split and classified as
+/// [`PveConfig::parse`] does. Enough to tell whether a container has
+/// anything for the tool, without parsing its snapshots.
+pub fn main_section(text: &str) -> &str {
+    let mut start = 0;
+    while start < text.len() {
+        let end = text[start..].find('\n').map_or(text.len(), |i| start + i);
+        let line = &text[start..end];
+        let body = line.strip_suffix('\r').unwrap_or(line);
+        if matches!(
+            section_header(body),
+            Some(LineKind::PendingHeader | LineKind::SnapshotHeader(_))
+        ) {
+            return &text[..start];
+        }
+        start = end + 1;
+    }
+    text
+}
+
+/// The header a line is, if it is one.
+fn section_header(text: &str) -> Option<LineKind> {
+    let t = text.trim_end_matches(|c: char| c.is_ascii_whitespace());
+    let inner = t.strip_prefix('[')?.strip_suffix(']')?;
+    if inner.eq_ignore_ascii_case("pve:pending") {
+        Some(LineKind::PendingHeader)
+    } else if is_snapshot_name(inner) {
+        Some(LineKind::SnapshotHeader(inner.to_string()))
+    } else {
+        None
+    }
+}
+
 fn classify(text: &str) -> LineKind {
     let t = text.trim_end_matches(|c: char| c.is_ascii_whitespace());
     if t.trim_start().is_empty() {
         return LineKind::Blank;
     }
-    if let Some(inner) = t.strip_prefix('[').and_then(|s| s.strip_suffix(']')) {
-        if inner.eq_ignore_ascii_case("pve:pending") {
-            return LineKind::PendingHeader;
-        }
-        if is_snapshot_name(inner) {
-            return LineKind::SnapshotHeader(inner.to_string());
-        }
+    if let Some(header) = section_header(t) {
+        return header;
     }
     if t.starts_with('#') {
         return LineKind::Comment;

@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use caps::Capability;
 use serde::{Deserialize, Serialize};
 
-use super::pre_start::{read_conf, read_policy};
+use super::pre_start::{read_conf_main, read_policy};
 use super::Ctx;
 use crate::model::access::{self, Creds, NodeStat, OVERFLOW_ID};
 use crate::model::group::{self, GroupOutcome, GroupWant};
@@ -98,7 +98,8 @@ struct Job {
 }
 
 pub fn run(ctx: &mut Ctx) -> Result<()> {
-    let (_, conf) = read_conf(ctx)?;
+    // Only main-section accessors are used here.
+    let conf = read_conf_main(ctx)?;
     let policy = read_policy(ctx)?;
     let state_exists = ctx.paths.state(ctx.vmid).exists();
     if policy.is_none() && !state_exists && !prestart::config_has_work(&conf) {

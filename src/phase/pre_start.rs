@@ -12,7 +12,7 @@ use crate::model::devplan::{self, DeviceFact};
 use crate::model::idmap::IdKind;
 use crate::model::policy::Policy;
 use crate::model::prestart::{self, Decision, Facts, HostFile, SubidNeed, Target};
-use crate::model::pveconf::PveConfig;
+use crate::model::pveconf::{main_section, PveConfig};
 use crate::model::state::State;
 use crate::model::text::Limits;
 use crate::phase::post_start::update_state;
@@ -20,18 +20,22 @@ use crate::sys::devnode;
 use crate::sys::fs::{read_text, replace_file};
 use crate::sys::shadow::{append_coverage, SHADOW_LOCK_TIMEOUT};
 
-/// Reads the container config; a missing config is an error.
-pub fn read_conf(ctx: &Ctx) -> Result<(String, PveConfig)> {
+/// Reads the container config's main section only (snapshots and pending
+/// changes unparsed): for phases that use only its accessors.
+pub fn read_conf_main(ctx: &Ctx) -> Result<PveConfig> {
+    Ok(PveConfig::parse(main_section(&read_conf_text(ctx)?)))
+}
+
+/// Reads the container config's text; a missing config is an error.
+fn read_conf_text(ctx: &Ctx) -> Result<String> {
     let path = ctx.paths.pve_conf(ctx.vmid);
-    let text = read_text(&path, Limits::PVE_CONFIG)?.ok_or_else(|| {
+    read_text(&path, Limits::PVE_CONFIG)?.ok_or_else(|| {
         anyhow!(
             "{}: not found; is {} a container on this node?",
             path.display(),
             ctx.vmid
         )
-    })?;
-    let conf = PveConfig::parse(&text);
-    Ok((text, conf))
+    })
 }
 
 /// Reads the optional policy, strictly, with its text (for line numbers).
@@ -129,7 +133,7 @@ pub fn gather(ctx: &mut Ctx, conf: PveConfig, policy: Option<(String, Policy)>) 
 /// now. `None` when pre-start would return at once (disabled by policy, or
 /// nothing to act on). `plan`, `--dry-run` and post-stop use this.
 pub fn plan(ctx: &mut Ctx) -> Result<Option<(Facts, Decision)>> {
-    let (_conf_text, conf) = read_conf(ctx)?;
+    let conf_text = read_conf_text(ctx)?;
     let policy = read_policy_with_text(ctx)?;
     if policy.as_ref().is_some_and(|(_, p)| !p.enabled) {
         ctx.log.info(
@@ -139,9 +143,15 @@ pub fn plan(ctx: &mut Ctx) -> Result<Option<(Facts, Decision)>> {
         return Ok(None);
     }
     let state_exists = ctx.paths.state(ctx.vmid).exists();
-    if policy.is_none() && !state_exists && !prestart::config_has_work(&conf) {
+    // Whether there is anything to do shows in the main section: a container
+    // the tool leaves alone does not get its snapshots parsed.
+    if policy.is_none()
+        && !state_exists
+        && !prestart::config_has_work(&PveConfig::parse(main_section(&conf_text)))
+    {
         return Ok(None);
     }
+    let conf = PveConfig::parse(&conf_text);
     let facts = gather(ctx, conf, policy)?;
     let decision = prestart::decide(&facts);
     Ok(Some((facts, decision)))
