@@ -453,7 +453,9 @@ fn render(prepared: &[Prepared], bin: &Path, rounds: usize) -> io::Result<String
         t,
         "Whole process, `pct-passthrough 105 pre-start` against a temp root, spawn to reap \
          ({rounds} rounds, shapes interleaved; a run that writes gets a fresh copy of its root, \
-         copied and flushed untimed).\n"
+         copied and flushed untimed). Peak RSS is `wait4`'s: the kernel counts the spawning \
+         process's own peak too, so it is never below the floor row's, and a row at the \
+         floor's value used no more than that.\n"
     );
     t.push_str("| shape | runs | median | min | max | × floor | peak RSS | files written | target | met |\n");
     t.push_str("|---|---:|---:|---:|---:|---:|---:|---|---|---|\n");
