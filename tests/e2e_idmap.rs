@@ -17,6 +17,14 @@ fn bind(pty: &PtySerial) -> String {
     )
 }
 
+/// The exact cgroup rule the tool adds for a bound pty.
+fn rule(pty: &PtySerial) -> String {
+    format!(
+        "lxc.cgroup2.devices.allow: c {}:{} rwm\n",
+        pty.major, pty.minor
+    )
+}
+
 const TOOL_LINES: &str = "lxc.idmap: u 0 100000 65536\nlxc.idmap: g 0 100000 20\nlxc.idmap: g 20 20 1\nlxc.idmap: g 21 100021 65515\n";
 
 #[test]
@@ -52,7 +60,13 @@ fn serial_bind_works_on_the_first_boot_with_the_hook() {
         started.contains("lxc.idmap = g 20 20 1\n"),
         "the same boot used the new map:\n{started}"
     );
-    assert!(ct.pve_conf().ends_with(TOOL_LINES), "{}", ct.pve_conf());
+    // The map, then the exact cgroup rule for the bound node (the devices step).
+    assert!(
+        ct.pve_conf()
+            .ends_with(&format!("{TOOL_LINES}{}", rule(&pty))),
+        "{}",
+        ct.pve_conf()
+    );
     assert!(
         bed.subgid().lines().any(|l| l == "root:20:1"),
         "{}",
@@ -70,7 +84,7 @@ fn serial_bind_works_on_the_first_boot_with_the_hook() {
         serde_json::from_str(&fs::read_to_string(ct.state_path()).unwrap()).unwrap();
     assert_eq!(
         state["owned"]["conf_lines"].as_array().map(Vec::len),
-        Some(4),
+        Some(5),
         "{state}"
     );
 }
@@ -168,7 +182,12 @@ fn second_start_writes_nothing_and_removing_the_device_removes_the_lines() {
     ct.set_pve_conf(&without_device);
     let rep = ct.start();
     rep.expect_started();
-    assert_eq!(ct.pve_conf(), without_device.replace(TOOL_LINES, ""));
+    assert_eq!(
+        ct.pve_conf(),
+        without_device
+            .replace(TOOL_LINES, "")
+            .replace(&rule(&pty), "")
+    );
     let started = rep.started_config.unwrap_or_default();
     assert!(
         started.contains("lxc.idmap = g 0 100000 65536\n") && !started.contains("g 20 20 1"),
