@@ -164,3 +164,24 @@ fn wait_until_locked(path: &std::path::Path) {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+#[test]
+fn a_pre_start_that_changes_files_records_itself_as_the_last_run() {
+    let root = TempRoot::new();
+    root.write("/etc/pve/lxc/105.conf", "arch: amd64\nunprivileged: 1\nlxc.mount.entry: /dev/ttyUSB0 dev/ttyUSB0 none bind,optional,create=file\n");
+    root.write("/etc/subuid", "root:100000:65536\n");
+    root.write("/etc/subgid", "root:100000:65536\n");
+    let out = root.run(&["105", "pre-start"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let state: serde_json::Value =
+        serde_json::from_slice(&root.read("/var/lib/pct-passthrough/105.json")).unwrap();
+    assert_eq!(state["last_run"]["phase"], "pre-start", "{state}");
+    assert_eq!(state["last_run"]["outcome"], "changed");
+    let msg = state["last_run"]["message"].as_str().unwrap();
+    assert!(msg.contains("105.conf") && msg.contains("subgid"), "{msg}");
+    // Nothing to change: nothing written, the record stays.
+    let before = root.snapshot();
+    let out = root.run(&["105", "pre-start"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(root.snapshot(), before);
+}

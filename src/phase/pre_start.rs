@@ -13,9 +13,9 @@ use crate::model::idmap::IdKind;
 use crate::model::policy::Policy;
 use crate::model::prestart::{self, Decision, Facts, HostFile, SubidNeed, Target};
 use crate::model::pveconf::{main_section, PveConfig};
-use crate::model::state::State;
+use crate::model::state::{LastRun, State};
 use crate::model::text::Limits;
-use crate::phase::post_start::update_state;
+use crate::phase::post_start::{now_secs, update_state};
 use crate::sys::devnode;
 use crate::sys::fs::{read_text, replace_file};
 use crate::sys::shadow::{append_coverage, SHADOW_LOCK_TIMEOUT};
@@ -181,6 +181,19 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
 }
 
 /// Writes what the decision says, in its order. Makes no decisions.
+/// "changed <file>, <file>": the files a decision writes, for `last_run`.
+fn changed_files(decision: &Decision) -> String {
+    let mut names: Vec<&str> = Vec::new();
+    for c in &decision.changes {
+        if !matches!(c.target, Target::State | Target::StateInterim)
+            && !names.contains(&c.path.as_str())
+        {
+            names.push(&c.path);
+        }
+    }
+    format!("changed {}", names.join(", "))
+}
+
 pub fn apply(ctx: &mut Ctx, decision: &Decision) -> Result<()> {
     let paths = ctx.paths;
     let vmid = ctx.vmid;
@@ -222,8 +235,19 @@ pub fn apply(ctx: &mut Ctx, decision: &Decision) -> Result<()> {
                 // Only `owned` is pre-start's; the rest may have been
                 // updated by a post-start worker since it was read.
                 let decided = State::parse(&c.new).map_err(|e| anyhow!("{}: {e}", c.path))?;
-                update_state(paths, vmid, |s| s.owned = decided.owned)
-                    .context("writing the state")?;
+                let last = (c.target == Target::State).then(|| LastRun {
+                    phase: "pre-start".into(),
+                    outcome: "changed".into(),
+                    message: changed_files(decision),
+                    at: now_secs(),
+                });
+                update_state(paths, vmid, |s| {
+                    s.owned = decided.owned;
+                    if last.is_some() {
+                        s.last_run = last;
+                    }
+                })
+                .context("writing the state")?;
             }
             Target::PveConf => {
                 replace_file(&paths.pve_conf(vmid), c.new.as_bytes(), 0o640)
