@@ -636,6 +636,7 @@ mod tests {
     use super::*;
     use crate::model::device::NodeKind;
     use crate::model::policy::Policy;
+    use crate::model::prestart::tests::apply;
     use crate::model::prestart::{decide, Decision, HostFile, Target};
     use crate::model::pveconf::PveConfig;
     use crate::model::state::{DevFallback, RuntimeUser, State};
@@ -678,21 +679,6 @@ mod tests {
                 node: Ok(n.clone()),
             })
             .collect();
-        f
-    }
-
-    fn apply(f: &Facts, d: &Decision) -> Facts {
-        let mut f = f.clone();
-        for c in &d.changes {
-            match c.target {
-                Target::PveConf => f.conf = PveConfig::parse(&c.new),
-                Target::LxcConfig => f.lxc_config.text = Some(c.new.clone()),
-                Target::Subuid => f.subuid.text = Some(c.new.clone()),
-                Target::Subgid => f.subgid.text = Some(c.new.clone()),
-                Target::State => f.state = Some(State::parse(&c.new).unwrap()),
-                Target::StateInterim => {}
-            }
-        }
         f
     }
 

@@ -818,7 +818,7 @@ pub fn decide(facts: &Facts) -> Decision {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     const SERIAL: &str = "arch: amd64\nhostname: z2m\nunprivileged: 1\nlxc.mount.entry: /dev/serial/by-id/usb-ITead_Sonoff_Zigbee_3.0-if00-port0 dev/ttyUSB0 none bind,optional,create=file\n";
@@ -839,7 +839,7 @@ mod tests {
     }
 
     /// Applies a decision to the facts, as the phase would.
-    fn apply(f: &Facts, d: &Decision) -> Facts {
+    pub(crate) fn apply(f: &Facts, d: &Decision) -> Facts {
         let mut f = f.clone();
         for c in &d.changes {
             match c.target {
