@@ -8,6 +8,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use crate::model::device::{self, DeviceClass};
 use crate::model::devplan::{self, DeviceFact};
 use crate::model::event::Event;
 use crate::model::firstboot;
@@ -398,14 +399,10 @@ pub fn runtime_user_idmap(facts: &Facts) -> Result<Vec<Passthrough>, String> {
     Ok(out)
 }
 
-/// Serial device nodes are `root:dialout` (GID 20) on the host.
-pub const DIALOUT_GID: u64 = 20;
-
-/// True for host paths of serial device nodes.
+/// True for host paths of serial device nodes (by path alone; see
+/// [`device::classify`] for the rules).
 pub fn is_serial_path(path: &str) -> bool {
-    path.starts_with("/dev/serial/")
-        || path.starts_with("/dev/ttyUSB")
-        || path.starts_with("/dev/ttyACM")
+    device::classify(path, None) == DeviceClass::Serial
 }
 
 /// GID 20 for every bind mount of a host serial device node.
@@ -418,7 +415,7 @@ pub fn serial_binds(facts: &Facts) -> Result<Vec<Passthrough>, String> {
         .map(|m| {
             Passthrough::same(
                 IdKind::Gid,
-                DIALOUT_GID,
+                u64::from(device::DIALOUT_GID),
                 format!("serial device bound: {}", m.source),
             )
         })
