@@ -300,7 +300,7 @@ fn device_entry_checks(
     policy: Option<&Policy>,
     state: Option<&State>,
 ) -> Vec<Check> {
-    use crate::model::devplan::{self, DeviceFact};
+    use crate::model::prestart::devices::{self as devplan, DeviceFact};
     let id = vmid.to_string();
     let mut facts = crate::model::prestart::Facts::minimal(
         vmid.get(),

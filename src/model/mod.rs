@@ -3,7 +3,6 @@
 
 pub mod access;
 pub mod device;
-pub mod devplan;
 pub mod diff;
 pub mod doctor;
 pub mod event;

@@ -2,7 +2,16 @@
 //! kept verbatim, coverage as the union of the `root` and `0` ranges with
 //! adjacent ranges chained, and the exact append that adds what is missing.
 
-use crate::model::idmap::{IdRange, ID_LIMIT};
+use crate::model::idmap::{IdKind, IdRange, ID_LIMIT};
+
+/// Root must cover these host ranges in `/etc/subuid` (uids) or
+/// `/etc/subgid` (gids). The apply step re-reads the file under lock and
+/// re-plans from this, so a concurrent writer cannot be overwritten.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubidNeed {
+    pub kind: IdKind,
+    pub ranges: Vec<IdRange>,
+}
 
 /// One parsed range line: `owner:start:count`.
 #[derive(Debug, Clone, PartialEq, Eq)]

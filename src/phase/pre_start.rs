@@ -8,12 +8,13 @@ use std::path::PathBuf;
 use anyhow::{anyhow, bail, Context, Result};
 
 use super::Ctx;
-use crate::model::devplan::{self, DeviceFact};
 use crate::model::idmap::IdKind;
 use crate::model::policy::Policy;
-use crate::model::prestart::{self, Decision, Facts, HostFile, SubidNeed, Target};
+use crate::model::prestart::devices::{self as devplan, DeviceFact};
+use crate::model::prestart::{self, Decision, Facts, HostFile, Target};
 use crate::model::pveconf::{main_section, PveConfig};
 use crate::model::state::{LastRun, State};
+use crate::model::subid::SubidNeed;
 use crate::model::text::Limits;
 use crate::phase::post_start::{now_secs, update_state};
 use crate::sys::devnode;

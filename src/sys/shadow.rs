@@ -23,8 +23,8 @@ use nix::sys::signal::kill;
 use nix::unistd::Pid;
 
 use crate::model::idmap::{IdKind, IdRange};
-use crate::model::prestart::SubidNeed;
 use crate::model::subid::SubidFile;
+use crate::model::subid::SubidNeed;
 use crate::model::text::Limits;
 use crate::paths::Paths;
 use crate::sys::fs::{read_text, replace_file};

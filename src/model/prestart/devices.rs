@@ -5,12 +5,12 @@
 
 use std::collections::BTreeSet;
 
+use super::{Draft, Facts};
 use crate::model::device::{self, CgroupRule, DeviceClass, Node, DIALOUT_GID};
 use crate::model::event::Event;
 use crate::model::idmap::{IdKind, Passthrough};
 use crate::model::lxcconf::LxcConfig;
 use crate::model::policy::{DeviceMethod, DevicePolicy, LineIndex};
-use crate::model::prestart::{Draft, Facts};
 use crate::model::pveconf::{DevEntry, LineKind};
 
 /// Event names for entries a person wrote that cannot work as they are;
