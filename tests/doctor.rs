@@ -37,7 +37,7 @@ impl Host {
         );
         fs::create_dir_all(h.root.join("var/lib/vz/snippets")).unwrap();
         symlink(BIN, h.root.join("var/lib/vz/snippets/pct-passthrough")).unwrap();
-        h.write("dev/ttyUSB0", "");
+        serial_node(&h.root.join("dev/ttyUSB0"));
         fs::create_dir_all(h.root.join("dev/serial/by-id")).unwrap();
         symlink("../../ttyUSB0", h.root.join(&BY_ID[1..])).unwrap();
         h.write(
@@ -154,7 +154,7 @@ fn device_kernel_name_no_link(h: &Host) {
     fs::remove_file(h.root.join(&BY_ID[1..])).unwrap();
 }
 fn render_collision(h: &Host) {
-    h.write("dev/dri/renderD128", "");
+    char_node(&h.root.join("dev/dri/renderD128"), 226, 128, 104);
     h.edit_conf(
         "hookscript:",
         "dev1: /dev/dri/renderD128,gid=104\nhookscript:",
@@ -262,8 +262,8 @@ fn no_container(h: &Host) {
 )]
 #[case::bad_policy(
     bad_policy,
-    "fail  105: /etc/pve/pct-passthrough/105.toml line 1: unknown field `idmaps`",
-    "fix: fix /etc/pve/pct-passthrough/105.toml"
+    "fail  105: the next start is refused: {root}/etc/pve/pct-passthrough/105.toml line 1: unknown field `idmaps`",
+    "fix: fix the file named; pre-start refuses every start until then"
 )]
 #[case::map_not_covered(map_not_covered, "warn  105: the map needs root:20:1 in /etc/subgid, which is missing; pre-start adds it at the next start", "usermod --add-subgids 20-20 root")]
 #[case::map_not_covered_without_hook(
@@ -291,10 +291,10 @@ fn no_container(h: &Host) {
     "warn  host: /etc/subgid line 3: root:44:1 is used by no container map on this node (stale?)",
     "delete line 3 of /etc/subgid"
 )]
-#[case::chain_missing(chain_missing, "fail  105: 'chain' in {root}/etc/pve/pct-passthrough/105.toml: 'local:snippets/old-hook.pl' ({root}/var/lib/vz/snippets/old-hook.pl) does not exist", "fix: fix or remove 'chain' in /etc/pve/pct-passthrough/105.toml")]
+#[case::chain_missing(chain_missing, "fail  105: the next start is refused: 'chain' in {root}/etc/pve/pct-passthrough/105.toml: 'local:snippets/old-hook.pl' ({root}/var/lib/vz/snippets/old-hook.pl) does not exist", "fix: pre-start runs the chained hookscript first and refuses the start while it cannot")]
 #[case::no_container(
     no_container,
-    "fail  105: /etc/pve/lxc/105.conf does not exist on this node",
+    "fail  105: {root}/etc/pve/lxc/105.conf: not found; is 105 a container on this node? (pct list)",
     "fix: run doctor on the node the container is on"
 )]
 fn each_broken_fixture_names_its_problem_and_fix(
@@ -348,4 +348,24 @@ fn person_written_device_entries_that_cannot_work_are_warned_about() {
         out.contains("lxc.mount.entry of /dev/ttyACM0 lacks optional,create=file"),
         "{out}"
     );
+}
+
+/// The stick's node as udev makes it: char 188:0, root:dialout 0660 (needs
+/// root, as every test run here has).
+fn serial_node(path: &std::path::Path) {
+    char_node(path, 188, 0, 20);
+}
+
+/// A char node `major:minor`, `root:<gid>` 0660 (needs root).
+fn char_node(path: &std::path::Path, major: u64, minor: u64, gid: u32) {
+    use nix::sys::stat::{mknod, Mode, SFlag};
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    mknod(
+        path,
+        SFlag::S_IFCHR,
+        Mode::from_bits_truncate(0o660),
+        nix::sys::stat::makedev(major, minor),
+    )
+    .unwrap_or_else(|e| panic!("mknod {}: {e} (the tests need root)", path.display()));
+    std::os::unix::fs::chown(path, Some(0), Some(gid)).unwrap();
 }

@@ -195,9 +195,31 @@ fn hand_written_map_gets_its_subgid_line_and_nothing_else() {
 }
 
 #[test]
-fn conflicting_hand_written_map_is_refused() {
+fn a_hand_written_copy_of_the_default_map_is_adopted() {
     let r = Root::new();
     let conf = format!("{SERIAL_CONF}lxc.idmap: u 0 100000 65536\nlxc.idmap: g 0 100000 65536\n");
+    r.container(110, &conf);
+    let o = r.run(&["110", "pre-start"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let after = r.read("etc/pve/lxc/110.conf");
+    assert!(after.contains("lxc.idmap: g 20 20 1\n"), "{after}");
+    assert!(!after.contains("lxc.idmap: g 0 100000 65536\n"), "{after}");
+    assert!(
+        stderr(&o).contains("copy of Proxmox's default map"),
+        "{}",
+        stderr(&o)
+    );
+    // A second start with the same inputs writes nothing.
+    let before = r.snapshot();
+    let o = r.run(&["110", "pre-start"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(r.snapshot(), before);
+}
+
+#[test]
+fn conflicting_hand_written_map_is_refused() {
+    let r = Root::new();
+    let conf = format!("{SERIAL_CONF}lxc.idmap: u 0 100000 1000\nlxc.idmap: u 1000 1000 1\nlxc.idmap: u 1001 101001 64535\nlxc.idmap: g 0 100000 65536\n");
     r.container(110, &conf);
     let before = r.snapshot();
     let o = r.run(&["110", "pre-start"]);
@@ -212,12 +234,15 @@ fn conflicting_hand_written_map_is_refused() {
         "{log}"
     );
     assert!(
-        log.contains(
-            "fix: replace them with: lxc.idmap: u 0 100000 65536, lxc.idmap: g 0 100000 20"
-        ),
+        log.contains("replace them with: lxc.idmap: u 0 100000 1000, lxc.idmap: u 1000 1000 1"),
         "{log}"
     );
-    assert_eq!(r.snapshot(), before);
+    // Only the refusal is recorded; no other file changed.
+    let mut after = r.snapshot();
+    after.retain(|p, _| !p.to_string_lossy().contains("pct-passthrough/110.json"));
+    assert_eq!(after, before);
+    let state = r.read("var/lib/pct-passthrough/110.json");
+    assert!(state.contains("\"outcome\": \"refused\""), "{state}");
 }
 
 #[test]

@@ -5,15 +5,18 @@
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
+use crate::model::device;
 use crate::model::doctor::{self, Check, DeviceFacts, HookFile};
 use crate::model::idmap::{IdKind, IdRange};
 use crate::model::policy::Policy;
+use crate::model::prestart::devices;
 use crate::model::pveconf::PveConfig;
-use crate::model::state::State;
 use crate::model::storage;
 use crate::model::subid::nsswitch_has_subid;
 use crate::model::text::Limits;
 use crate::paths::{Paths, Vmid};
+use crate::phase::io;
+use crate::phase::pre_start::{self, Planned};
 use crate::sys::devnode;
 use crate::sys::fs::read_text;
 
@@ -166,47 +169,30 @@ fn hook_file(paths: &Paths, volume: &str) -> HookFile {
 
 fn container_checks(paths: &Paths, vmid: Vmid, subuid: &str, subgid: &str) -> Vec<Check> {
     let id = vmid.to_string();
-    let conf_abs = format!("/etc/pve/lxc/{vmid}.conf");
-    let conf = match read(paths, &conf_abs, Limits::PVE_CONFIG, &id) {
-        Ok(Some(t)) => PveConfig::parse(&t),
-        Ok(None) => {
+    let conf = match io::read_conf(paths, vmid) {
+        Ok(c) => c,
+        Err(e) => {
             return vec![Check::fail(
                 &id,
-                format!("{conf_abs} does not exist on this node"),
-                "run doctor on the node the container is on (pct list)",
+                format!("{e:#}"),
+                "run doctor on the node the container is on (pct list), or fix the file",
             )]
         }
-        Err(c) => return vec![c],
     };
     let mut out = Vec::new();
-    let policy_abs = format!("/etc/pve/pct-passthrough/{vmid}.toml");
-    let policy = match read(paths, &policy_abs, Limits::HOST_FILE, &id) {
-        Ok(Some(t)) => match Policy::parse(&policy_abs, &t) {
-            Ok(p) => Some(p),
-            Err(e) => {
-                out.push(Check::fail(
-                    &id,
-                    e,
-                    format!("fix {policy_abs}; pre-start refuses to start with it"),
-                ));
-                None
-            }
-        },
-        Ok(None) => None,
-        Err(c) => {
-            out.push(c);
-            None
-        }
-    };
-    let state = read(
-        paths,
-        &format!("/var/lib/pct-passthrough/{vmid}.json"),
-        Limits::HOST_FILE,
-        &id,
-    )
-    .ok()
-    .flatten()
-    .and_then(|t| State::parse(&t).ok());
+    // pre-start's own decision: a refusal fails here with its message and fix.
+    let planned = pre_start::plan(paths, vmid, &mut None);
+    out.extend(next_start_checks(&id, &planned));
+    let policy = io::read_policy(paths, vmid).ok().flatten();
+    let state = io::load_state(paths, vmid);
+    if let Some(p) = &state.problem {
+        out.push(Check::warn(
+            &id,
+            p.clone(),
+            "the next phase that records keeps it aside as .json.corrupt and starts a new state",
+        ));
+    }
+    let state = state.state;
 
     let volume = conf.hookscript();
     let file = volume.map(|v| hook_file(paths, v));
@@ -219,31 +205,9 @@ fn container_checks(paths: &Paths, vmid: Vmid, subuid: &str, subgid: &str) -> Ve
     let runs_us = volume.is_some_and(|v| v.rsplit('/').next() == Some("pct-passthrough"))
         && policy.as_ref().is_none_or(|p| p.enabled);
     out.extend(doctor::container_map(&id, &conf, subuid, subgid, runs_us));
-    if policy.as_ref().is_some_and(|p| p.chain.is_some()) {
-        out.push(match crate::phase::chain::find(paths, vmid) {
-            Ok(Some(c)) => Check::ok(
-                &id,
-                format!("chained hookscript {} is present and executable", c.volume),
-            ),
-            Ok(None) => Check::ok(&id, "no chained hookscript"),
-            Err(e) => Check::fail(
-                &id,
-                format!("{e:#}; pre-start refuses every start"),
-                format!("fix or remove 'chain' in {policy_abs}"),
-            ),
-        });
-    }
-
     for d in device_facts(paths, &conf, policy.as_ref()) {
         out.push(doctor::device(&id, &d));
     }
-    out.extend(device_entry_checks(
-        paths,
-        vmid,
-        &conf,
-        policy.as_ref(),
-        state.as_ref(),
-    ));
     for dev in conf.dev_entries() {
         if !dev.path.starts_with("/dev/dri/render") {
             continue;
@@ -263,13 +227,44 @@ fn container_checks(paths: &Paths, vmid: Vmid, subuid: &str, subgid: &str) -> Ve
     out
 }
 
+/// pre-start's decision as checks: its refusal (fail), entries a person
+/// wrote that must not pass (fail) or cannot work as written (warn).
+fn next_start_checks(id: &str, planned: &Planned) -> Vec<Check> {
+    let mut out = Vec::new();
+    if let Some(r) = planned.refusal() {
+        let fix = if r.fix.is_empty() {
+            "see the message".to_string()
+        } else {
+            r.fix.clone()
+        };
+        out.push(Check::fail(
+            id,
+            format!("the next start is refused: {}", r.what),
+            fix,
+        ));
+    }
+    if let Planned::Decided(b) = planned {
+        for e in &b.1.events {
+            let fix = e.fix.clone().unwrap_or_else(|| "see the message".into());
+            if devices::ENTRY_DANGERS.contains(&e.name) {
+                out.push(Check::fail(id, e.message.clone(), fix));
+            } else if devices::ENTRY_FINDINGS.contains(&e.name) || e.name == "dev-fallback" {
+                out.push(Check::warn(id, e.message.clone(), fix));
+            }
+        }
+    }
+    if out.is_empty() {
+        out.push(Check::ok(id, "pre-start would start it"));
+    }
+    out
+}
+
 /// Devices the container names, each resolved under the root.
 fn device_facts(paths: &Paths, conf: &PveConfig, policy: Option<&Policy>) -> Vec<DeviceFacts> {
-    let wanted = doctor::wanted_devices(conf, policy);
-    wanted
+    device::declared(conf, policy)
         .into_iter()
-        .map(|(source, path, required)| {
-            let resolved = devnode::resolve(paths, &path).ok().flatten();
+        .map(|d| {
+            let resolved = devnode::resolve(paths, &d.path).ok().flatten();
             let (node, by_id, usb) = match &resolved {
                 Some((node, meta)) => (
                     Some(node.clone()),
@@ -279,52 +274,13 @@ fn device_facts(paths: &Paths, conf: &PveConfig, policy: Option<&Policy>) -> Vec
                 None => (None, None, None),
             };
             DeviceFacts {
-                source,
-                path,
+                source: d.source.label(),
+                path: d.path,
                 node,
-                required,
+                required: d.required,
                 by_id,
                 usb,
             }
-        })
-        .collect()
-}
-
-/// The devices step's findings about entries a person wrote (stale or
-/// broad cgroup rules, bind options, a `devN` group the service is not in),
-/// as pre-start logs them at every start.
-fn device_entry_checks(
-    paths: &Paths,
-    vmid: Vmid,
-    conf: &PveConfig,
-    policy: Option<&Policy>,
-    state: Option<&State>,
-) -> Vec<Check> {
-    use crate::model::prestart::devices::{self as devplan, DeviceFact};
-    let id = vmid.to_string();
-    let mut facts = crate::model::prestart::Facts::minimal(
-        vmid.get(),
-        &paths.pve_conf(vmid).display().to_string(),
-        conf.clone(),
-    );
-    facts.policy = policy.cloned();
-    facts.state = state.cloned();
-    facts.devices = devplan::declared_paths(conf, policy)
-        .into_iter()
-        .map(|path| DeviceFact {
-            node: devnode::node(paths, &path).map_err(|e| e.to_string()),
-            path,
-        })
-        .collect();
-    let mut draft = crate::model::prestart::Draft::new(&facts);
-    let _ = devplan::plan_devices(&facts, &mut draft);
-    draft
-        .events
-        .iter()
-        .filter(|e| devplan::ENTRY_FINDINGS.contains(&e.name))
-        .map(|e| match e.message.rsplit_once("; ") {
-            Some((what, fix)) => Check::warn(&id, what, fix),
-            None => Check::warn(&id, e.message.clone(), "see the message"),
         })
         .collect()
 }

@@ -2,15 +2,15 @@
 //! policy, state and subid files (reads only) and prints `model::status`'s
 //! report, as text or as one JSON object.
 
-use anyhow::{anyhow, Result};
+use anyhow::Result;
 
-use crate::model::doctor::wanted_devices;
-use crate::model::policy::Policy;
-use crate::model::pveconf::PveConfig;
-use crate::model::state::State;
-use crate::model::status::{self, Status, StatusFacts};
+use crate::model::device;
+use crate::model::prestart::Target;
+use crate::model::status::{self, NextStart, Status, StatusFacts};
 use crate::model::text::Limits;
 use crate::paths::{Paths, Vmid};
+use crate::phase::io;
+use crate::phase::pre_start::{self, Planned};
 use crate::sys::devnode;
 use crate::sys::fs::read_text;
 
@@ -38,66 +38,85 @@ pub fn run(paths: &Paths, vmid: Vmid, json: bool) -> u8 {
 }
 
 fn gather(paths: &Paths, vmid: Vmid) -> Result<Status> {
-    let conf_path = paths.pve_conf(vmid);
-    let conf_text = read_text(&conf_path, Limits::PVE_CONFIG)?.ok_or_else(|| {
-        anyhow!(
-            "{}: not found; is {vmid} a container on this node? (pct list)",
-            conf_path.display()
-        )
-    })?;
-    let conf = PveConfig::parse(&conf_text);
-    let policy_path = paths.policy(vmid);
+    let conf = io::read_conf(paths, vmid)?;
     let mut problems = Vec::new();
-    let policy = match read_text(&policy_path, Limits::HOST_FILE) {
-        Ok(Some(t)) => match Policy::parse(&policy_path.display().to_string(), &t) {
-            Ok(p) => Some(p),
-            Err(e) => {
-                problems.push(e);
-                None
-            }
-        },
-        Ok(None) => None,
+    let policy = match io::read_policy(paths, vmid) {
+        Ok(p) => p,
         Err(e) => {
             problems.push(format!("{e:#}"));
             None
         }
     };
-    let state_path = paths.state(vmid);
-    let state = match read_text(&state_path, Limits::HOST_FILE) {
-        Ok(Some(t)) => match State::parse(&t) {
-            Ok(s) => Some(s),
-            Err(p) => {
-                problems.push(format!("{}: {p}", state_path.display()));
-                None
-            }
-        },
-        Ok(None) => None,
-        Err(e) => {
-            problems.push(format!("{e:#}"));
-            None
-        }
-    };
+    let state = io::load_state(paths, vmid);
+    problems.extend(state.problem.clone());
     let subuid = read_text(&paths.subuid(), Limits::HOST_FILE)?;
     let subgid = read_text(&paths.subgid(), Limits::HOST_FILE)?;
-    let devices = wanted_devices(&conf, policy.as_ref())
+    let devices = device::declared(&conf, policy.as_ref())
         .into_iter()
-        .map(|(source, path, _)| {
-            let node = devnode::resolve(paths, &path)
+        .map(|d| {
+            let node = devnode::resolve(paths, &d.path)
                 .ok()
                 .flatten()
                 .map(|(n, _)| n);
-            (source, path, node)
+            (d.source.label(), d.path, node)
         })
         .collect();
     let facts = StatusFacts {
         vmid: vmid.get(),
         conf: &conf,
         enabled: policy.as_ref().is_none_or(|p| p.enabled),
-        state: state.as_ref(),
+        state: state.state.as_ref(),
         problem: (!problems.is_empty()).then(|| problems.join("; ")),
         subuid: subuid.as_deref(),
         subgid: subgid.as_deref(),
         devices,
+        next_start: next_start(paths, vmid),
     };
     Ok(status::build(&facts))
+}
+
+/// pre-start's own decision, as `status` shows it.
+pub fn next_start(paths: &Paths, vmid: Vmid) -> NextStart {
+    let planned = pre_start::plan(paths, vmid, &mut None);
+    if let Some(r) = planned.refusal() {
+        return NextStart {
+            outcome: "refused",
+            message: r.what.clone(),
+            fix: (!r.fix.is_empty()).then(|| r.fix.clone()),
+        };
+    }
+    let (outcome, message) = match planned {
+        Planned::Idle => (
+            "nothing",
+            "nothing for pct-passthrough to act on".to_string(),
+        ),
+        Planned::Disabled => ("disabled", "enabled = false in the policy".to_string()),
+        Planned::Decided(b) => {
+            let mut files: Vec<&str> = Vec::new();
+            for c in &b.1.changes {
+                if !matches!(c.target, Target::State | Target::StateInterim)
+                    && !files.contains(&c.path.as_str())
+                {
+                    files.push(&c.path);
+                }
+            }
+            if files.is_empty() {
+                ("unchanged", String::new())
+            } else {
+                (
+                    "changes",
+                    format!(
+                        "writes {} (see pct-passthrough plan {vmid})",
+                        files.join(", ")
+                    ),
+                )
+            }
+        }
+        Planned::Refused(_) => unreachable!("handled above"),
+    };
+    NextStart {
+        outcome,
+        message,
+        fix: None,
+    }
 }

@@ -2,6 +2,7 @@
 //! and mode as seen inside the container and the process's credentials, and
 //! turned into the per-device verdict post-start records. Pure.
 
+use crate::model::state::Verdict;
 use serde::{Deserialize, Serialize};
 
 /// The overflow ID a user namespace shows for an unmapped owner or group.
@@ -44,9 +45,8 @@ pub fn can_read_write(n: &NodeStat, c: &Creds) -> bool {
 
 /// The verdict for one device.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Verdict {
-    /// `ok`, `needs-restart`, `no-access`, `missing`.
-    pub verdict: &'static str,
+pub struct Judgement {
+    pub verdict: Verdict,
     pub detail: String,
     /// The next pre-start should give the node this service's uid/gid (devN).
     pub needs_dev_fallback: bool,
@@ -60,17 +60,17 @@ pub fn judge(
     c: &Creds,
     member_now: bool,
     keeps_groups: Option<bool>,
-) -> Verdict {
+) -> Judgement {
     let Some(n) = node else {
-        return Verdict {
-            verdict: "missing",
+        return Judgement {
+            verdict: Verdict::Missing,
             detail: "the node does not exist inside the container".into(),
             needs_dev_fallback: false,
         };
     };
     if can_read_write(n, c) {
-        return Verdict {
-            verdict: "ok",
+        return Judgement {
+            verdict: Verdict::Ok,
             detail: format!(
                 "uid {} can open it ({}:{} mode {:o})",
                 c.uid,
@@ -83,20 +83,28 @@ pub fn judge(
     }
     let group_could = (n.mode >> 3) & 6 == 6;
     if n.gid == OVERFLOW_ID {
-        return Verdict {
-            verdict: "no-access",
+        return Judgement {
+            verdict: Verdict::NoAccess,
             detail: "the node's group is not mapped into the container (shows as 65534); the next start must map it or give the node the service's uid/gid".into(),
             needs_dev_fallback: true,
         };
     }
     if group_could && member_now && keeps_groups != Some(false) && n.gid != 0 {
-        return Verdict {
-            verdict: "needs-restart",
+        return Judgement {
+            verdict: Verdict::NeedsRestart,
             detail: format!(
-                "uid {} is now in group {}, but groups are fixed when a process starts; restart the service or the container",
-                c.uid, n.gid
+                "uid {} is now in group {}, but groups are fixed when a process starts; restart the container{}",
+                c.uid,
+                n.gid,
+                if keeps_groups.is_none() {
+                    format!(" (should its entrypoint drop groups, the next start gives a devN node uid {} gid {})", c.uid, c.gid)
+                } else {
+                    String::new()
+                }
             ),
-            needs_dev_fallback: false,
+            // Unknown whether the entrypoint keeps groups: the owner
+            // fallback makes the next start work either way.
+            needs_dev_fallback: keeps_groups.is_none(),
         };
     }
     let why = if keeps_groups == Some(false) {
@@ -108,8 +116,8 @@ pub fn judge(
     } else {
         "the user is not in the node's group"
     };
-    Verdict {
-        verdict: "no-access",
+    Judgement {
+        verdict: Verdict::NoAccess,
         detail: format!(
             "{why}; the next start gives the node uid {} gid {} through devN",
             c.uid, c.gid
@@ -157,14 +165,17 @@ mod tests {
     fn verdicts() {
         let n = node(65534, 20, 0o660);
         let c = creds(1000, 1000, &[]);
-        assert_eq!(judge(None, &c, false, None).verdict, "missing");
+        assert_eq!(judge(None, &c, false, None).verdict, Verdict::Missing);
         assert_eq!(
             judge(Some(&n), &creds(1000, 1000, &[20]), true, Some(true)).verdict,
-            "ok"
+            Verdict::Ok
         );
-        assert_eq!(judge(Some(&n), &c, true, None).verdict, "needs-restart");
+        assert_eq!(
+            judge(Some(&n), &c, true, None).verdict,
+            Verdict::NeedsRestart
+        );
         let v = judge(Some(&n), &c, true, Some(false));
-        assert_eq!(v.verdict, "no-access");
+        assert_eq!(v.verdict, Verdict::NoAccess);
         assert!(v.needs_dev_fallback && v.detail.contains("dropped"));
         let v = judge(Some(&node(65534, 65534, 0o660)), &c, false, None);
         assert!(v.detail.contains("not mapped"));

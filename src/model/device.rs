@@ -1,8 +1,152 @@
 //! Devices: what a declared device path is (class, node), whether it may be
 //! passed through, and the config entries that make it usable: exact cgroup
-//! rules, bind mount options, `devN` owner and mode. Pure.
+//! rules, bind mount options, `devN` owner and mode. Pure. [`declared`] is
+//! the one list of a container's devices every phase and command uses.
 
 use std::fmt;
+
+use crate::model::policy::{DeviceMethod, DevicePolicy, Policy};
+use crate::model::pveconf::PveConfig;
+
+/// Where a device is declared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceSource {
+    /// `devN:` in the container config.
+    Dev(u32),
+    /// An `lxc.mount.entry` bind of a `/dev` node; `value` as written.
+    Bind { value: String, optional: bool },
+    /// A policy `[[device]]` table the config does not name yet; its line.
+    Policy { line: usize },
+}
+
+impl DeviceSource {
+    /// How the source reads in messages: `dev0`, `lxc.mount.entry`,
+    /// `policy line 3`.
+    pub fn label(&self) -> String {
+        match self {
+            DeviceSource::Dev(i) => format!("dev{i}"),
+            DeviceSource::Bind { .. } => "lxc.mount.entry".into(),
+            DeviceSource::Policy { line } => format!("policy line {line}"),
+        }
+    }
+}
+
+/// One device a container wants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Declared {
+    pub source: DeviceSource,
+    /// Host path as written (a by-id link, usually).
+    pub path: String,
+    /// Where it shows inside the container, absolute.
+    pub ct_path: String,
+    pub method: DeviceMethod,
+    /// A missing node fails the start: a `devN` (Proxmox refuses it), a
+    /// bind without `optional` (LXC fails), a `required` policy device.
+    pub required: bool,
+    /// The policy lets dangerous nodes through.
+    pub allow_dangerous: bool,
+    /// The policy's table for this path, if any.
+    pub policy: Option<DevicePolicy>,
+}
+
+/// The method a policy device uses: as written, else `bind` when it must
+/// appear at another path inside, else `dev` (a private node Proxmox makes:
+/// no host group to map, no subordinate IDs, works privileged or not).
+pub fn policy_method(p: &DevicePolicy) -> DeviceMethod {
+    match (p.method, &p.container_path) {
+        (Some(m), _) => m,
+        (None, Some(ct)) if ct != p.path.get_ref() => DeviceMethod::Bind,
+        (None, _) => DeviceMethod::Dev,
+    }
+}
+
+/// Every device the container wants, in order: the config's `devN`
+/// entries, its binds of `/dev` nodes, then policy devices the config does
+/// not name yet (by host path). A policy table for a path the config names
+/// still lends it `required` and `allow_dangerous`.
+pub fn declared(conf: &PveConfig, policy: Option<&Policy>) -> Vec<Declared> {
+    let tables = policy.map(|p| p.devices.as_slice()).unwrap_or_default();
+    let table_for = |path: &str| tables.iter().find(|t| t.path.get_ref() == path);
+    let mut out: Vec<Declared> = Vec::new();
+    let push = |out: &mut Vec<Declared>, d: Declared| {
+        if !out
+            .iter()
+            .any(|o| o.ct_path == d.ct_path && o.path == d.path)
+        {
+            out.push(d);
+        }
+    };
+    for e in conf.dev_entries() {
+        let t = table_for(&e.path);
+        push(
+            &mut out,
+            Declared {
+                source: DeviceSource::Dev(e.index),
+                ct_path: e.path.clone(),
+                method: DeviceMethod::Dev,
+                required: true,
+                allow_dangerous: t.is_some_and(|t| t.allow_dangerous),
+                policy: t.cloned(),
+                path: e.path,
+            },
+        );
+    }
+    for m in conf.mount_entries() {
+        if !(m.is_bind() && m.source.starts_with("/dev/")) {
+            continue;
+        }
+        let t = table_for(&m.source);
+        let optional = m.options.iter().any(|o| o == "optional");
+        push(
+            &mut out,
+            Declared {
+                ct_path: format!("/{}", m.target.trim_start_matches('/')),
+                method: DeviceMethod::Bind,
+                required: !optional || t.is_some_and(|t| t.required),
+                allow_dangerous: t.is_some_and(|t| t.allow_dangerous),
+                policy: t.cloned(),
+                path: m.source,
+                source: DeviceSource::Bind {
+                    value: m.value,
+                    optional,
+                },
+            },
+        );
+    }
+    for t in tables {
+        let path = t.path.get_ref();
+        if out.iter().any(|o| o.path == *path) {
+            continue;
+        }
+        push(
+            &mut out,
+            Declared {
+                source: DeviceSource::Policy {
+                    line: policy.map_or(0, |p| p.line_of(t.path.span().start)),
+                },
+                path: path.clone(),
+                ct_path: t.container_path.clone().unwrap_or_else(|| path.clone()),
+                method: policy_method(t),
+                required: t.required,
+                allow_dangerous: t.allow_dangerous,
+                policy: Some(t.clone()),
+            },
+        );
+    }
+    out
+}
+
+/// Every host path [`declared`] names, once each, in order: what pre-start
+/// stats before planning.
+pub fn declared_paths(devices: &[Declared]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for d in devices {
+        if !out.contains(&d.path) {
+            out.push(d.path.clone());
+        }
+    }
+    out
+}
 
 /// Host group of serial adapters (`root:dialout 0660`).
 pub const DIALOUT_GID: u32 = 20;
@@ -168,8 +312,18 @@ pub fn check(declared: &str, node: &Node, allow_dangerous: bool) -> Result<(), S
     Ok(())
 }
 
-/// A device path must be absolute, under `/dev/`, with no `.` or `..` parts.
+/// A device path must be absolute, under `/dev/`, with no `.` or `..` parts,
+/// and no whitespace or control characters (Proxmox's property strings and
+/// LXC's fstab-style mount entries cannot carry them).
 pub fn check_path(path: &str) -> Result<(), String> {
+    if let Some(c) = path
+        .chars()
+        .find(|c| c.is_whitespace() || c.is_control() || *c == ',')
+    {
+        return Err(format!(
+            "{path:?} contains {c:?}; a device path cannot hold whitespace, commas or control characters"
+        ));
+    }
     let Some(rest) = path.strip_prefix("/dev/") else {
         return Err(format!("{path} is not under /dev/"));
     };
@@ -179,6 +333,29 @@ pub fn check_path(path: &str) -> Result<(), String> {
     {
         return Err(format!(
             "{path} has '.', '..' or empty parts; name the device by its plain path"
+        ));
+    }
+    Ok(())
+}
+
+/// Where a bound device shows inside: an absolute path below `/`, no `.`,
+/// `..` or empty parts, nothing LXC's mount entry cannot express.
+pub fn check_container_path(path: &str) -> Result<(), String> {
+    if let Some(c) = path.chars().find(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "{path:?} contains {c:?}, which an lxc.mount.entry cannot express"
+        ));
+    }
+    let Some(rest) = path.strip_prefix('/') else {
+        return Err(format!("{path:?} is not an absolute path"));
+    };
+    if rest.is_empty()
+        || rest
+            .split('/')
+            .any(|c| c == ".." || c == "." || c.is_empty())
+    {
+        return Err(format!(
+            "{path:?} is the root or has '.', '..' or empty parts; name the node's path inside, like /dev/ttyUSB0"
         ));
     }
     Ok(())

@@ -18,6 +18,8 @@ pub struct Event {
     pub name: &'static str,
     /// One human line, lowercase start, no trailing period.
     pub message: String,
+    /// What to do about it, when there is something to do.
+    pub fix: Option<String>,
 }
 
 impl Event {
@@ -26,6 +28,7 @@ impl Event {
             level: Level::Info,
             name,
             message: message.into(),
+            fix: None,
         }
     }
     pub fn warn(name: &'static str, message: impl Into<String>) -> Event {
@@ -33,6 +36,7 @@ impl Event {
             level: Level::Warn,
             name,
             message: message.into(),
+            fix: None,
         }
     }
     pub fn error(name: &'static str, message: impl Into<String>) -> Event {
@@ -40,16 +44,29 @@ impl Event {
             level: Level::Error,
             name,
             message: message.into(),
+            fix: None,
         }
+    }
+}
+
+impl Event {
+    /// The same event with what to do about it.
+    pub fn with_fix(mut self, fix: impl Into<String>) -> Event {
+        self.fix = Some(fix.into());
+        self
     }
 }
 
 impl fmt::Display for Event {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.level {
-            Level::Info => f.write_str(&self.message),
-            Level::Warn => write!(f, "warning: {}", self.message),
-            Level::Error => write!(f, "error: {}", self.message),
+            Level::Info => f.write_str(&self.message)?,
+            Level::Warn => write!(f, "warning: {}", self.message)?,
+            Level::Error => write!(f, "error: {}", self.message)?,
+        }
+        match &self.fix {
+            Some(fix) => write!(f, "; {fix}"),
+            None => Ok(()),
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod idmap;
 pub mod lxcconf;
 pub mod passwd;
 pub mod policy;
+pub mod poststart;
 pub mod prestart;
 pub mod pveconf;
 pub mod runtime;

@@ -52,6 +52,11 @@ pub struct Policy {
     /// among several non-root processes.
     #[serde(default)]
     pub runtime_uid: Option<u32>,
+    /// The file it was read from and its line index, for messages.
+    #[serde(skip)]
+    pub file: String,
+    #[serde(skip)]
+    newlines: Vec<usize>,
 }
 
 fn yes() -> bool {
@@ -67,6 +72,8 @@ impl Default for Policy {
             chain: None,
             detect_timeout: None,
             runtime_uid: None,
+            file: String::new(),
+            newlines: Vec::new(),
         }
     }
 }
@@ -109,7 +116,7 @@ pub fn line_of(text: &str, pos: usize) -> usize {
 impl Policy {
     /// Parses policy text; `file` names it in errors.
     pub fn parse(file: &str, text: &str) -> Result<Policy, String> {
-        let policy: Policy = toml::from_str(text).map_err(|e| {
+        let mut policy: Policy = toml::from_str(text).map_err(|e| {
             let line = e.span().map(|s| line_of(text, s.start));
             let msg = e.message().trim_end().to_string();
             match line {
@@ -122,7 +129,20 @@ impl Policy {
         if policy.detect_timeout == Some(0) {
             return Err(format!("{file}: detect_timeout must be at least 1 second"));
         }
+        policy.file = file.to_string();
+        policy.newlines = LineIndex::new(text).newlines;
         Ok(policy)
+    }
+
+    /// `<file> line N` of a byte offset in the policy text (a span start).
+    pub fn at(&self, pos: usize) -> String {
+        let line = self.newlines.partition_point(|&nl| nl < pos) + 1;
+        format!("{} line {line}", self.file)
+    }
+
+    /// The 1-based line of a byte offset in the policy text.
+    pub fn line_of(&self, pos: usize) -> usize {
+        self.newlines.partition_point(|&nl| nl < pos) + 1
     }
 }
 

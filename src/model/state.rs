@@ -67,17 +67,86 @@ pub struct DevFallback {
 /// What the tool owns in the container config.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Owned {
-    /// Raw lines as `key: value` (e.g. `lxc.idmap: g 20 20 1`).
+    /// Raw lines, `lxc.idmap: g 20 20 1` in the JSON.
     #[serde(default)]
-    pub conf_lines: Vec<String>,
-    /// `devN` entries the tool wrote, as `devN: value`.
+    pub conf_lines: Vec<OwnedLine>,
+    /// `devN` entries the tool wrote, `dev0: /dev/...,gid=20` in the JSON.
     #[serde(default)]
-    pub dev_entries: Vec<String>,
+    pub dev_entries: Vec<OwnedLine>,
+    /// Options the tool added to a person's `devN`, one each:
+    /// `dev0: gid=20` in the JSON. The rest of that line is the person's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dev_options: Vec<OwnedLine>,
+    /// A person's copy of Proxmox's default map the tool took out while its
+    /// own map is needed, as written: put back when the need goes away.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub adopted: Vec<OwnedLine>,
 }
 
 impl Owned {
     pub fn is_empty(&self) -> bool {
-        self.conf_lines.is_empty() && self.dev_entries.is_empty()
+        self.conf_lines.is_empty()
+            && self.dev_entries.is_empty()
+            && self.dev_options.is_empty()
+            && self.adopted.is_empty()
+    }
+
+    /// The owned raw lines with this key.
+    pub fn lines_of<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a OwnedLine> + 'a {
+        self.conf_lines.iter().filter(move |l| l.key == key)
+    }
+}
+
+/// One config line the tool owns: its key and value as written. Stored as
+/// the string `key: value` in the JSON, as version 1 always did.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct OwnedLine {
+    pub key: String,
+    pub value: String,
+}
+
+impl OwnedLine {
+    pub fn new(key: impl Into<String>, value: impl Into<String>) -> OwnedLine {
+        OwnedLine {
+            key: key.into(),
+            value: value.into(),
+        }
+    }
+
+    /// The `devN` index of an owned device entry.
+    pub fn dev_index(&self) -> Option<u32> {
+        let n = self.key.strip_prefix("dev")?;
+        if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        n.parse().ok()
+    }
+}
+
+impl std::fmt::Display for OwnedLine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.key, self.value)
+    }
+}
+
+impl TryFrom<String> for OwnedLine {
+    type Error = String;
+    fn try_from(s: String) -> Result<OwnedLine, String> {
+        let (key, value) = s
+            .split_once(':')
+            .ok_or_else(|| format!("owned line '{s}' is not 'key: value'"))?;
+        let key = key.trim();
+        if key.is_empty() {
+            return Err(format!("owned line '{s}' has no key"));
+        }
+        Ok(OwnedLine::new(key, value.trim()))
+    }
+}
+
+impl From<OwnedLine> for String {
+    fn from(l: OwnedLine) -> String {
+        l.to_string()
     }
 }
 
@@ -107,21 +176,105 @@ pub struct DeviceVerdict {
     pub path: String,
     #[serde(default)]
     pub container_path: Option<String>,
-    /// `ok`, `needs-restart`, `no-access`, `missing`.
-    pub verdict: String,
+    pub verdict: Verdict,
     #[serde(default)]
     pub detail: String,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Can the service open a device?
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verdict {
+    Ok,
+    /// In the node's group now; the running service got it too late.
+    NeedsRestart,
+    NoAccess,
+    Missing,
+    /// Not judged yet.
+    #[default]
+    Unknown,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Ok => "ok",
+            Verdict::NeedsRestart => "needs-restart",
+            Verdict::NoAccess => "no-access",
+            Verdict::Missing => "missing",
+            Verdict::Unknown => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LastRun {
-    pub phase: String,
-    /// `ok`, `changed`, `refused`, `failed`.
-    pub outcome: String,
+    pub phase: PhaseName,
+    pub outcome: Outcome,
     #[serde(default)]
     pub message: String,
     /// Seconds since the epoch.
     pub at: u64,
+}
+
+/// The phase a `last_run` records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PhaseName {
+    PreStart,
+    PostStart,
+    PreStop,
+    PostStop,
+}
+
+impl PhaseName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PhaseName::PreStart => "pre-start",
+            PhaseName::PostStart => "post-start",
+            PhaseName::PreStop => "pre-stop",
+            PhaseName::PostStop => "post-stop",
+        }
+    }
+}
+
+impl std::fmt::Display for PhaseName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a phase ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Ok,
+    Changed,
+    Refused,
+    Failed,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Changed => "changed",
+            Outcome::Refused => "refused",
+            Outcome::Failed => "failed",
+        }
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Why a state file was ignored.
@@ -184,7 +337,9 @@ mod tests {
     #[test]
     fn round_trips() {
         let mut s = State::new(105);
-        s.owned.conf_lines.push("lxc.idmap: g 20 20 1".into());
+        s.owned
+            .conf_lines
+            .push(OwnedLine::new("lxc.idmap", "g 20 20 1"));
         s.runtime_user = Some(RuntimeUser {
             uid: 1000,
             gid: 1000,
@@ -193,6 +348,55 @@ mod tests {
             ..RuntimeUser::default()
         });
         assert_eq!(State::parse(&s.render()).unwrap(), s);
+    }
+
+    /// A state file as release 0.1 wrote it: every field still reads, and
+    /// rendering gives the same JSON values back.
+    #[test]
+    fn reads_a_state_written_by_0_1() {
+        let text = r#"{
+  "version": 1,
+  "vmid": 105,
+  "owned": {
+    "conf_lines": ["lxc.idmap: u 0 100000 65536", "lxc.cgroup2.devices.allow: c 188:0 rwm"],
+    "dev_entries": ["dev0: /dev/serial/by-id/usb-x,gid=20"]
+  },
+  "runtime_user": {"uid": 1000, "gid": 1000, "groups": [20], "name": "node"},
+  "devices": [{"path": "/dev/ttyUSB0", "container_path": "/dev/ttyUSB0", "verdict": "needs-restart", "detail": "d"}],
+  "last_run": {"phase": "post-start", "outcome": "changed", "message": "m", "at": 7}
+}"#;
+        let s = State::parse(text).unwrap();
+        assert_eq!(
+            s.owned.conf_lines[1],
+            OwnedLine::new("lxc.cgroup2.devices.allow", "c 188:0 rwm")
+        );
+        assert_eq!(s.owned.dev_entries[0].dev_index(), Some(0));
+        assert_eq!(
+            s.owned.dev_entries[0].value,
+            "/dev/serial/by-id/usb-x,gid=20"
+        );
+        assert_eq!(s.devices[0].verdict, Verdict::NeedsRestart);
+        let last = s.last_run.as_ref().unwrap();
+        assert_eq!(
+            (last.phase, last.outcome),
+            (PhaseName::PostStart, Outcome::Changed)
+        );
+        let old: serde_json::Value = serde_json::from_str(text).unwrap();
+        let new: serde_json::Value = serde_json::from_str(&s.render()).unwrap();
+        for key in ["owned", "runtime_user", "devices", "last_run"] {
+            if key == "runtime_user" {
+                continue; // gains its defaulted fields
+            }
+            assert_eq!(old[key], new[key], "{key}");
+        }
+    }
+
+    #[test]
+    fn an_unknown_verdict_or_outcome_is_a_problem() {
+        let bad = r#"{"version": 1, "vmid": 105, "last_run": {"phase": "post-start", "outcome": "meh", "at": 1}}"#;
+        assert!(matches!(State::parse(bad), Err(StateProblem::Corrupt(_))));
+        let bad = r#"{"version": 1, "vmid": 105, "owned": {"conf_lines": ["no colon"]}}"#;
+        assert!(matches!(State::parse(bad), Err(StateProblem::Corrupt(_))));
     }
 
     #[test]

@@ -34,6 +34,20 @@ pub struct Status {
     pub last_run: Option<LastRun>,
     /// Why the policy or the state was ignored, if one was.
     pub problem: Option<String>,
+    /// What pre-start would do now: its planner's own decision.
+    pub next_start: NextStart,
+}
+
+/// The pre-start planner's decision, as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NextStart {
+    /// `nothing` (pre-start returns at once), `disabled`, `unchanged`
+    /// (nothing to write), `changes` (files it would write), `refused`.
+    pub outcome: &'static str,
+    /// The refusal, or the files it would change.
+    pub message: String,
+    /// How to fix a refusal.
+    pub fix: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -83,6 +97,7 @@ pub struct StatusFacts<'a> {
     pub subgid: Option<&'a str>,
     /// Devices with the host node each resolved to.
     pub devices: Vec<(String, String, Option<String>)>,
+    pub next_start: NextStart,
 }
 
 /// Builds the report.
@@ -135,7 +150,8 @@ pub fn build(f: &StatusFacts) -> Status {
                 .conf_lines
                 .iter()
                 .chain(&s.owned.dev_entries)
-                .cloned()
+                .chain(&s.owned.dev_options)
+                .map(ToString::to_string)
                 .collect()
         })
         .unwrap_or_default();
@@ -149,7 +165,7 @@ pub fn build(f: &StatusFacts) -> Status {
                 path: path.clone(),
                 node: node.clone(),
                 verdict: match (v, node) {
-                    (Some(v), _) => v.verdict.clone(),
+                    (Some(v), _) => v.verdict.to_string(),
                     (None, None) => "missing".into(),
                     (None, Some(_)) => "unknown".into(),
                 },
@@ -179,6 +195,7 @@ pub fn build(f: &StatusFacts) -> Status {
             }),
         last_run: state.and_then(|s| s.last_run.clone()),
         problem: f.problem.clone(),
+        next_start: f.next_start.clone(),
     }
 }
 
@@ -331,6 +348,12 @@ impl Status {
                 let _ = writeln!(o, "runtime user: not detected yet");
             }
         }
+        let n = &self.next_start;
+        let _ = match (&n.fix, n.message.is_empty()) {
+            (Some(fix), _) => writeln!(o, "next start: {}: {}\n  fix: {fix}", n.outcome, n.message),
+            (None, true) => writeln!(o, "next start: {}", n.outcome),
+            (None, false) => writeln!(o, "next start: {}: {}", n.outcome, n.message),
+        };
         match &self.last_run {
             Some(r) => {
                 let msg = if r.message.is_empty() {
@@ -383,6 +406,11 @@ mod tests {
                 "/dev/serial/by-id/usb-x".into(),
                 Some("/dev/ttyUSB0".into()),
             )],
+            next_start: NextStart {
+                outcome: "unchanged",
+                message: String::new(),
+                fix: None,
+            },
         }
     }
 
@@ -407,11 +435,16 @@ mod tests {
             "unprivileged: 1\nlxc.idmap: u 0 100000 65536\nlxc.idmap: g 0 100000 20\nlxc.idmap = g  20 20 1\nlxc.idmap: g 21 100021 65515\n",
         );
         let mut st = State::new(105);
-        st.owned.conf_lines.push("lxc.idmap: g 20 20 1".into());
+        st.owned
+            .conf_lines
+            .push(crate::model::state::OwnedLine::new(
+                "lxc.idmap",
+                "g 20 20 1",
+            ));
         st.devices.push(DeviceVerdict {
             path: "/dev/serial/by-id/usb-x".into(),
             container_path: None,
-            verdict: "ok".into(),
+            verdict: crate::model::state::Verdict::Ok,
             detail: "node (uid 1000) can open it".into(),
         });
         st.runtime_user = Some(RuntimeUser {

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::{anyhow, bail, Result};
 
-use crate::model::pveconf::PveConfig;
+use super::io;
 use crate::model::storage;
 use crate::model::text::Limits;
 use crate::paths::{Paths, Vmid};
@@ -28,17 +28,16 @@ pub struct Chain {
 /// file that PVE itself would refuse to run.
 pub fn find(paths: &Paths, vmid: Vmid) -> Result<Option<Chain>> {
     let policy_path = paths.policy(vmid);
-    let Some(text) = read_text(&policy_path, Limits::HOST_FILE)? else {
+    let Some(policy) = io::read_policy(paths, vmid)? else {
         return Ok(None);
     };
-    let policy = crate::model::policy::Policy::parse(&policy_path.display().to_string(), &text)
-        .map_err(|e| anyhow!(e))?;
     let Some(volume) = policy.chain else {
         return Ok(None);
     };
     let in_policy = || format!("'chain' in {}", policy_path.display());
-    let own = read_text(&paths.pve_conf(vmid), Limits::PVE_CONFIG)?
-        .and_then(|t| PveConfig::parse(&t).hookscript().map(str::to_string));
+    let own = io::read_conf_main(paths, vmid)
+        .ok()
+        .and_then(|c| c.hookscript().map(str::to_string));
     if own.as_deref() == Some(volume.as_str()) {
         bail!(
             "{}: '{volume}' is this container's own hookscript (pct-passthrough); chaining it would run it forever; set chain to the hookscript the container had before, or remove it",

@@ -3,6 +3,8 @@
 //! exit-code contract: only pre-start blocks a start.
 
 pub mod chain;
+pub mod ct_job;
+pub mod io;
 pub mod mount_hook;
 pub mod post_start;
 pub mod pre_start;

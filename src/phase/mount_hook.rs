@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use caps::Capability;
 
+use super::ct_job::ct_job;
 use crate::model::firstboot::parse_args;
-use crate::phase::post_start::{ct_job, CtRequest};
+use crate::model::poststart::CtRequest;
 use crate::sys::log::Log;
 use crate::sys::ns::{run_in_container, Target};
 

@@ -1,77 +1,48 @@
 //! pre-start: read the container config, policy, state and host files;
 //! decide what the container needs (pure, in `model::prestart`); apply it:
-//! subordinate IDs under shadow's locks, then state, config, the generated
-//! LXC config for this start, and the final state.
+//! the state that owns every line first, then subordinate IDs under
+//! shadow's locks, the config, and the generated LXC config for this start.
 
 use std::path::PathBuf;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 
-use super::Ctx;
+use super::{chain, io, Ctx};
+use crate::model::device;
 use crate::model::idmap::IdKind;
 use crate::model::policy::Policy;
-use crate::model::prestart::devices::{self as devplan, DeviceFact};
-use crate::model::prestart::{self, Decision, Facts, HostFile, Target};
+use crate::model::prestart::{self, Decision, DeviceFact, Facts, HostFile, Refusal, Target};
 use crate::model::pveconf::{main_section, PveConfig};
-use crate::model::state::{LastRun, State};
+use crate::model::state::{Outcome, PhaseName, State};
 use crate::model::subid::SubidNeed;
 use crate::model::text::Limits;
-use crate::phase::post_start::{now_secs, update_state};
+use crate::paths::{Paths, Vmid};
 use crate::sys::devnode;
 use crate::sys::fs::{read_text, replace_file};
 use crate::sys::shadow::{append_coverage, SHADOW_LOCK_TIMEOUT};
 
-/// Reads the container config's main section only (snapshots and pending
-/// changes unparsed): for phases that use only its accessors.
-pub fn read_conf_main(ctx: &Ctx) -> Result<PveConfig> {
-    Ok(PveConfig::parse(main_section(&read_conf_text(ctx)?)))
+/// What the next pre-start would do, decided without writing anything:
+/// what `pre-start`, `plan`, `status`, `doctor` and post-stop all report.
+#[derive(Debug)]
+pub enum Planned {
+    /// Nothing in the config, policy or state to act on: returns at once.
+    Idle,
+    /// `enabled = false` in the policy.
+    Disabled,
+    /// The planner's decision (which may be a refusal).
+    Decided(Box<(Facts, Decision)>),
+    /// An input cannot be read or parsed, or the chained hookscript cannot
+    /// run: pre-start refuses the start with this.
+    Refused(Refusal),
 }
 
-/// Reads the container config's text; a missing config is an error.
-fn read_conf_text(ctx: &Ctx) -> Result<String> {
-    let path = ctx.paths.pve_conf(ctx.vmid);
-    read_text(&path, Limits::PVE_CONFIG)?.ok_or_else(|| {
-        anyhow!(
-            "{}: not found; is {} a container on this node?",
-            path.display(),
-            ctx.vmid
-        )
-    })
-}
-
-/// Reads the optional policy, strictly, with its text (for line numbers).
-pub fn read_policy_with_text(ctx: &Ctx) -> Result<Option<(String, Policy)>> {
-    let path = ctx.paths.policy(ctx.vmid);
-    let Some(text) = read_text(&path, Limits::HOST_FILE)? else {
-        return Ok(None);
-    };
-    let policy = Policy::parse(&path.display().to_string(), &text).map_err(|e| anyhow!(e))?;
-    Ok(Some((text, policy)))
-}
-
-/// Reads the optional policy, strictly.
-pub fn read_policy(ctx: &Ctx) -> Result<Option<Policy>> {
-    Ok(read_policy_with_text(ctx)?.map(|(_, p)| p))
-}
-
-/// Reads the state; a corrupt or unknown-version file is reported and
-/// treated as none.
-pub fn read_state(ctx: &mut Ctx) -> Option<State> {
-    let path = ctx.paths.state(ctx.vmid);
-    let text = match read_text(&path, Limits::HOST_FILE) {
-        Ok(Some(t)) => t,
-        Ok(None) => return None,
-        Err(e) => {
-            ctx.log.warn("state-ignored", format!("{e:#}; ignored"));
-            return None;
-        }
-    };
-    match State::parse(&text) {
-        Ok(s) => Some(s),
-        Err(p) => {
-            ctx.log
-                .warn("state-ignored", format!("{}: {p}", path.display()));
-            None
+impl Planned {
+    /// The refusal, from the inputs or from the planner.
+    pub fn refusal(&self) -> Option<&Refusal> {
+        match self {
+            Planned::Refused(r) => Some(r),
+            Planned::Decided(b) => b.1.refusal.as_ref(),
+            _ => None,
         }
     }
 }
@@ -84,22 +55,21 @@ fn host_file(path: PathBuf) -> Result<HostFile> {
 }
 
 /// Everything pre-start decides from. Reads only.
-pub fn gather(ctx: &mut Ctx, conf: PveConfig, policy: Option<(String, Policy)>) -> Result<Facts> {
-    let state = read_state(ctx);
-    let paths = ctx.paths;
-    let vmid = ctx.vmid;
+fn gather(
+    paths: &Paths,
+    vmid: Vmid,
+    conf: PveConfig,
+    policy: Option<(String, Policy)>,
+    state: Option<State>,
+) -> Result<Facts> {
+    let policy_path = paths.policy(vmid).display().to_string();
     let (policy_file, policy) = match policy {
-        Some((text, p)) => (
-            HostFile::new(paths.policy(vmid).display().to_string(), Some(text)),
-            Some(p),
-        ),
-        None => (
-            HostFile::new(paths.policy(vmid).display().to_string(), None),
-            None,
-        ),
+        Some((text, p)) => (HostFile::new(policy_path, Some(text)), Some(p)),
+        None => (HostFile::new(policy_path, None), None),
     };
     let unprivileged = conf.unprivileged();
-    let devices = devplan::declared_paths(&conf, policy.as_ref())
+    let declared = device::declared(&conf, policy.as_ref());
+    let devices = device::declared_paths(&declared)
         .into_iter()
         .map(|path| DeviceFact {
             node: devnode::node(paths, &path).map_err(|e| e.to_string()),
@@ -130,41 +100,76 @@ pub fn gather(ctx: &mut Ctx, conf: PveConfig, policy: Option<(String, Policy)>) 
     })
 }
 
+/// A read error as the refusal pre-start gives for it.
+fn input_refusal(e: anyhow::Error) -> Refusal {
+    Refusal::new(
+        format!("{e:#}"),
+        "fix the file named; pre-start refuses every start until then",
+    )
+}
+
 /// Reads everything and decides, writing nothing: what pre-start would do
-/// now. `None` when pre-start would return at once (disabled by policy, or
-/// nothing to act on). `plan`, `--dry-run` and post-stop use this.
-pub fn plan(ctx: &mut Ctx) -> Result<Option<(Facts, Decision)>> {
-    let conf_text = read_conf_text(ctx)?;
-    let policy = read_policy_with_text(ctx)?;
+/// now. `state_problem` receives why a state file was ignored.
+pub fn plan(paths: &Paths, vmid: Vmid, state_problem: &mut Option<String>) -> Planned {
+    let conf_text = match io::read_conf_text(paths, vmid) {
+        Ok(t) => t,
+        Err(e) => return Planned::Refused(input_refusal(e)),
+    };
+    let policy = match io::read_policy_with_text(paths, vmid) {
+        Ok(p) => p,
+        Err(e) => return Planned::Refused(input_refusal(e)),
+    };
     if policy.as_ref().is_some_and(|(_, p)| !p.enabled) {
-        ctx.log.info(
-            "disabled",
-            "disabled by policy (enabled = false); nothing done",
-        );
-        return Ok(None);
+        return Planned::Disabled;
     }
-    let state_exists = ctx.paths.state(ctx.vmid).exists();
     // Whether there is anything to do shows in the main section: a container
-    // the tool leaves alone does not get its snapshots parsed.
+    // the tool leaves alone does not get its snapshots parsed, nor its state
+    // opened.
     if policy.is_none()
-        && !state_exists
+        && !paths.state(vmid).exists()
         && !prestart::config_has_work(&PveConfig::parse(main_section(&conf_text)))
     {
-        return Ok(None);
+        return Planned::Idle;
     }
+    if let Err(e) = chain::find(paths, vmid) {
+        return Planned::Refused(Refusal::new(
+            format!("{e:#}"),
+            "pre-start runs the chained hookscript first and refuses the start while it cannot",
+        ));
+    }
+    let state = io::load_state(paths, vmid);
+    *state_problem = state.problem.clone();
     let conf = PveConfig::parse(&conf_text);
-    let facts = gather(ctx, conf, policy)?;
-    let decision = prestart::decide(&facts);
-    Ok(Some((facts, decision)))
+    match gather(paths, vmid, conf, policy, state.state) {
+        Ok(facts) => {
+            let decision = prestart::decide(&facts);
+            Planned::Decided(Box::new((facts, decision)))
+        }
+        Err(e) => Planned::Refused(input_refusal(e)),
+    }
 }
 
 pub fn run(ctx: &mut Ctx) -> Result<()> {
-    let Some((_facts, decision)) = plan(ctx)? else {
-        return Ok(());
+    let mut state_problem = None;
+    let planned = plan(ctx.paths, ctx.vmid, &mut state_problem);
+    if let Some(p) = state_problem {
+        ctx.log.warn("state-ignored", p);
+    }
+    let decision = match planned {
+        Planned::Idle => return Ok(()),
+        Planned::Disabled => {
+            ctx.log.info(
+                "disabled",
+                "disabled by policy (enabled = false); nothing done",
+            );
+            return Ok(());
+        }
+        Planned::Refused(r) => return Err(refuse(ctx, &r)),
+        Planned::Decided(b) => b.1,
     };
     ctx.log.emit_all(&decision.events);
-    if let Some(refusal) = &decision.refusal {
-        bail!("{refusal}");
+    if let Some(r) = &decision.refusal {
+        return Err(refuse(ctx, r));
     }
     if ctx.mode.dry_run() {
         for c in &decision.changes {
@@ -181,7 +186,26 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
     apply(ctx, &decision)
 }
 
-/// Writes what the decision says, in its order. Makes no decisions.
+/// Records a refusal in the state's `last_run` (where the state directory
+/// is writable) and returns it as the phase's error.
+fn refuse(ctx: &mut Ctx, r: &Refusal) -> anyhow::Error {
+    if !ctx.mode.dry_run() {
+        if let Err(e) = io::record_last_run(
+            ctx.paths,
+            ctx.vmid,
+            PhaseName::PreStart,
+            Outcome::Refused,
+            r.to_string(),
+        ) {
+            ctx.log.audit(&crate::model::event::Event::warn(
+                "state",
+                format!("could not record the refusal: {e:#}"),
+            ));
+        }
+    }
+    anyhow!("{r}")
+}
+
 /// "changed <file>, <file>": the files a decision writes, for `last_run`.
 fn changed_files(decision: &Decision) -> String {
     let mut names: Vec<&str> = Vec::new();
@@ -195,63 +219,19 @@ fn changed_files(decision: &Decision) -> String {
     format!("changed {}", names.join(", "))
 }
 
+/// Writes what the decision says, in its order. Makes no decisions.
 pub fn apply(ctx: &mut Ctx, decision: &Decision) -> Result<()> {
-    let paths = ctx.paths;
-    let vmid = ctx.vmid;
     let mut subid_done = false;
     for c in &decision.changes {
         match c.target {
-            Target::Subuid | Target::Subgid => {
-                if subid_done {
-                    continue;
-                }
+            Target::Subuid | Target::Subgid if !subid_done => {
                 subid_done = true;
-                // The planner found these files short of their ranges.
-                let short: Vec<&SubidNeed> = decision
-                    .subid
-                    .iter()
-                    .filter(|n| {
-                        let t = match n.kind {
-                            IdKind::Uid => Target::Subuid,
-                            IdKind::Gid => Target::Subgid,
-                        };
-                        decision.change(t).is_some()
-                    })
-                    .collect();
-                let written = append_coverage(paths, &short, SHADOW_LOCK_TIMEOUT)
-                    .context("adding subordinate IDs for root")?;
-                for w in written {
-                    let added: Vec<String> = w
-                        .added
-                        .iter()
-                        .map(|r| format!("root:{}:{}", r.start, r.len()))
-                        .collect();
-                    ctx.log.info(
-                        "subid-add",
-                        format!("{}: added {}", w.path.display(), added.join(", ")),
-                    );
-                }
+                apply_subids(ctx, decision)?;
             }
-            Target::StateInterim | Target::State => {
-                // Only `owned` is pre-start's; the rest may have been
-                // updated by a post-start worker since it was read.
-                let decided = State::parse(&c.new).map_err(|e| anyhow!("{}: {e}", c.path))?;
-                let last = (c.target == Target::State).then(|| LastRun {
-                    phase: "pre-start".into(),
-                    outcome: "changed".into(),
-                    message: changed_files(decision),
-                    at: now_secs(),
-                });
-                update_state(paths, vmid, |s| {
-                    s.owned = decided.owned;
-                    if last.is_some() {
-                        s.last_run = last;
-                    }
-                })
-                .context("writing the state")?;
-            }
+            Target::Subuid | Target::Subgid => {}
+            Target::StateInterim | Target::State => apply_state(ctx, decision, c)?,
             Target::PveConf => {
-                replace_file(&paths.pve_conf(vmid), c.new.as_bytes(), 0o640)
+                replace_file(&ctx.paths.pve_conf(ctx.vmid), c.new.as_bytes(), 0o640)
                     .context("writing the container config")?;
                 ctx.log.info(
                     "conf-write",
@@ -259,12 +239,65 @@ pub fn apply(ctx: &mut Ctx, decision: &Decision) -> Result<()> {
                 );
             }
             Target::LxcConfig => {
-                replace_file(&paths.lxc_config(vmid), c.new.as_bytes(), 0o644)
+                replace_file(&ctx.paths.lxc_config(ctx.vmid), c.new.as_bytes(), 0o644)
                     .context("patching the LXC config for this start")?;
                 ctx.log
                     .info("lxc-write", format!("{}: {}", c.path, c.reasons.join("; ")));
             }
         }
+    }
+    Ok(())
+}
+
+/// Root's subordinate IDs, for the files the planner found short, under
+/// shadow's locks (the file is re-read and re-planned there).
+fn apply_subids(ctx: &mut Ctx, decision: &Decision) -> Result<()> {
+    let short: Vec<&SubidNeed> = decision
+        .subid
+        .iter()
+        .filter(|n| {
+            let t = match n.kind {
+                IdKind::Uid => Target::Subuid,
+                IdKind::Gid => Target::Subgid,
+            };
+            decision.change(t).is_some()
+        })
+        .collect();
+    let written = append_coverage(ctx.paths, &short, SHADOW_LOCK_TIMEOUT)
+        .context("adding subordinate IDs for root")?;
+    for w in written {
+        let added: Vec<String> = w
+            .added
+            .iter()
+            .map(|r| format!("root:{}:{}", r.start, r.len()))
+            .collect();
+        ctx.log.info(
+            "subid-add",
+            format!("{}: added {}", w.path.display(), added.join(", ")),
+        );
+    }
+    Ok(())
+}
+
+/// The state: only `owned` is pre-start's; the rest may have been updated
+/// by a post-start worker since it was read.
+fn apply_state(ctx: &mut Ctx, decision: &Decision, c: &prestart::FileChange) -> Result<()> {
+    let decided = State::parse(&c.new).map_err(|e| anyhow!("{}: {e}", c.path))?;
+    let last = (c.target == Target::State).then(|| crate::model::state::LastRun {
+        phase: PhaseName::PreStart,
+        outcome: Outcome::Changed,
+        message: changed_files(decision),
+        at: io::now_secs(),
+    });
+    let note = io::update_state(ctx.paths, ctx.vmid, |s| {
+        s.owned = decided.owned;
+        if last.is_some() {
+            s.last_run = last;
+        }
+    })
+    .context("writing the state")?;
+    if let Some(n) = note {
+        ctx.log.warn("state-replaced", n);
     }
     Ok(())
 }

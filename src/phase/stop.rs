@@ -3,14 +3,11 @@
 
 use anyhow::Result;
 
-use super::pre_start::plan;
-use super::Ctx;
+use super::pre_start::{plan, Planned};
+use super::{io, Ctx};
 use crate::model::event::Event;
 use crate::model::prestart::Target;
-use crate::model::state::{LastRun, State};
-use crate::model::text::Limits;
-use crate::phase::post_start::update_state;
-use crate::sys::fs::read_text;
+use crate::model::state::{Outcome, PhaseName};
 
 pub fn pre_stop(ctx: &mut Ctx) -> Result<()> {
     ctx.log
@@ -18,22 +15,17 @@ pub fn pre_stop(ctx: &mut Ctx) -> Result<()> {
     Ok(())
 }
 
-fn read_state_quiet(ctx: &Ctx) -> Option<State> {
-    let t = read_text(&ctx.paths.state(ctx.vmid), Limits::HOST_FILE).ok()??;
-    State::parse(&t).ok()
-}
-
 /// What the next pre-start would change in the container config, as
-/// `+ line` / `- line` for added and removed lines. Pure over what it reads.
-fn next_start_changes(ctx: &mut Ctx) -> Vec<String> {
-    let Ok(Some((_, d))) = plan(ctx) else {
-        return Vec::new();
-    };
+/// `+ line` / `- line` for added and removed lines, or its refusal.
+fn next_start_changes(planned: &Planned) -> Vec<String> {
     let mut out = Vec::new();
-    if let Some(r) = &d.refusal {
+    if let Some(r) = planned.refusal() {
         out.push(format!("the next start will be refused: {r}"));
     }
-    if let Some(c) = d.change(Target::PveConf) {
+    let Planned::Decided(b) = planned else {
+        return out;
+    };
+    if let Some(c) = b.1.change(Target::PveConf) {
         let text = c.old.as_deref().unwrap_or("");
         let old: Vec<&str> = text.lines().collect();
         let new_lines: Vec<&str> = c.new.lines().collect();
@@ -54,24 +46,22 @@ fn next_start_changes(ctx: &mut Ctx) -> Vec<String> {
 
 pub fn post_stop(ctx: &mut Ctx) -> Result<()> {
     let reboot = std::env::var("LXC_TARGET").is_ok_and(|t| t == "reboot");
-    let changes = next_start_changes(ctx);
-    let state = read_state_quiet(ctx);
-    if let Some(f) = state
-        .as_ref()
-        .map(|s| &s.dev_fallback)
-        .filter(|f| !f.is_empty())
-    {
-        for fb in f {
-            ctx.log.info(
-                "next-start",
-                format!(
-                    "next start: {} for uid {} gid {} ({})",
-                    fb.path, fb.uid, fb.gid, fb.reason
-                ),
-            );
-        }
+    let mut state_problem = None;
+    let planned = plan(ctx.paths, ctx.vmid, &mut state_problem);
+    if let Some(p) = state_problem {
+        ctx.log.audit(&Event::warn("state-ignored", p));
     }
-    for c in &changes {
+    let state = io::load_state(ctx.paths, ctx.vmid);
+    for fb in state.state.iter().flat_map(|s| &s.dev_fallback) {
+        ctx.log.info(
+            "next-start",
+            format!(
+                "next start: {} for uid {} gid {} ({})",
+                fb.path, fb.uid, fb.gid, fb.reason
+            ),
+        );
+    }
+    for c in next_start_changes(&planned) {
         ctx.log
             .info("next-start", format!("next start changes the config: {c}"));
     }
@@ -81,21 +71,18 @@ pub fn post_stop(ctx: &mut Ctx) -> Result<()> {
             "in-guest reboot: Proxmox runs no hookscript phase for the restart; runtime-user detection runs again at the next full start",
         );
     }
-    let message = if reboot { "reboot" } else { "stopped" };
-    if state.is_none() {
-        // Nothing recorded for this container: do not start a state file here.
+    if state.state.is_none() {
+        // Nothing usable recorded for this container: start no state here.
         return Ok(());
     }
-    if let Err(e) = update_state(ctx.paths, ctx.vmid, |s| {
-        s.last_run = Some(LastRun {
-            phase: "post-stop".into(),
-            outcome: "ok".into(),
-            message: message.into(),
-            at: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
-        });
-    }) {
+    let message = if reboot { "reboot" } else { "stopped" };
+    if let Err(e) = io::record_last_run(
+        ctx.paths,
+        ctx.vmid,
+        PhaseName::PostStop,
+        Outcome::Ok,
+        message,
+    ) {
         ctx.log.audit(&Event::warn(
             "state",
             format!("could not record the stop: {e:#}"),

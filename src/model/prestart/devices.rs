@@ -1,17 +1,20 @@
-//! The pre-start devices step: every device the config or the policy names
-//! gets what makes it usable on this boot (exact cgroup rule, bind options,
-//! `devN` group and owner), a missing one is refused or warned about, and the
-//! tool's own lines follow the need. Pure; see `model::device` for the rules.
+//! The pre-start devices step: every device the container wants
+//! ([`device::declared`]) gets what makes it usable on this boot (exact
+//! cgroup rule, bind options, `devN` group and owner), a missing one is
+//! refused or warned about, and the tool's own lines and options follow the
+//! need. Deciding again on its own output changes nothing. Pure; see
+//! `model::device` for the rules.
 
-use std::collections::BTreeSet;
-
-use super::{Draft, Facts};
-use crate::model::device::{self, CgroupRule, DeviceClass, Node, DIALOUT_GID};
+use super::{Draft, Facts, Refusal};
+use crate::model::device::{
+    self, CgroupRule, Declared, DeviceClass, DeviceSource, Node, DIALOUT_GID,
+};
 use crate::model::event::Event;
 use crate::model::idmap::{IdKind, Passthrough};
 use crate::model::lxcconf::LxcConfig;
-use crate::model::policy::{DeviceMethod, DevicePolicy, LineIndex};
+use crate::model::policy::DeviceMethod;
 use crate::model::pveconf::{DevEntry, LineKind};
+use crate::model::state::OwnedLine;
 
 /// Event names for entries a person wrote that cannot work as they are;
 /// `doctor` shows them as warnings.
@@ -22,6 +25,10 @@ pub const ENTRY_FINDINGS: &[&str] = &[
     "dev-unusable",
     "dev-mode",
 ];
+
+/// Event names for entries a person wrote that must not be passed through
+/// as they are (a dangerous node, a directory); `doctor` fails on them.
+pub const ENTRY_DANGERS: &[&str] = &["device-dangerous"];
 
 const MOUNT_KEY: &str = "lxc.mount.entry";
 const RULE_KEY: &str = "lxc.cgroup2.devices.allow";
@@ -34,32 +41,6 @@ pub struct DeviceFact {
     pub node: Result<Option<Node>, String>,
 }
 
-/// Every device path the config and the policy name, once each, in order:
-/// what `phase::pre_start` stats before planning.
-pub fn declared_paths(
-    facts_conf: &crate::model::pveconf::PveConfig,
-    policy: Option<&crate::model::policy::Policy>,
-) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    let mut add = |p: &str| {
-        if !out.iter().any(|o| o == p) {
-            out.push(p.to_string());
-        }
-    };
-    for d in facts_conf.dev_entries() {
-        add(&d.path);
-    }
-    for m in facts_conf.mount_entries() {
-        if m.is_bind() && m.source.starts_with("/dev/") {
-            add(&m.source);
-        }
-    }
-    for p in policy.map(|p| p.devices.as_slice()).unwrap_or_default() {
-        add(p.path.get_ref());
-    }
-    out
-}
-
 fn node_of<'a>(facts: &'a Facts, path: &str) -> Result<Option<&'a Node>, String> {
     match facts.devices.iter().find(|f| f.path == path) {
         Some(f) => f.node.as_ref().map(Option::as_ref).map_err(Clone::clone),
@@ -67,67 +48,92 @@ fn node_of<'a>(facts: &'a Facts, path: &str) -> Result<Option<&'a Node>, String>
     }
 }
 
-/// A policy `[[device]]` table with its line, for messages.
-struct Declared<'a> {
-    policy: &'a DevicePolicy,
-    line: usize,
+/// The node of a declared device when it exists and may be passed through
+/// as declared (a dangerous node needs the policy's `allow_dangerous`).
+pub fn usable_node<'a>(facts: &'a Facts, dev: &Declared) -> Option<&'a Node> {
+    let node = node_of(facts, &dev.path).ok().flatten()?;
+    device::check(&dev.path, node, dev.allow_dangerous)
+        .is_ok()
+        .then_some(node)
 }
 
-fn policy_devices(facts: &Facts) -> Vec<Declared<'_>> {
-    let Some(policy) = &facts.policy else {
-        return Vec::new();
-    };
-    let lines = LineIndex::new(facts.policy_file.text.as_deref().unwrap_or(""));
-    policy
-        .devices
-        .iter()
-        .map(|p| Declared {
-            policy: p,
-            line: lines.line_of(p.path.span().start),
-        })
-        .collect()
-}
-
-/// The method a policy device uses: as written, else `bind` when it must
-/// appear at another path inside, else `dev` (a private node Proxmox makes:
-/// no host group to map, no subordinate IDs, works privileged or not).
-fn method_of(p: &DevicePolicy) -> DeviceMethod {
-    match (p.method, &p.container_path) {
-        (Some(m), _) => m,
-        (None, Some(ct)) if ct != p.path.get_ref() => DeviceMethod::Bind,
-        (None, _) => DeviceMethod::Dev,
-    }
+/// The devices the container wants, from the facts' config and policy.
+pub fn declared_of(facts: &Facts) -> Vec<Declared> {
+    device::declared(&facts.conf, facts.policy.as_ref())
 }
 
 /// Host groups of bound device nodes, passed through 1:1 so the node's
 /// group means the same inside (dialout 20 for serial adapters). Nodes
 /// owned by host group 0 stay unmapped: root-only nodes need `devN`.
-pub fn bound_node_groups(facts: &Facts) -> Result<Vec<Passthrough>, String> {
-    let mut sources: Vec<String> = facts
-        .conf
-        .mount_entries()
-        .into_iter()
-        .filter(|m| m.is_bind() && m.source.starts_with("/dev/"))
-        .map(|m| m.source)
-        .collect();
-    for d in policy_devices(facts) {
-        if method_of(d.policy) == DeviceMethod::Bind {
-            sources.push(d.policy.path.get_ref().clone());
-        }
-    }
+pub fn bound_node_groups(facts: &Facts) -> Result<Vec<Passthrough>, Refusal> {
     let mut out = Vec::new();
-    for src in sources {
-        if let Ok(Some(node)) = node_of(facts, &src) {
-            if node.gid != 0 && node.kind != device::NodeKind::NotDevice {
+    for dev in declared_of(facts)
+        .iter()
+        .filter(|d| d.method == DeviceMethod::Bind)
+    {
+        if let Some(node) = usable_node(facts, dev) {
+            if node.gid != 0 {
                 out.push(Passthrough::same(
                     IdKind::Gid,
                     u64::from(node.gid),
-                    format!("host group {} of bound {}", node.gid, src),
+                    format!("host group {} of bound {}", node.gid, dev.path),
                 ));
             }
         }
     }
     Ok(out)
+}
+
+/// What the tool already owns in the config, split by kind.
+struct Owned {
+    /// `lxc.mount.entry` and cgroup rule lines.
+    raw: Vec<OwnedLine>,
+    /// Whole `devN` entries.
+    devs: Vec<OwnedLine>,
+    /// Options the tool added to a person's `devN` (`dev0` / `gid=20`).
+    options: Vec<OwnedLine>,
+}
+
+impl Owned {
+    fn of(d: &Draft) -> Owned {
+        let o = &d.state.owned;
+        Owned {
+            raw: o
+                .conf_lines
+                .iter()
+                .filter(|l| l.key == MOUNT_KEY || l.key == RULE_KEY)
+                .cloned()
+                .collect(),
+            devs: o.dev_entries.clone(),
+            options: o.dev_options.clone(),
+        }
+    }
+
+    fn has_raw(&self, key: &str, value: &str) -> bool {
+        self.raw.iter().any(|l| l.key == key && l.value == value)
+    }
+
+    fn has_dev(&self, index: u32, value: &str) -> bool {
+        self.devs
+            .iter()
+            .any(|l| l.dev_index() == Some(index) && l.value == value)
+    }
+
+    fn dev_path(&self, path: &str) -> Option<u32> {
+        self.devs.iter().find_map(|l| {
+            let i = l.dev_index()?;
+            (DevEntry::parse(i, &l.value).path == path).then_some(i)
+        })
+    }
+
+    fn options_of(&self, index: u32) -> Vec<&str> {
+        let key = format!("dev{index}");
+        self.options
+            .iter()
+            .filter(|l| l.key == key)
+            .map(|l| l.value.as_str())
+            .collect()
+    }
 }
 
 /// What the step wants in the config, besides what is there already.
@@ -139,6 +145,9 @@ struct Want {
     raw_reasons: Vec<String>,
     /// Tool-owned `devN` entries (index, value).
     devs: Vec<(u32, String)>,
+    /// Options the tool owns on a person's `devN`: (index, new value, the
+    /// options it added, why).
+    person_devs: Vec<(u32, String, Vec<String>, String)>,
     /// Cgroup rules this boot needs in the generated config.
     boot_rules: Vec<String>,
     /// Mount entries this boot needs in the generated config.
@@ -154,273 +163,411 @@ impl Want {
     }
 }
 
-/// The devices step.
-pub fn plan_devices(facts: &Facts, d: &mut Draft) -> Result<(), String> {
-    let vmid = facts.vmid;
-    let state = facts.state.as_ref();
-    let group_gid = |name: &str| state.and_then(|s| s.container_groups.get(name).copied());
-    let owned_raw: Vec<String> = d
-        .state
-        .owned
-        .conf_lines
-        .iter()
-        .filter(|l| l.starts_with(MOUNT_KEY) || l.starts_with(RULE_KEY))
-        .cloned()
-        .collect();
-    let owned_devs: Vec<String> = d.state.owned.dev_entries.clone();
-    let person_rules: Vec<CgroupRule> = d
-        .conf
+/// The devices step: per declared device, check its node, then want what
+/// its form needs; then bring the config and this boot's LXC config there.
+pub fn plan_devices(facts: &Facts, d: &mut Draft) -> Result<(), Refusal> {
+    let owned = Owned::of(d);
+    let person_rules = person_rules(d, &owned);
+    let mut want = Want::default();
+    let mut used_indexes: Vec<u32> = d.conf.dev_entries().iter().map(|e| e.index).collect();
+    for dev in declared_of(facts) {
+        if let DeviceSource::Policy { line } = dev.source {
+            check_policy_device(facts, &dev, line)?;
+        }
+        if !still_wanted(&dev, &owned) {
+            continue; // the tool's own entry for a device no longer wanted
+        }
+        let Some(node) = checked_node(facts, &dev, &owned, d)? else {
+            continue;
+        };
+        match (&dev.source, dev.method) {
+            (DeviceSource::Policy { line }, DeviceMethod::Dev) => want_policy_dev(
+                facts,
+                &dev,
+                *line,
+                node,
+                &owned,
+                &mut used_indexes,
+                &mut want,
+            )?,
+            (DeviceSource::Policy { .. }, DeviceMethod::Bind) => {
+                want_policy_bind(&dev, node, &person_rules, &mut want, d)
+            }
+            (DeviceSource::Bind { value, .. }, _) => {
+                want_bind(&dev, value, node, &owned, &person_rules, &mut want, d)
+            }
+            (DeviceSource::Dev(index), _) => {
+                want_dev_entry(facts, &dev, *index, node, &owned, &mut want, d)
+            }
+        }
+    }
+    apply_want(facts, d, want, &owned);
+    Ok(())
+}
+
+/// Cgroup rules a person wrote (not the tool's).
+fn person_rules(d: &Draft, owned: &Owned) -> Vec<CgroupRule> {
+    d.conf
         .cgroup2_allows()
         .into_iter()
-        .filter(|v| !owned_raw.contains(&format!("{RULE_KEY}: {v}")))
+        .filter(|v| !owned.has_raw(RULE_KEY, v))
         .filter_map(CgroupRule::parse)
-        .collect();
-    let mut want = Want::default();
-    let policy_dev_paths: BTreeSet<String> = policy_devices(facts)
-        .iter()
-        .filter(|p| method_of(p.policy) == DeviceMethod::Dev)
-        .map(|p| p.policy.path.get_ref().clone())
-        .collect();
-    let required: BTreeSet<String> = policy_devices(facts)
-        .iter()
-        .filter(|p| p.policy.required)
-        .map(|p| p.policy.path.get_ref().clone())
-        .collect();
-    let missing = |path: &str, d: &mut Draft, how: &str| -> Result<(), String> {
-        let check = if device::classify(path, None) == DeviceClass::Serial {
-            "check the cable and the by-id name with 'ls -l /dev/serial/by-id'"
-        } else {
-            "check that the device is present and its driver loaded"
-        };
-        if required.contains(path) {
-            return Err(format!(
-                "required device {path} is missing; {check}, then start again (or set required = false in the policy)"
-            ));
-        }
-        d.events.push(Event::warn(
-            "device-missing",
-            format!("{path} is missing, {how}; {check}"),
-        ));
-        Ok(())
+        .collect()
+}
+
+/// False for an entry the tool wrote for a policy device that the policy
+/// no longer has (or has with another method): `apply_want` removes it.
+fn still_wanted(dev: &Declared, owned: &Owned) -> bool {
+    let wants = |m: DeviceMethod| {
+        dev.policy
+            .as_ref()
+            .is_some_and(|p| device::policy_method(p) == m)
     };
-
-    // Policy devices not in the config yet: the tool adds them.
-    let conf_devs = d.conf.dev_entries();
-    let conf_mounts = d.conf.mount_entries();
-    let mut used_indexes: Vec<u32> = conf_devs.iter().map(|e| e.index).collect();
-    for decl in policy_devices(facts) {
-        let p = decl.policy;
-        let path = p.path.get_ref().as_str();
-        let at = format!("{} line {}", facts.policy_file.path, decl.line);
-        device::check_path(path).map_err(|e| format!("{at}: device {e}"))?;
-        let method = method_of(p);
-        if method == DeviceMethod::Dev && p.container_path.as_deref().is_some_and(|c| c != path) {
-            return Err(format!(
-                "{at}: device {path}: method = \"dev\" shows the node at the same path inside; for container_path = {:?} use method = \"bind\"",
-                p.container_path.as_deref().unwrap_or_default()
-            ));
-        }
-        let node = match node_of(facts, path).map_err(|e| format!("{at}: device {path}: {e}"))? {
-            Some(n) => n,
-            None => {
-                missing(path, d, "so the tool adds nothing for it this start")?;
-                continue;
-            }
-        };
-        device::check(path, node, p.allow_dangerous).map_err(|e| format!("{at}: device {e}"))?;
-        let class = device::classify(path, Some(node));
-        match method {
-            DeviceMethod::Dev => {
-                if conf_devs.iter().any(|e| e.path == path) {
-                    continue; // handled with the config's devN entries below
-                }
-                let owned = owned_devs
-                    .iter()
-                    .filter_map(|l| parse_owned_dev(l))
-                    .find(|(_, e)| e.path == path);
-                let index = match owned {
-                    Some((i, _)) => i,
-                    None => match device::free_dev_index(used_indexes.iter().copied()) {
-                        Some(i) => i,
-                        None => {
-                            return Err(format!(
-                                "{at}: device {path}: all 256 devN slots are in use"
-                            ))
-                        }
-                    },
-                };
-                used_indexes.push(index);
-                let mut entry = DevEntry::parse(index, path);
-                fill_dev_owner(&mut entry, class, node, facts, &group_gid);
-                want.boot_rules.push(dev_rule(node, entry.deny_write));
-                want.devs.push((index, entry.render()));
-            }
-            DeviceMethod::Bind => {
-                if conf_mounts.iter().any(|m| m.source == path) {
-                    continue; // handled with the config's binds below
-                }
-                let ct = p
-                    .container_path
-                    .as_deref()
-                    .unwrap_or(path)
-                    .trim_start_matches('/')
-                    .to_string();
-                let value = format!("{path} {ct} none {}", device::BIND_OPTIONS.join(","));
-                want.boot_mounts.push(value.clone());
-                want.raw(
-                    MOUNT_KEY,
-                    value,
-                    format!("bind {path} ({}) at /{ct}", class.word()),
-                );
-                plan_rule(node, path, &person_rules, &mut want, d);
+    match &dev.source {
+        DeviceSource::Dev(i) => {
+            let value = owned
+                .devs
+                .iter()
+                .find(|l| l.dev_index() == Some(*i))
+                .map(|l| l.value.clone());
+            match value {
+                Some(_) => wants(DeviceMethod::Dev),
+                None => true,
             }
         }
+        DeviceSource::Bind { value, .. } => {
+            !owned.has_raw(MOUNT_KEY, value) || wants(DeviceMethod::Bind)
+        }
+        DeviceSource::Policy { .. } => true,
     }
+}
 
-    // Binds the config has: the node needs an exact rule and the mount the
-    // right options. The group map comes from `bound_node_groups`.
-    for m in conf_mounts
-        .iter()
-        .filter(|m| m.is_bind() && m.source.starts_with("/dev/"))
-    {
-        let line = format!("{MOUNT_KEY}: {}", m.value);
-        let tools = owned_raw.contains(&line);
-        if tools {
-            want.raw(MOUNT_KEY, m.value.clone(), String::new());
-        }
-        let node = match node_of(facts, &m.source) {
-            Err(e) => {
-                d.events.push(Event::warn(
-                    "device-unresolved",
-                    format!("{}: {e}", m.source),
-                ));
-                continue;
-            }
-            Ok(None) => {
-                let how = if m.options.iter().any(|o| o == "optional") {
-                    "so LXC skips its bind (optional)"
-                } else {
-                    "and the bind has no 'optional', so LXC fails the start"
-                };
-                missing(&m.source, d, how)?;
-                continue;
-            }
-            Ok(Some(n)) => n,
-        };
-        if let Err(e) = device::check(&m.source, node, true) {
-            d.events
-                .push(Event::warn("device-odd", format!("lxc.mount.entry {e}")));
-            continue;
-        }
-        let lacking = device::missing_bind_options(&m.options);
-        if !lacking.is_empty() {
-            d.events.push(Event::warn(
-                "bind-options",
+/// A policy device's paths must be what Proxmox and LXC can express.
+fn check_policy_device(facts: &Facts, dev: &Declared, line: usize) -> Result<(), Refusal> {
+    let at = format!("{} line {line}", facts.policy_file.path);
+    device::check_path(&dev.path)
+        .map_err(|e| Refusal::new(format!("{at}: device {e}"), "fix the path in the policy"))?;
+    let ct = dev
+        .policy
+        .as_ref()
+        .and_then(|p| p.container_path.as_deref());
+    if let Some(ct) = ct {
+        device::check_container_path(ct).map_err(|e| {
+            Refusal::new(
+                format!("{at}: device {}: container_path {e}", dev.path),
+                "fix container_path in the policy",
+            )
+        })?;
+        if dev.method == DeviceMethod::Dev && ct != dev.path {
+            return Err(Refusal::new(
                 format!(
-                    "lxc.mount.entry of {} lacks {}; a device bind wants '{}' so an unplugged device does not fail the start and LXC creates the mount point; fix the line",
-                    m.source,
-                    lacking.join(","),
-                    device::BIND_OPTIONS.join(",")
+                    "{at}: device {}: method = \"dev\" shows the node at the same path inside",
+                    dev.path
                 ),
+                format!("for container_path = {ct:?} use method = \"bind\""),
             ));
         }
-        plan_rule(node, &m.source, &person_rules, &mut want, d);
     }
+    Ok(())
+}
 
-    // devN entries the config has.
-    for e in &conf_devs {
-        let line = format!("dev{}: {}", e.index, e.value);
-        let tools = owned_devs.contains(&line);
-        if tools && !policy_dev_paths.contains(&e.path) {
-            continue; // no longer wanted: apply_want removes it
-        }
-        let node = match node_of(facts, &e.path) {
-            Err(err) => {
-                d.events.push(Event::warn(
-                    "device-unresolved",
-                    format!("dev{}: {}: {err}", e.index, e.path),
+/// The device's node when it is there and may be passed through; `None`
+/// (with a warning) when the device is skipped this start; a refusal when
+/// it is required or the policy asks for what cannot be allowed.
+fn checked_node<'a>(
+    facts: &'a Facts,
+    dev: &Declared,
+    owned: &Owned,
+    d: &mut Draft,
+) -> Result<Option<&'a Node>, Refusal> {
+    let label = dev.source.label();
+    let policy_at = |line: usize| format!("{} line {line}", facts.policy_file.path);
+    let node = match node_of(facts, &dev.path) {
+        Err(e) => {
+            if let DeviceSource::Policy { line } = dev.source {
+                return Err(Refusal::new(
+                    format!("{}: device {}: {e}", policy_at(line), dev.path),
+                    "fix the path in the policy",
                 ));
-                continue;
             }
-            Ok(None) if tools => {
-                missing(
-                    &e.path,
-                    d,
-                    "so the tool removes its dev entry (Proxmox would fail the start)",
-                )?;
-                continue;
-            }
-            Ok(None) => {
-                if required.contains(&e.path) {
-                    missing(&e.path, d, "")?;
-                }
-                d.events.push(Event::warn(
+            d.events.push(Event::warn(
+                "device-unresolved",
+                format!("{label} {}: {e}", dev.path),
+            ));
+            return Ok(None);
+        }
+        Ok(None) => {
+            device_missing(facts, dev, owned, d)?;
+            return Ok(None);
+        }
+        Ok(Some(n)) => n,
+    };
+    if let Err(e) = device::check(&dev.path, node, dev.allow_dangerous) {
+        if let DeviceSource::Policy { line } = dev.source {
+            return Err(Refusal::new(
+                format!("{}: device {e}", policy_at(line)),
+                "remove the device, or set allow_dangerous = true in its [[device]] table if you mean it",
+            ));
+        }
+        d.events.push(
+            Event::warn(
+                "device-dangerous",
+                format!("{label} {e}; the tool adds no rule, group or owner for it"),
+            )
+            .with_fix(format!(
+                "remove the entry or point it at the device node; a disk, /dev/mem, /dev/kmem or /dev/port passes only through a [[device]] table with allow_dangerous = true in /etc/pve/pct-passthrough/{}.toml",
+                facts.vmid
+            )),
+        );
+        return Ok(None);
+    }
+    Ok(Some(node))
+}
+
+/// A declared device whose node is missing: refused when required by the
+/// policy, else a warning that says what happens to the start.
+fn device_missing(
+    facts: &Facts,
+    dev: &Declared,
+    owned: &Owned,
+    d: &mut Draft,
+) -> Result<(), Refusal> {
+    let check = if device::classify(&dev.path, None) == DeviceClass::Serial {
+        "check the cable and the by-id name with 'ls -l /dev/serial/by-id'"
+    } else {
+        "check that the device is present and its driver loaded"
+    };
+    if dev.policy.as_ref().is_some_and(|p| p.required) {
+        return Err(Refusal::new(
+            format!(
+                "required device {} is missing ({} in {})",
+                dev.path,
+                dev.source.label(),
+                facts.policy_file.path
+            ),
+            format!("{check}, then start again (or set required = false in the policy)"),
+        ));
+    }
+    let how = match &dev.source {
+        DeviceSource::Policy { .. } => "so the tool adds nothing for it this start".to_string(),
+        DeviceSource::Bind { optional: true, .. } => "so LXC skips its bind (optional)".into(),
+        DeviceSource::Bind { .. } => {
+            "and the bind has no 'optional', so LXC fails the start".into()
+        }
+        DeviceSource::Dev(i) if owned.dev_path(&dev.path) == Some(*i) => {
+            "so the tool removes its dev entry (Proxmox would fail the start)".into()
+        }
+        DeviceSource::Dev(i) => {
+            d.events.push(
+                Event::warn(
                     "device-missing",
                     format!(
-                        "dev{} {} is missing: Proxmox fails this start with 'Device {} does not exist'; plug it in, or remove the entry with 'pct set {vmid} --delete dev{}'",
-                        e.index, e.path, e.path, e.index
+                        "dev{i} {} is missing: Proxmox fails this start with 'Device {} does not exist'",
+                        dev.path, dev.path
                     ),
-                ));
-                continue;
-            }
-            Ok(Some(n)) => n,
-        };
-        let class = device::classify(&e.path, Some(node));
-        let mut fixed = e.clone();
-        if tools {
-            fixed.uid = None;
-            fixed.gid = None;
-            fill_dev_owner(&mut fixed, class, node, facts, &group_gid);
-            want.devs.push((e.index, fixed.render()));
-            continue;
+                )
+                .with_fix(format!(
+                    "plug it in, or remove the entry with 'pct set {} --delete dev{i}'",
+                    facts.vmid
+                )),
+            );
+            return Ok(());
         }
-        // A person's entry: only fill in what is missing.
-        if fixed.uid.is_none() && fixed.gid.is_none() {
-            fill_dev_owner(&mut fixed, class, node, facts, &group_gid);
-            if fixed != *e {
-                d.conf.set_key(&format!("dev{}", e.index), &fixed.render());
-                d.conf_reasons.push(format!(
-                    "dev{} {} ({}): {} so the service can open it",
-                    e.index,
-                    e.path,
-                    class.word(),
-                    describe_owner(&fixed)
-                ));
-            }
-        } else {
-            warn_unusable_dev(e, facts, d);
+    };
+    d.events.push(Event::warn(
+        "device-missing",
+        format!("{} is missing, {how}; {check}", dev.path),
+    ));
+    Ok(())
+}
+
+/// A policy device passed as a private node: the tool writes its `devN`.
+fn want_policy_dev(
+    facts: &Facts,
+    dev: &Declared,
+    line: usize,
+    node: &Node,
+    owned: &Owned,
+    used_indexes: &mut Vec<u32>,
+    want: &mut Want,
+) -> Result<(), Refusal> {
+    let index = match owned
+        .dev_path(&dev.path)
+        .or_else(|| device::free_dev_index(used_indexes.iter().copied()))
+    {
+        Some(i) => i,
+        None => {
+            return Err(Refusal::new(
+                format!(
+                    "{} line {line}: device {}: all 256 devN slots are in use",
+                    facts.policy_file.path, dev.path
+                ),
+                "remove a devN entry or use method = \"bind\"",
+            ))
         }
-        if let Some(mode) = &fixed.mode {
-            if !device::mode_gives_group_rw(mode) && fixed.uid.is_none() {
-                d.events.push(Event::warn(
-                    "dev-mode",
+    };
+    used_indexes.push(index);
+    let mut entry = DevEntry::parse(index, &dev.path);
+    fill_dev_owner(
+        &mut entry,
+        device::classify(&dev.path, Some(node)),
+        node,
+        facts,
+    );
+    want.boot_rules.push(dev_rule(node, entry.deny_write));
+    want.devs.push((index, entry.render()));
+    Ok(())
+}
+
+/// A policy device passed as a bind of the host node.
+fn want_policy_bind(
+    dev: &Declared,
+    node: &Node,
+    person_rules: &[CgroupRule],
+    want: &mut Want,
+    d: &mut Draft,
+) {
+    let ct = dev.ct_path.trim_start_matches('/');
+    let value = format!("{} {ct} none {}", dev.path, device::BIND_OPTIONS.join(","));
+    want.boot_mounts.push(value.clone());
+    let class = device::classify(&dev.path, Some(node));
+    want.raw(
+        MOUNT_KEY,
+        value,
+        format!("bind {} ({}) at /{ct}", dev.path, class.word()),
+    );
+    plan_rule(node, &dev.path, person_rules, want, d);
+}
+
+/// A bind the config has: the node needs an exact rule and the mount the
+/// right options. The group map comes from `bound_node_groups`.
+fn want_bind(
+    dev: &Declared,
+    value: &str,
+    node: &Node,
+    owned: &Owned,
+    person_rules: &[CgroupRule],
+    want: &mut Want,
+    d: &mut Draft,
+) {
+    if owned.has_raw(MOUNT_KEY, value) {
+        want.raw(MOUNT_KEY, value.to_string(), String::new());
+    } else if let DeviceSource::Bind { .. } = dev.source {
+        let options: Vec<String> = crate::model::pveconf::MountEntry::parse(value)
+            .map(|m| m.options)
+            .unwrap_or_default();
+        let lacking = device::missing_bind_options(&options);
+        if !lacking.is_empty() {
+            d.events.push(
+                Event::warn(
+                    "bind-options",
                     format!(
-                        "dev{} {}: mode={mode} gives its group no read/write, so group membership cannot help; use mode=0660",
-                        e.index, e.path
+                        "lxc.mount.entry of {} lacks {}; a device bind wants '{}' so an unplugged device does not fail the start and LXC creates the mount point",
+                        dev.path,
+                        lacking.join(","),
+                        device::BIND_OPTIONS.join(",")
                     ),
-                ));
-            }
+                )
+                .with_fix("fix the line"),
+            );
         }
     }
+    plan_rule(node, &dev.path, person_rules, want, d);
+}
 
-    apply_want(facts, d, want, &owned_raw, &owned_devs);
-    Ok(())
+/// A `devN` the config has: the tool's own entry follows the need; a
+/// person's gets only what it lacks (recorded as the tool's options, so a
+/// later start can change exactly those).
+fn want_dev_entry(
+    facts: &Facts,
+    dev: &Declared,
+    index: u32,
+    node: &Node,
+    owned: &Owned,
+    want: &mut Want,
+    d: &mut Draft,
+) {
+    let Some(e) = d.conf.dev_entries().into_iter().find(|e| e.index == index) else {
+        return;
+    };
+    let class = device::classify(&dev.path, Some(node));
+    if owned.has_dev(index, &e.value) || owned.dev_path(&e.path) == Some(index) {
+        let mut fixed = e.clone();
+        fixed.uid = None;
+        fixed.gid = None;
+        fill_dev_owner(&mut fixed, class, node, facts);
+        want.devs.push((index, fixed.render()));
+        return;
+    }
+    // A person's entry, less the options the tool added earlier.
+    let tools = owned.options_of(index);
+    let mut base = e.clone();
+    if base
+        .uid
+        .as_deref()
+        .is_some_and(|u| tools.contains(&format!("uid={u}").as_str()))
+    {
+        base.uid = None;
+    }
+    if base
+        .gid
+        .as_deref()
+        .is_some_and(|g| tools.contains(&format!("gid={g}").as_str()))
+    {
+        base.gid = None;
+    }
+    if base.uid.is_none() && base.gid.is_none() {
+        let mut fixed = base.clone();
+        fill_dev_owner(&mut fixed, class, node, facts);
+        let mut added = Vec::new();
+        if let Some(u) = &fixed.uid {
+            added.push(format!("uid={u}"));
+        }
+        if let Some(g) = &fixed.gid {
+            added.push(format!("gid={g}"));
+        }
+        if fixed.mode != base.mode {
+            if let Some(m) = &fixed.mode {
+                added.push(format!("mode={m}"));
+            }
+        }
+        let why = format!(
+            "dev{index} {} ({}): {} so the service can open it",
+            e.path,
+            class.word(),
+            describe_owner(&fixed)
+        );
+        want.person_devs.push((index, fixed.render(), added, why));
+        check_dev_mode(&fixed, d);
+        return;
+    }
+    warn_unusable_dev(&e, facts, d);
+    check_dev_mode(&base, d);
+}
+
+fn check_dev_mode(e: &DevEntry, d: &mut Draft) {
+    if let Some(mode) = &e.mode {
+        if !device::mode_gives_group_rw(mode) && e.uid.is_none() {
+            d.events.push(
+                Event::warn(
+                    "dev-mode",
+                    format!(
+                        "dev{} {}: mode={mode} gives its group no read/write, so group membership cannot help",
+                        e.index, e.path
+                    ),
+                )
+                .with_fix("use mode=0660"),
+            );
+        }
+    }
 }
 
 /// Group (and owner, for a service without supplementary groups) of a
 /// `devN` node the tool writes or completes.
-fn fill_dev_owner(
-    entry: &mut DevEntry,
-    class: DeviceClass,
-    node: &Node,
-    facts: &Facts,
-    group_gid: &dyn Fn(&str) -> Option<u32>,
-) {
-    let fallback = facts
-        .state
-        .as_ref()
-        .and_then(|s| s.dev_fallback_for(&entry.path));
-    if let Some(fb) = fallback {
+fn fill_dev_owner(entry: &mut DevEntry, class: DeviceClass, node: &Node, facts: &Facts) {
+    let state = facts.state.as_ref();
+    let group_gid = |name: &str| state.and_then(|s| s.container_groups.get(name).copied());
+    if let Some(fb) = state.and_then(|s| s.dev_fallback_for(&entry.path)) {
         entry.uid = Some(fb.uid.to_string());
         entry.gid = Some(fb.gid.to_string());
         return;
@@ -466,19 +613,29 @@ fn warn_unusable_dev(e: &DevEntry, facts: &Facts, d: &mut Draft) {
             g == user.gid || (user.keeps_supplementary_groups && user.groups.contains(&g))
         });
     if !owner_ok && !gid_ok {
-        d.events.push(Event::warn(
-            "dev-unusable",
-            format!(
-                "dev{} {}: gid={} is not a group of the service (uid {} gid {} groups {:?}), so it cannot open the node; set gid= to one of its groups, or uid={} ",
+        let mut fixed = e.clone();
+        fixed.uid = Some(user.uid.to_string());
+        fixed.gid = Some(user.gid.to_string());
+        d.events.push(
+            Event::warn(
+                "dev-unusable",
+                format!(
+                    "dev{} {}: gid={} is not a group of the service (uid {} gid {} groups {:?}), so it cannot open the node",
+                    e.index,
+                    e.path,
+                    e.gid.as_deref().unwrap_or("0"),
+                    user.uid,
+                    user.gid,
+                    user.groups,
+                ),
+            )
+            .with_fix(format!(
+                "pct set {} --dev{} {}",
+                facts.vmid,
                 e.index,
-                e.path,
-                e.gid.as_deref().unwrap_or("0"),
-                user.uid,
-                user.gid,
-                user.groups,
-                user.uid
-            ),
-        ));
+                fixed.render()
+            )),
+        );
     }
 }
 
@@ -499,25 +656,31 @@ fn plan_rule(node: &Node, path: &str, person: &[CgroupRule], want: &mut Want, d:
         return;
     }
     for r in person.iter().filter(|r| r.is_stale_for(node)) {
-        d.events.push(Event::warn(
-            "cgroup-stale",
-            format!(
-                "lxc.cgroup2.devices.allow {} {}:{} does not match {path}, which is now {} (replugged?); the tool adds '{exact}'; remove the old rule",
-                r.kind,
-                r.major.map_or("*".into(), |m| m.to_string()),
-                r.minor.map_or("*".into(), |m| m.to_string()),
-                node.rule_id()
-            ),
-        ));
+        d.events.push(
+            Event::warn(
+                "cgroup-stale",
+                format!(
+                    "lxc.cgroup2.devices.allow {} {}:{} does not match {path}, which is now {} (replugged?); the tool adds '{exact}'",
+                    r.kind,
+                    r.major.map_or("*".into(), |m| m.to_string()),
+                    r.minor.map_or("*".into(), |m| m.to_string()),
+                    node.rule_id()
+                ),
+            )
+            .with_fix("remove the old rule"),
+        );
     }
     for r in person.iter().filter(|r| r.covers(node) && r.kind != 'a') {
-        d.events.push(Event::warn(
-            "cgroup-broad",
-            format!(
-                "lxc.cgroup2.devices.allow {} {}:* rwm allows every device of major {} for {path}; the exact rule is '{exact}'",
-                r.kind, node.major, node.major
-            ),
-        ));
+        d.events.push(
+            Event::warn(
+                "cgroup-broad",
+                format!(
+                    "lxc.cgroup2.devices.allow {} {}:* rwm allows every device of major {} for {path}",
+                    r.kind, node.major, node.major
+                ),
+            )
+            .with_fix(format!("use the exact rule '{exact}'")),
+        );
     }
     want.boot_rules.push(exact.clone());
     want.raw(
@@ -527,31 +690,24 @@ fn plan_rule(node: &Node, path: &str, person: &[CgroupRule], want: &mut Want, d:
     );
 }
 
-fn parse_owned_dev(line: &str) -> Option<(u32, DevEntry)> {
-    let (key, value) = line.split_once(':')?;
-    let index: u32 = key.strip_prefix("dev")?.parse().ok()?;
-    Some((index, DevEntry::parse(index, value.trim())))
-}
-
 /// Brings the config and the state to what the step wants: owned lines no
 /// longer wanted go, new ones come, and this boot's generated config gets
 /// the rules and mounts it lacks.
-fn apply_want(
-    facts: &Facts,
-    d: &mut Draft,
-    want: Want,
-    owned_raw: &[String],
-    owned_devs: &[String],
-) {
-    // Raw lines.
-    for line in owned_raw {
-        let keep = want.raw.iter().any(|(k, v)| format!("{k}: {v}") == *line);
+fn apply_want(facts: &Facts, d: &mut Draft, want: Want, owned: &Owned) {
+    apply_raw(d, &want, owned);
+    apply_devs(d, &want, owned);
+    apply_person_devs(d, &want);
+    apply_this_boot(facts, d, &want);
+}
+
+fn apply_raw(d: &mut Draft, want: &Want, owned: &Owned) {
+    for line in &owned.raw {
+        let keep = want
+            .raw
+            .iter()
+            .any(|(k, v)| *k == line.key && *v == line.value);
         if !keep {
-            let (key, value) = line
-                .split_once(':')
-                .map(|(k, v)| (k, v.trim()))
-                .unwrap_or((line, ""));
-            if d.conf.remove_raw(key, value) > 0 {
+            if d.conf.remove_raw(&line.key, &line.value) > 0 {
                 d.conf_reasons
                     .push(format!("removed the tool's '{line}': no longer needed"));
             }
@@ -559,9 +715,8 @@ fn apply_want(
         }
     }
     for ((key, value), why) in want.raw.iter().zip(&want.raw_reasons) {
-        let line = format!("{key}: {value}");
-        let present = d.conf.raw_values(key).any(|v| v == value);
-        if !present {
+        let line = OwnedLine::new(*key, value.clone());
+        if !d.conf.raw_values(key).any(|v| v == value) {
             d.conf.push_raw(key, value);
             d.conf_reasons.push(format!("{line}: {why}"));
         }
@@ -569,21 +724,26 @@ fn apply_want(
             d.state.owned.conf_lines.push(line);
         }
     }
-    // devN entries the tool owns.
-    let mut new_owned_devs = Vec::new();
-    for line in owned_devs {
-        let Some((index, _)) = parse_owned_dev(line) else {
+}
+
+fn apply_devs(d: &mut Draft, want: &Want, owned: &Owned) {
+    for line in &owned.devs {
+        let Some(index) = line.dev_index() else {
             continue;
         };
-        if !want.devs.iter().any(|(i, _)| *i == index) {
-            let current = d.conf.get(&format!("dev{index}")).map(str::to_string);
-            if current.as_deref().map(|v| format!("dev{index}: {v}")) == Some(line.clone()) {
-                d.conf.remove_main_where(|l| matches!(&l.kind, LineKind::Key { key, .. } if *key == format!("dev{index}")));
-                d.conf_reasons
-                    .push(format!("removed the tool's '{line}': no longer needed"));
-            }
+        if want.devs.iter().any(|(i, _)| *i == index) {
+            continue;
+        }
+        let key = format!("dev{index}");
+        if d.conf.get(&key) == Some(line.value.as_str()) {
+            d.conf.remove_main_where(
+                |l| matches!(&l.kind, LineKind::Key { key: k, .. } if *k == key),
+            );
+            d.conf_reasons
+                .push(format!("removed the tool's '{line}': no longer needed"));
         }
     }
+    let mut new_owned = Vec::new();
     for (index, value) in &want.devs {
         let key = format!("dev{index}");
         if d.conf.get(&key) != Some(value.as_str()) {
@@ -592,11 +752,27 @@ fn apply_want(
                 "{key}: {value}: pass the device through as a private node"
             ));
         }
-        new_owned_devs.push(format!("{key}: {value}"));
+        new_owned.push(OwnedLine::new(key, value.clone()));
     }
-    d.state.owned.dev_entries = new_owned_devs;
+    d.state.owned.dev_entries = new_owned;
+}
 
-    // This boot: PVE wrote the generated config before the hook ran.
+/// Options on a person's `devN`: set them, and own exactly what was added.
+fn apply_person_devs(d: &mut Draft, want: &Want) {
+    let mut options = Vec::new();
+    for (index, value, added, why) in &want.person_devs {
+        let key = format!("dev{index}");
+        if d.conf.get(&key) != Some(value.as_str()) {
+            d.conf.set_key(&key, value);
+            d.conf_reasons.push(why.clone());
+        }
+        options.extend(added.iter().map(|o| OwnedLine::new(key.clone(), o.clone())));
+    }
+    d.state.owned.dev_options = options;
+}
+
+/// This boot: PVE wrote the generated config before the hook ran.
+fn apply_this_boot(facts: &Facts, d: &mut Draft, want: &Want) {
     if want.boot_rules.is_empty() && want.boot_mounts.is_empty() {
         return;
     }
@@ -719,7 +895,7 @@ mod tests {
         let state = State::parse(&d.change(Target::State).unwrap().new).unwrap();
         assert_eq!(
             state.owned.dev_entries,
-            vec![format!("dev0: {BYID},gid=20")]
+            vec![OwnedLine::new("dev0", format!("{BYID},gid=20"))]
         );
         let again = decide(&apply(&f, &d));
         assert!(again.changes.is_empty(), "{:#?}", again.changes);
@@ -753,7 +929,8 @@ mod tests {
         let p = format!("[[device]]\npath = \"{BYID}\"\nrequired = true\n");
         let r = decide(&facts(PRIV, Some(&p), &[(BYID, None)]))
             .refusal
-            .unwrap();
+            .unwrap()
+            .to_string();
         assert!(
             r.contains(BYID) && r.contains("ls -l /dev/serial/by-id"),
             "{r}"
@@ -789,7 +966,8 @@ mod tests {
             &[("/dev/mem", Some(node("/dev/mem", 1, 1, 15)))],
         ))
         .refusal
-        .unwrap();
+        .unwrap()
+        .to_string();
         assert!(
             r.contains("p.toml line 2") || r.contains("105.toml line 2"),
             "{r}"
@@ -958,7 +1136,8 @@ mod tests {
             &[("/dev/ttyUSB0", Some(node("/dev/ttyUSB0", 188, 0, 20)))],
         ))
         .refusal
-        .unwrap();
+        .unwrap()
+        .to_string();
         assert!(
             r.contains("105.toml line 2") && r.contains("use method = \"bind\""),
             "{r}"

@@ -1,48 +1,62 @@
 //! The fallback step: devices post-start found the service cannot reach
-//! through groups.
+//! through groups (it drops supplementary groups). A `devN` the tool wrote,
+//! or one a person wrote without an owner, gets the service's uid/gid in the
+//! devices step; this step says what to do where the tool may not change the
+//! entry: a person's own `uid=`/`gid=`, or a bind of the host node.
 
-use super::{Draft, Facts};
+use super::{Draft, Facts, Refusal};
+use crate::model::device;
 use crate::model::event::Event;
+use crate::model::pveconf::DevEntry;
 
-/// Devices post-start found the service cannot reach through groups (it
-/// drops supplementary groups): the fix is the node owned by the service's
-/// uid/gid through `devN`. A line a person wrote is never changed; the task
-/// log says what to set. (A devices step that owns `devN` lines applies
-/// [`State::dev_fallback_for`] itself.)
-pub fn plan_dev_fallback(facts: &Facts, d: &mut Draft) -> Result<(), String> {
+pub fn plan_dev_fallback(facts: &Facts, d: &mut Draft) -> Result<(), Refusal> {
     let Some(state) = &facts.state else {
         return Ok(());
     };
     let vmid = facts.vmid;
+    let entries = d.conf.dev_entries();
     for fb in &state.dev_fallback {
-        let dev = d.conf.dev_entries().into_iter().find(|e| e.path == fb.path);
-        let want = (fb.uid.to_string(), fb.gid.to_string());
-        match dev {
-            Some(e) if e.uid.as_deref() == Some(want.0.as_str())
-                && e.gid.as_deref() == Some(want.1.as_str()) => {}
+        let (uid, gid) = (fb.uid.to_string(), fb.gid.to_string());
+        let why = format!(
+            "{}: the service (uid {} gid {}) runs without supplementary groups, so group access cannot help",
+            fb.path, fb.uid, fb.gid
+        );
+        match entries.iter().find(|e| e.path == fb.path) {
+            Some(e)
+                if e.uid.as_deref() == Some(uid.as_str())
+                    && e.gid.as_deref() == Some(gid.as_str()) => {}
             Some(e) => {
-                let owned = format!("dev{}: {}", e.index, e.value);
-                if state.owned.dev_entries.contains(&owned) {
-                    continue;
-                }
                 let mut fixed = e.clone();
-                fixed.uid = Some(want.0.clone());
-                fixed.gid = Some(want.1.clone());
-                d.events.push(Event::warn(
-                    "dev-fallback",
-                    format!(
-                        "{}: the service (uid {} gid {}) runs without supplementary groups, so group access cannot help; give it the node: pct set {vmid} --dev{} {}",
-                        fb.path, fb.uid, fb.gid, e.index, fixed.render()
-                    ),
-                ));
+                fixed.uid = Some(uid);
+                fixed.gid = Some(gid);
+                d.events.push(
+                    Event::warn(
+                        "dev-fallback",
+                        format!("{why}; dev{} sets its own owner", e.index),
+                    )
+                    .with_fix(format!(
+                        "pct set {vmid} --dev{} {}",
+                        e.index,
+                        fixed.render()
+                    )),
+                );
             }
-            None => d.events.push(Event::warn(
-                "dev-fallback",
-                format!(
-                    "{}: the service (uid {} gid {}) runs without supplementary groups, so group access cannot help; pass the device as devN with its uid/gid instead: pct set {vmid} --devN {},uid={},gid={}",
-                    fb.path, fb.uid, fb.gid, fb.path, fb.uid, fb.gid
-                ),
-            )),
+            None => {
+                let Some(free) = device::free_dev_index(entries.iter().map(|e| e.index)) else {
+                    continue;
+                };
+                let mut entry = DevEntry::parse(free, &fb.path);
+                entry.uid = Some(uid);
+                entry.gid = Some(gid);
+                d.events.push(
+                    Event::warn("dev-fallback", format!("{why}; a bind of the host node cannot carry an owner"))
+                        .with_fix(format!(
+                            "pass it as a private node instead: pct set {vmid} --dev{free} {}, and remove the lxc.mount.entry of {}",
+                            entry.render(),
+                            fb.path
+                        )),
+                );
+            }
         }
     }
     Ok(())

@@ -1,7 +1,7 @@
 //! The first-boot step: group setup before init when the service user is
 //! already known (see `model::firstboot` for the hook's format).
 
-use super::{Draft, Facts};
+use super::{Draft, Facts, Refusal};
 use crate::model::event::Event;
 use crate::model::firstboot;
 use crate::model::lxcconf::LxcConfig;
@@ -10,7 +10,7 @@ use crate::model::lxcconf::LxcConfig;
 /// `lxc.hook.mount` line in the generated config (this start only) applies
 /// the Group rules to the rootfs before init runs. See `model::firstboot`.
 /// Never refuses: without it, post-start still fixes groups after the start.
-pub fn plan_first_boot(facts: &Facts, d: &mut Draft) -> Result<(), String> {
+pub fn plan_first_boot(facts: &Facts, d: &mut Draft) -> Result<(), Refusal> {
     let Some(plan) = firstboot::plan(&d.conf, facts.state.as_ref()) else {
         return Ok(());
     };

@@ -3,14 +3,16 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::{Draft, Facts};
+use super::{Draft, Facts, Refusal};
 use crate::model::device::{self, DeviceClass};
 use crate::model::event::Event;
 use crate::model::idmap::{self, IdKind, IdRange, IdmapEntry, Passthrough, RawIdmap};
 use crate::model::lxcconf::LxcConfig;
+use crate::model::policy::DeviceMethod;
 use crate::model::policy::LineIndex;
 use crate::model::pveconf::{LineKind, PveConfig};
 use crate::model::runtime;
+use crate::model::state::OwnedLine;
 use crate::model::subid::{nsswitch_has_subid, SubidNeed};
 
 /// A place passthroughs come from. Add a source by adding an entry to
@@ -18,7 +20,7 @@ use crate::model::subid::{nsswitch_has_subid, SubidNeed};
 pub struct PassthroughSource {
     pub name: &'static str,
     /// The passthroughs this source wants, or a refusal message.
-    pub collect: fn(&Facts) -> Result<Vec<Passthrough>, String>,
+    pub collect: fn(&Facts) -> Result<Vec<Passthrough>, Refusal>,
 }
 
 /// Every source, in order. Devices add the host group of bound nodes;
@@ -43,7 +45,7 @@ pub const PASSTHROUGH_SOURCES: &[PassthroughSource] = &[
 ];
 
 /// Every passthrough all sources want.
-pub fn collect_passthroughs(facts: &Facts) -> Result<Vec<Passthrough>, String> {
+pub fn collect_passthroughs(facts: &Facts) -> Result<Vec<Passthrough>, Refusal> {
     let mut out = Vec::new();
     for source in PASSTHROUGH_SOURCES {
         out.extend((source.collect)(facts)?);
@@ -52,7 +54,7 @@ pub fn collect_passthroughs(facts: &Facts) -> Result<Vec<Passthrough>, String> {
 }
 
 /// The policy's `idmap` lines (LXD/Incus `raw.idmap`).
-pub fn policy_idmap(facts: &Facts) -> Result<Vec<Passthrough>, String> {
+pub fn policy_idmap(facts: &Facts) -> Result<Vec<Passthrough>, Refusal> {
     let Some(policy) = &facts.policy else {
         return Ok(Vec::new());
     };
@@ -64,9 +66,17 @@ pub fn policy_idmap(facts: &Facts) -> Result<Vec<Passthrough>, String> {
             continue;
         }
         let line = lines.line_of(item.span().start);
-        let raw = RawIdmap::parse(item.get_ref())
-            .map_err(|e| format!("{} line {line}: idmap {e}", facts.policy_file.path))?;
-        out.extend(raw.passthroughs(&format!("policy line {line}: \"{}\"", item.get_ref())));
+        let raw = RawIdmap::parse(item.get_ref()).map_err(|e| {
+            Refusal::new(
+                format!("{} line {line}: idmap {e}", facts.policy_file.path),
+                "fix the line (raw.idmap syntax: \"both 1000 1000\", host ID first)",
+            )
+        })?;
+        out.extend(raw.passthroughs(&format!(
+            "{} line {line}: \"{}\"",
+            facts.policy_file.path,
+            item.get_ref()
+        )));
     }
     Ok(out)
 }
@@ -74,7 +84,7 @@ pub fn policy_idmap(facts: &Facts) -> Result<Vec<Passthrough>, String> {
 /// Policy `idmap` lines naming the runtime user (`"uid 1005 runtime"`):
 /// host ID ↔ the service user post-start recorded. Nothing until a
 /// non-root runtime user is recorded; the map applies from the start after.
-pub fn runtime_user_idmap(facts: &Facts) -> Result<Vec<Passthrough>, String> {
+pub fn runtime_user_idmap(facts: &Facts) -> Result<Vec<Passthrough>, Refusal> {
     let Some(policy) = &facts.policy else {
         return Ok(Vec::new());
     };
@@ -91,11 +101,16 @@ pub fn runtime_user_idmap(facts: &Facts) -> Result<Vec<Passthrough>, String> {
         .filter(|i| runtime::is_runtime_idmap(i.get_ref()))
     {
         let line = lines.line_of(item.span().start);
-        let r = runtime::parse_runtime_idmap(item.get_ref())
-            .map_err(|e| format!("{} line {line}: idmap {e}", facts.policy_file.path))?;
+        let r = runtime::parse_runtime_idmap(item.get_ref()).map_err(|e| {
+            Refusal::new(
+                format!("{} line {line}: idmap {e}", facts.policy_file.path),
+                "fix the line (raw.idmap syntax: \"both 1000 1000\", host ID first)",
+            )
+        })?;
         let Some(u) = user else { continue };
         let who = format!(
-            "policy line {line}: \"{}\" (runtime user {} recorded by post-start)",
+            "{} line {line}: \"{}\" (runtime user {} recorded by post-start)",
+            facts.policy_file.path,
             item.get_ref(),
             u.name.as_deref().map_or_else(
                 || format!("uid {}", u.uid),
@@ -130,41 +145,49 @@ pub fn is_serial_path(path: &str) -> bool {
     device::classify(path, None) == DeviceClass::Serial
 }
 
-/// GID 20 for every bind mount of a host serial device node.
-pub fn serial_binds(facts: &Facts) -> Result<Vec<Passthrough>, String> {
-    Ok(facts
-        .conf
-        .mount_entries()
+/// GID 20 for every bind of a host serial device node, the config's and
+/// the policy's alike (so the map does not wait for the tool's own mount
+/// line to appear in the config).
+pub fn serial_binds(facts: &Facts) -> Result<Vec<Passthrough>, Refusal> {
+    Ok(super::devices::declared_of(facts)
         .iter()
-        .filter(|m| m.is_bind() && is_serial_path(&m.source))
-        .map(|m| {
+        .filter(|d| d.method == DeviceMethod::Bind && is_serial_path(&d.path))
+        .filter(|d| {
+            // A node that exists must be one that may be passed through.
+            match facts.devices.iter().find(|f| f.path == d.path) {
+                Some(f) => match &f.node {
+                    Ok(Some(_)) => super::devices::usable_node(facts, d).is_some(),
+                    _ => true,
+                },
+                None => true,
+            }
+        })
+        .map(|d| {
             Passthrough::same(
                 IdKind::Gid,
                 u64::from(device::DIALOUT_GID),
-                format!("serial device bound: {}", m.source),
+                format!("serial device bound: {}", d.path),
             )
         })
         .collect())
 }
 
-/// The owned-line string for an `lxc.idmap` entry, as the state keeps it.
-pub fn owned_idmap_line(e: &IdmapEntry) -> String {
-    format!("lxc.idmap: {e}")
+/// The owned line for an `lxc.idmap` entry, as the state keeps it.
+pub fn owned_idmap_line(e: &IdmapEntry) -> OwnedLine {
+    OwnedLine::new("lxc.idmap", e.to_string())
 }
 
 /// The ID-map step: passthroughs in, `lxc.idmap` lines, subordinate-ID
 /// needs and the same-boot patch out.
-pub fn plan_idmap(facts: &Facts, d: &mut Draft) -> Result<(), String> {
+pub fn plan_idmap(facts: &Facts, d: &mut Draft) -> Result<(), Refusal> {
     let conf_path = &facts.conf_path;
     // How many occurrences of each entry the tool owns.
     let mut owned: HashMap<IdmapEntry, usize> = HashMap::new();
     for e in d
         .state
         .owned
-        .conf_lines
-        .iter()
-        .filter_map(|l| l.strip_prefix("lxc.idmap:"))
-        .filter_map(|v| IdmapEntry::parse(v.trim()).ok())
+        .lines_of("lxc.idmap")
+        .filter_map(|l| IdmapEntry::parse(&l.value).ok())
     {
         *owned.entry(e).or_default() += 1;
     }
@@ -180,9 +203,12 @@ pub fn plan_idmap(facts: &Facts, d: &mut Draft) -> Result<(), String> {
             match IdmapEntry::parse(value) {
                 Ok(e) => lines.push((n, e)),
                 Err(err) => {
-                    return Err(format!(
-                        "{conf_path} line {}: lxc.idmap {err}; Proxmox fails the start with \"failed to parse idmap\"; fix or remove the line",
-                        n + 1
+                    return Err(Refusal::new(
+                        format!(
+                            "{conf_path} line {}: lxc.idmap {err}; Proxmox fails the start with \"failed to parse idmap\"",
+                            n + 1
+                        ),
+                        "fix or remove the line",
                     ))
                 }
             }
@@ -210,7 +236,22 @@ pub fn plan_idmap(facts: &Facts, d: &mut Draft) -> Result<(), String> {
     // Every line, in the config's order (as PVE copies them to LXC).
     let all: Vec<IdmapEntry> = lines.iter().map(|(_, e)| *e).collect();
     let passthroughs = collect_passthroughs(facts)?;
-    let described: Vec<String> = passthroughs.iter().map(ToString::to_string).collect();
+    // One reason per mapping: two sources wanting the same one say it once.
+    let mut described: Vec<String> = Vec::new();
+    for (i, p) in passthroughs.iter().enumerate() {
+        if !passthroughs[..i].iter().any(|q| q.entry() == p.entry()) {
+            described.push(p.to_string());
+        }
+    }
+
+    if facts.conf.unprivileged()
+        && !passthroughs.is_empty()
+        && is_default_copy(&theirs)
+        && !idmap::unmet(&theirs, &passthroughs).is_empty()
+    {
+        adopt_default_copy(d, &lines, &mine_at);
+        return plan_idmap(facts, d);
+    }
 
     // A privileged container with a person's lxc.idmap lines still runs in
     // a user namespace: those lines are checked and covered like any other.
@@ -246,9 +287,12 @@ pub fn plan_idmap(facts: &Facts, d: &mut Draft) -> Result<(), String> {
         } else if together {
             all
         } else if let Err(problems) = idmap::validate(&theirs) {
-            return Err(format!(
-                "{conf_path}: the lxc.idmap lines would make the start fail: {}",
-                problems.join("; ")
+            return Err(Refusal::new(
+                format!(
+                    "{conf_path}: the lxc.idmap lines would make the start fail: {}",
+                    problems.join("; ")
+                ),
+                "fix the lines named, or delete every lxc.idmap line and pct-passthrough writes the whole map",
             ));
         } else {
             let unmet = idmap::unmet(&theirs, &passthroughs);
@@ -265,9 +309,12 @@ pub fn plan_idmap(facts: &Facts, d: &mut Draft) -> Result<(), String> {
         }
         if !idmap::maps_root(&chosen) {
             let lines: Vec<String> = chosen.iter().map(|e| format!("'{e}'")).collect();
-            return Err(format!(
-                "{conf_path}: the lxc.idmap lines {} map no container uid 0 or no container gid 0 (root), and LXC fails to start such a container; add lines for container ID 0 of both types, like 'lxc.idmap: u 0 100000 65536' and 'lxc.idmap: g 0 100000 65536'",
-                lines.join(", ")
+            return Err(Refusal::new(
+                format!(
+                    "{conf_path}: the lxc.idmap lines {} map no container uid 0 or no container gid 0 (root), and LXC fails to start such a container",
+                    lines.join(", ")
+                ),
+                "add lines for container ID 0 of both types, like 'lxc.idmap: u 0 100000 65536' and 'lxc.idmap: g 0 100000 65536'",
             ));
         }
         chosen
@@ -279,12 +326,13 @@ pub fn plan_idmap(facts: &Facts, d: &mut Draft) -> Result<(), String> {
                 Some("removed the tool's lxc.idmap lines: no ID passthrough is needed any more, Proxmox's default map applies"),
             );
         }
+        restore_adopted(d);
         idmap::pve_default()
     } else {
         let map = idmap::compute(&idmap::pve_default(), &passthroughs).map_err(|e| {
-            format!(
-                "the wanted ID map is not possible: {e}; fix the sources ({})",
-                described.join(", ")
+            Refusal::new(
+                format!("the wanted ID map is not possible: {e}"),
+                format!("fix the sources ({})", described.join(", ")),
             )
         })?;
         if mine != map {
@@ -350,6 +398,67 @@ pub fn plan_idmap(facts: &Facts, d: &mut Draft) -> Result<(), String> {
     Ok(())
 }
 
+/// True for a person's exact copy of Proxmox's default map (`u 0 100000
+/// 65536` and `g 0 100000 65536`, once each): it means what Proxmox does
+/// without any line.
+fn is_default_copy(theirs: &[IdmapEntry]) -> bool {
+    let mut sorted = theirs.to_vec();
+    sorted.sort();
+    let mut default = idmap::pve_default();
+    default.sort();
+    sorted == default
+}
+
+/// Takes a person's copy of the default map out of the config, recording
+/// the exact lines so they come back when no passthrough is needed.
+fn adopt_default_copy(d: &mut Draft, lines: &[(usize, IdmapEntry)], mine_at: &HashSet<usize>) {
+    let theirs_at: HashSet<usize> = lines
+        .iter()
+        .map(|(n, _)| *n)
+        .filter(|n| !mine_at.contains(n))
+        .collect();
+    let mut n = 0;
+    let mut adopted = Vec::new();
+    d.conf.remove_main_where(|l| {
+        let hit = theirs_at.contains(&n);
+        n += 1;
+        if hit {
+            if let LineKind::Raw { key, value } = &l.kind {
+                adopted.push(OwnedLine::new(key.clone(), value.clone()));
+            }
+        }
+        hit
+    });
+    d.conf_reasons.push(format!(
+        "replaced the container's copy of Proxmox's default map ({}) by the tool's; it comes back when no passthrough is needed",
+        adopted
+            .iter()
+            .map(|l| format!("'{l}'"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    d.state.owned.adopted.extend(adopted);
+}
+
+/// Puts a person's adopted copy of the default map back.
+fn restore_adopted(d: &mut Draft) {
+    let adopted = std::mem::take(&mut d.state.owned.adopted);
+    if adopted.is_empty() {
+        return;
+    }
+    for l in &adopted {
+        d.conf.push_raw(&l.key, &l.value);
+    }
+    d.conf_reasons.push(format!(
+        "put back the container's own lines {}",
+        adopted
+            .iter()
+            .map(|l| format!("'{l}'"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+}
+
 /// Index one past the main section.
 fn main_end(conf: &PveConfig) -> usize {
     conf.lines()
@@ -373,10 +482,7 @@ fn remove_owned_idmap(d: &mut Draft, mine_at: &HashSet<usize>, reason: Option<&s
         n += 1;
         hit
     });
-    d.state
-        .owned
-        .conf_lines
-        .retain(|l| !l.starts_with("lxc.idmap:"));
+    d.state.owned.conf_lines.retain(|l| l.key != "lxc.idmap");
     if let (true, Some(reason)) = (removed > 0, reason) {
         d.conf_reasons.push(reason.to_string());
     }
@@ -387,22 +493,46 @@ fn conflict_message(
     theirs: &[IdmapEntry],
     unmet: &[(&Passthrough, String)],
     passthroughs: &[Passthrough],
-) -> String {
+) -> Refusal {
     let what: Vec<String> = unmet.iter().map(|(p, why)| format!("{p}: {why}")).collect();
     let lines: Vec<String> = theirs.iter().map(|e| format!("'{e}'")).collect();
-    let fix = match idmap::compute(theirs, passthroughs) {
-        Ok(map) => format!(
-            "replace them with: {}",
+    let delete = "or delete them and pct-passthrough writes the whole map (lines it wrote on another node count as a person's after a migration)";
+    let fix = match suggested_replacement(theirs, passthroughs) {
+        Some(map) => format!(
+            "replace them with: {}; {delete}",
             map.iter()
                 .map(|e| format!("lxc.idmap: {e}"))
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
-        Err(e) => format!("change them so that {e} no longer holds"),
+        None => "delete them and pct-passthrough writes the whole map (lines it wrote on another node count as a person's after a migration)".to_string(),
     };
-    format!(
-        "{conf_path}: the container's own lxc.idmap lines {} do not give what is needed: {}; the tool never changes lines a person wrote; fix: {fix}; or delete them and pct-passthrough writes the whole map (lines it wrote on another node count as a person's after a migration)",
-        lines.join(", "),
-        what.join("; ")
+    Refusal::new(
+        format!(
+            "{conf_path}: the container's own lxc.idmap lines {} do not give what is needed: {}; the tool never changes lines a person wrote",
+            lines.join(", "),
+            what.join("; ")
+        ),
+        fix,
     )
+}
+
+/// The map to suggest in place of a person's lines: theirs with the
+/// passthroughs punched in, Proxmox's default standing in for a type they
+/// left out. Only a map that passes the tool's own checks is suggested.
+pub fn suggested_replacement(
+    theirs: &[IdmapEntry],
+    passthroughs: &[Passthrough],
+) -> Option<Vec<IdmapEntry>> {
+    let mut base: Vec<IdmapEntry> = theirs.to_vec();
+    for kind in IdKind::ALL {
+        if !base.iter().any(|e| e.kind == kind) {
+            base.extend(idmap::pve_default().into_iter().filter(|e| e.kind == kind));
+        }
+    }
+    let map = idmap::compute(&base, passthroughs).ok()?;
+    let good = idmap::validate(&map).is_ok()
+        && idmap::maps_root(&map)
+        && idmap::unmet(&map, passthroughs).is_empty();
+    good.then_some(map)
 }

@@ -121,8 +121,45 @@ pub struct Decision {
     pub idmap: Option<Vec<IdmapEntry>>,
     /// Lines for the task log and syslog.
     pub events: Vec<Event>,
-    /// Set when starting would be wrong: the message for the task log.
-    pub refusal: Option<String>,
+    /// Set when starting would be wrong.
+    pub refusal: Option<Refusal>,
+}
+
+/// Why pre-start refuses a start: what is wrong and how to fix it, as the
+/// task log, `plan`, `status` and `doctor` all show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub what: String,
+    pub fix: String,
+}
+
+impl Refusal {
+    pub fn new(what: impl Into<String>, fix: impl Into<String>) -> Refusal {
+        Refusal {
+            what: what.into(),
+            fix: fix.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.fix.is_empty() {
+            f.write_str(&self.what)
+        } else {
+            write!(f, "{}; {}", self.what, self.fix)
+        }
+    }
+}
+
+/// A message that already says what to do.
+impl From<String> for Refusal {
+    fn from(what: String) -> Refusal {
+        Refusal {
+            what,
+            fix: String::new(),
+        }
+    }
 }
 
 impl Decision {
@@ -131,16 +168,12 @@ impl Decision {
     }
 }
 
-/// True when the config names something the tool acts on: ID maps, device
-/// entries, or bind mounts of device nodes. Without it, and without policy
-/// or state, pre-start returns at once.
+/// True when the config names something the tool acts on: ID maps or
+/// devices ([`crate::model::device::declared`]: `devN` entries and binds of
+/// device nodes). Without it, and without policy or state, every phase
+/// returns at once.
 pub fn config_has_work(conf: &PveConfig) -> bool {
-    !conf.idmap_lines().is_empty()
-        || !conf.dev_entries().is_empty()
-        || conf
-            .mount_entries()
-            .iter()
-            .any(|m| m.source.starts_with("/dev/"))
+    !conf.idmap_lines().is_empty() || !crate::model::device::declared(conf, None).is_empty()
 }
 
 /// The plan under construction. Steps edit copies of the files; `finish`
@@ -182,8 +215,100 @@ impl Draft {
         self.lxc.as_deref().or(facts.lxc_config.text.as_deref())
     }
 
-    /// Turns the draft into file changes, in write order.
+    /// Turns the draft into file changes, in write order: the state that
+    /// owns every line the config may hold after any crash comes first (so
+    /// a failure to record refuses before any other file changes), then
+    /// `/etc/subuid` and `/etc/subgid`, the config, this boot's LXC config,
+    /// and the final state when it differs from the first.
     pub fn finish(self, facts: &Facts) -> Decision {
+        let old_conf = facts.conf.render();
+        let new_conf = self.conf.render();
+        let conf_changes = new_conf != old_conf;
+        let old_state = facts.state.clone();
+        let old_state_text = old_state.as_ref().map(State::render);
+        let state_changes = old_state.as_ref() != Some(&self.state)
+            && !(old_state.is_none() && self.state == State::new(facts.vmid));
+        let mut changes = Vec::new();
+        let mut final_state_written = false;
+        let first = self.owning_union(old_state.as_ref());
+        if conf_changes && state_changes && old_state.as_ref() != Some(&first) {
+            final_state_written = first == self.state;
+            changes.push(FileChange {
+                target: if final_state_written {
+                    Target::State
+                } else {
+                    Target::StateInterim
+                },
+                path: facts.state_path.clone(),
+                old: old_state_text.clone(),
+                new: first.render(),
+                reasons: vec!["record the lines the tool owns before writing them".into()],
+            });
+        }
+        changes.extend(self.subid_changes(facts));
+        if conf_changes {
+            changes.push(FileChange {
+                target: Target::PveConf,
+                path: facts.conf_path.clone(),
+                old: Some(old_conf),
+                new: new_conf,
+                reasons: self.conf_reasons.clone(),
+            });
+        }
+        if let Some(new) = &self.lxc {
+            let old = facts.lxc_config.text.clone();
+            if old.as_deref() != Some(new.as_str()) {
+                changes.push(FileChange {
+                    target: Target::LxcConfig,
+                    path: facts.lxc_config.path.clone(),
+                    old,
+                    new: new.clone(),
+                    reasons: self.lxc_reasons.clone(),
+                });
+            }
+        }
+        if state_changes && !final_state_written {
+            changes.push(FileChange {
+                target: Target::State,
+                path: facts.state_path.clone(),
+                old: old_state_text,
+                new: self.state.render(),
+                reasons: vec!["record the lines the tool owns in the container config".into()],
+            });
+        }
+        Decision {
+            changes,
+            subid: self.subid,
+            idmap: self.idmap,
+            events: self.events,
+            refusal: None,
+        }
+    }
+
+    /// The new state, owning also every line the old one owned: true of the
+    /// config before and after its write.
+    fn owning_union(&self, old: Option<&State>) -> State {
+        let mut union = self.state.clone();
+        if let Some(old) = old {
+            let o = &mut union.owned;
+            for (mine, theirs) in [
+                (&mut o.conf_lines, &old.owned.conf_lines),
+                (&mut o.dev_entries, &old.owned.dev_entries),
+                (&mut o.dev_options, &old.owned.dev_options),
+                (&mut o.adopted, &old.owned.adopted),
+            ] {
+                for line in theirs {
+                    if !mine.contains(line) {
+                        mine.push(line.clone());
+                    }
+                }
+            }
+        }
+        union
+    }
+
+    /// Appends to `/etc/subuid` and `/etc/subgid` for what root lacks.
+    fn subid_changes(&self, facts: &Facts) -> Vec<FileChange> {
         let mut changes = Vec::new();
         for need in &self.subid {
             let file = match need.kind {
@@ -211,77 +336,12 @@ impl Draft {
                 });
             }
         }
-        let old_conf = facts.conf.render();
-        let new_conf = self.conf.render();
-        let conf_changes = new_conf != old_conf;
-        let old_state = facts.state.clone();
-        let state_changes = old_state.as_ref() != Some(&self.state)
-            && !(old_state.is_none() && self.state == State::new(facts.vmid));
-        let state_path = facts.state_path.clone();
-        let old_state_text = old_state.as_ref().map(State::render);
-        if conf_changes && state_changes {
-            // Own the union first, so a crash before the config write leaves
-            // no line unaccounted for.
-            let mut interim = self.state.clone();
-            if let Some(old) = &old_state {
-                for line in &old.owned.conf_lines {
-                    if !interim.owned.conf_lines.contains(line) {
-                        interim.owned.conf_lines.push(line.clone());
-                    }
-                }
-            }
-            if interim != self.state && old_state.as_ref() != Some(&interim) {
-                changes.push(FileChange {
-                    target: Target::StateInterim,
-                    path: state_path.clone(),
-                    old: old_state_text.clone(),
-                    new: interim.render(),
-                    reasons: vec!["record the lines about to be written".into()],
-                });
-            }
-        }
-        if conf_changes {
-            changes.push(FileChange {
-                target: Target::PveConf,
-                path: facts.conf_path.clone(),
-                old: Some(old_conf),
-                new: new_conf,
-                reasons: self.conf_reasons,
-            });
-        }
-        if let Some(new) = self.lxc {
-            let old = facts.lxc_config.text.clone();
-            if old.as_deref() != Some(new.as_str()) {
-                changes.push(FileChange {
-                    target: Target::LxcConfig,
-                    path: facts.lxc_config.path.clone(),
-                    old,
-                    new,
-                    reasons: self.lxc_reasons,
-                });
-            }
-        }
-        if state_changes {
-            changes.push(FileChange {
-                target: Target::State,
-                path: state_path,
-                old: old_state_text,
-                new: self.state.render(),
-                reasons: vec!["record the lines the tool owns in the container config".into()],
-            });
-        }
-        Decision {
-            changes,
-            subid: self.subid,
-            idmap: self.idmap,
-            events: self.events,
-            refusal: None,
-        }
+        changes
     }
 }
 
 /// One planning step: edits the draft, or returns a refusal message.
-pub type Step = fn(&Facts, &mut Draft) -> Result<(), String>;
+pub type Step = fn(&Facts, &mut Draft) -> Result<(), Refusal>;
 
 /// The planning steps, in order. A step edits `d.conf` (recording a line
 /// per change in `d.conf_reasons` and what it owns in `d.state.owned`),
@@ -403,7 +463,7 @@ pub(crate) mod tests {
         assert!(why.contains("runtime user svc uid 1000"), "{why}");
         // A bad runtime line names the policy line.
         let f = with_policy(facts(conf), "idmap = [\n\"uid 0 runtime\"]\n");
-        let r = decide(&f).refusal.unwrap();
+        let r = decide(&f).refusal.unwrap().to_string();
         assert!(
             r.contains("105.toml line 2") && r.contains("host root"),
             "{r}"
@@ -428,7 +488,7 @@ pub(crate) mod tests {
         assert!(d
             .change(Target::PveConf)
             .is_none_or(|c| c.new.contains("dev0: /dev/ttyACM0,gid=20\n")));
-        let ev: Vec<String> = d.events.iter().map(|e| e.message.clone()).collect();
+        let ev: Vec<String> = d.events.iter().map(ToString::to_string).collect();
         assert!(
             ev.iter()
                 .any(|m| m.contains("pct set 105 --dev0 /dev/ttyACM0,gid=1000,uid=1000")),
@@ -484,8 +544,8 @@ pub(crate) mod tests {
         assert_eq!(
             targets,
             [
-                Target::Subgid,
                 Target::StateInterim,
+                Target::Subgid,
                 Target::PveConf,
                 Target::LxcConfig,
                 Target::State
@@ -496,15 +556,24 @@ pub(crate) mod tests {
         assert!(interim
             .owned
             .conf_lines
-            .contains(&"lxc.idmap: g 21 100021 65515".to_string()));
+            .contains(&crate::model::state::OwnedLine::new(
+                "lxc.idmap",
+                "g 21 100021 65515"
+            )));
         assert!(!last
             .owned
             .conf_lines
-            .contains(&"lxc.idmap: g 21 100021 65515".to_string()));
+            .contains(&crate::model::state::OwnedLine::new(
+                "lxc.idmap",
+                "g 21 100021 65515"
+            )));
         assert!(last
             .owned
             .conf_lines
-            .contains(&"lxc.idmap: g 44 44 1".to_string()));
+            .contains(&crate::model::state::OwnedLine::new(
+                "lxc.idmap",
+                "g 44 44 1"
+            )));
         let conf = &d.change(Target::PveConf).unwrap().new;
         assert_eq!(conf.matches("lxc.idmap").count(), 6, "{conf}");
     }
@@ -541,27 +610,64 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn conflicting_own_lines_are_refused_with_the_fix() {
-        let conf = format!("{SERIAL}lxc.idmap: u 0 100000 65536\nlxc.idmap: g 0 100000 65536\n");
-        let d = decide(&facts(&conf));
-        let r = d.refusal.unwrap();
-        assert!(r.starts_with("/etc/pve/lxc/105.conf: the container's own lxc.idmap lines 'u 0 100000 65536', 'g 0 100000 65536' do not give"), "{r}");
-        assert!(
-            r.contains("entry 'g 0 100000 65536' maps container gid 20 to host gid 100020, not 20"),
-            "{r}"
+    fn a_persons_copy_of_the_default_map_is_adopted_and_put_back() {
+        let conf = format!("{SERIAL}lxc.idmap: u 0 100000 65536\nlxc.idmap = g 0 100000 65536\n");
+        let f = facts(&conf);
+        let d = decide(&f);
+        assert_eq!(d.refusal, None);
+        let new = &d.change(Target::PveConf).unwrap().new;
+        assert!(!new.contains("lxc.idmap: g 0 100000 65536"), "{new}");
+        assert!(new.contains("lxc.idmap: g 20 20 1\n"), "{new}");
+        let f1 = apply(&f, &d);
+        let st = f1.state.clone().unwrap();
+        assert_eq!(st.owned.adopted.len(), 2);
+        // A fixed point.
+        assert!(decide(&f1).changes.is_empty());
+        // The stick goes: the person's exact lines come back.
+        let gone = f1.conf.render().replace(
+            &SERIAL["arch: amd64\nhostname: z2m\nunprivileged: 1\n".len()..],
+            "",
         );
-        assert!(r.contains("replace them with: lxc.idmap: u 0 100000 65536, lxc.idmap: g 0 100000 20, lxc.idmap: g 20 20 1, lxc.idmap: g 21 100021 65515"), "{r}");
+        let mut f2 = f1.clone();
+        f2.conf = PveConfig::parse(&gone);
+        let d2 = decide(&f2);
+        let back = &d2.change(Target::PveConf).unwrap().new;
+        assert!(back.contains("lxc.idmap: u 0 100000 65536\n"), "{back}");
+        assert!(back.contains("lxc.idmap: g 0 100000 65536\n"), "{back}");
+        assert!(!back.contains("g 20 20 1"), "{back}");
+        let f3 = apply(&f2, &d2);
+        assert!(f3.state.unwrap().owned.adopted.is_empty());
+    }
+
+    /// A person's map the tool may not change: the refusal suggests lines
+    /// that, applied as written, start.
+    #[test]
+    fn a_refusals_suggested_map_passes_its_own_checks() {
+        let theirs = "lxc.idmap: u 0 100000 1000\nlxc.idmap: u 1000 1000 1\nlxc.idmap: u 1001 101001 64535\n";
+        let d = decide(&facts(&format!("{SERIAL}{theirs}")));
+        let r = d.refusal.unwrap();
+        assert!(r.what.contains("do not give what is needed"), "{r}");
+        let suggested = r
+            .fix
+            .strip_prefix("replace them with: ")
+            .and_then(|f| f.split("; ").next())
+            .unwrap_or_else(|| panic!("{r}"));
+        let lines: String = suggested.split(", ").map(|l| format!("{l}\n")).collect();
+        assert!(lines.contains("lxc.idmap: g 0 "), "{lines}");
+        let again = decide(&facts(&format!("{SERIAL}{lines}")));
+        assert_eq!(again.refusal, None, "{lines}");
         assert!(d.changes.is_empty());
     }
 
     #[test]
     fn invalid_own_lines_are_refused_naming_them() {
         let conf = "unprivileged: 1\nlxc.idmap: u 0 100000 65536\nlxc.idmap: u 1005 1005 1\nlxc.idmap: g 0 100000 65536\n";
-        let r = decide(&facts(conf)).refusal.unwrap();
+        let r = decide(&facts(conf)).refusal.unwrap().to_string();
         assert!(r.contains("invalid map entry 'u 1005 1005 1': container uid 1005 is also mapped by entry 'u 0 100000 65536'"), "{r}");
         let r = decide(&facts("unprivileged: 1\nlxc.idmap: u 0 100000\n"))
             .refusal
-            .unwrap();
+            .unwrap()
+            .to_string();
         assert!(
             r.starts_with(
                 "/etc/pve/lxc/105.conf line 2: lxc.idmap 'u 0 100000' is not an idmap entry"
@@ -616,10 +722,10 @@ pub(crate) mod tests {
             facts(SERIAL),
             "enabled = true\nidmap = [\n  \"gid 20 20\",\n  \"gid 1-2 1\",\n]\n",
         );
-        let r = decide(&f).refusal.unwrap();
+        let r = decide(&f).refusal.unwrap().to_string();
         assert!(r.starts_with("/etc/pve/pct-passthrough/105.toml line 4: idmap 'gid 1-2 1': the host side has 2 IDs"), "{r}");
         let f = with_policy(facts(SERIAL), "idmap = [\"gid 0 0\"]\n");
-        let r = decide(&f).refusal.unwrap();
+        let r = decide(&f).refusal.unwrap().to_string();
         assert!(r.contains("host gid 0"), "{r}");
     }
 
@@ -718,7 +824,8 @@ pub(crate) mod tests {
             "unprivileged: 1\nlxc.idmap: u 0 100000 65536\nlxc.idmap: g 1 100001 65535\n",
         ))
         .refusal
-        .unwrap();
+        .unwrap()
+        .to_string();
         assert!(r.contains("'u 0 100000 65536', 'g 1 100001 65535' map no container uid 0 or no container gid 0"), "{r}");
     }
 
