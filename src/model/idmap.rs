@@ -4,6 +4,8 @@
 
 use std::fmt;
 
+use crate::model::idset;
+
 /// The first ID a map may not reach: IDs are 32-bit.
 pub const ID_LIMIT: u64 = 1 << 32;
 /// The kernel takes at most 340 lines per `uid_map` / `gid_map`.
@@ -420,12 +422,12 @@ pub fn compute(
     let merged = merge_passthroughs(passthroughs)?;
     let mut out = Vec::new();
     for kind in IdKind::ALL {
-        let mut holes: Vec<IdRange> = merged
-            .iter()
-            .filter(|p| p.kind == kind)
-            .map(|p| IdRange::new(p.ct, p.len))
-            .collect();
-        holes.sort();
+        let holes = idset::union(
+            merged
+                .iter()
+                .filter(|p| p.kind == kind)
+                .map(|p| IdRange::new(p.ct, p.len)),
+        );
         let mut entries: Vec<IdmapEntry> = Vec::new();
         let mut base_of_kind: Vec<&IdmapEntry> = base
             .iter()
@@ -458,29 +460,12 @@ pub fn compute(
 
 /// Appends the parts of `b` that no hole covers. `holes` is sorted by start.
 fn punch(b: &IdmapEntry, holes: &[IdRange], out: &mut Vec<IdmapEntry>) {
-    let range = b.ct_range();
-    let first = holes.partition_point(|h| h.end <= range.start);
-    let mut cursor = range.start;
-    for h in &holes[first..] {
-        if h.start >= range.end {
-            break;
-        }
-        if h.start > cursor {
-            out.push(IdmapEntry::new(
-                b.kind,
-                cursor,
-                b.host + (cursor - b.ct),
-                h.start - cursor,
-            ));
-        }
-        cursor = cursor.max(h.end);
-    }
-    if cursor < range.end {
+    for piece in idset::difference(&[b.ct_range()], holes) {
         out.push(IdmapEntry::new(
             b.kind,
-            cursor,
-            b.host + (cursor - b.ct),
-            range.end - cursor,
+            piece.start,
+            b.host + (piece.start - b.ct),
+            piece.len(),
         ));
     }
 }
@@ -924,12 +909,11 @@ mod tests {
                 }
                 // Every line lies wholly inside the passed IDs (then it is
                 // 1:1) or wholly outside (then host = base + ct).
-                let mut passed: Vec<IdRange> = pts
-                    .iter()
-                    .filter(|p| p.kind == kind)
-                    .map(|p| IdRange::new(p.ct, p.len))
-                    .collect();
-                let passed = crate::model::subid::union(&mut passed);
+                let passed = crate::model::idset::union(
+                    pts.iter()
+                        .filter(|p| p.kind == kind)
+                        .map(|p| IdRange::new(p.ct, p.len)),
+                );
                 for e in &of_kind {
                     let r = e.ct_range();
                     let inside = passed.iter().any(|p| p.start <= r.start && r.end <= p.end);

@@ -9,6 +9,7 @@ pub mod event;
 pub mod firstboot;
 pub mod group;
 pub mod idmap;
+pub mod idset;
 pub mod lxcconf;
 pub mod passwd;
 pub mod policy;

@@ -3,6 +3,7 @@
 //! adjacent ranges chained, and the exact append that adds what is missing.
 
 use crate::model::idmap::{IdKind, IdRange, ID_LIMIT};
+use crate::model::idset;
 
 /// Root must cover these host ranges in `/etc/subuid` (uids) or
 /// `/etc/subgid` (gids). The apply step re-reads the file under lock and
@@ -82,44 +83,18 @@ impl SubidFile {
     /// Root's coverage: the union of `root` and `0` ranges, sorted, with
     /// overlapping and adjacent ranges chained into one.
     pub fn root_coverage(&self) -> Vec<IdRange> {
-        let mut rs: Vec<IdRange> = self
+        let rs: Vec<IdRange> = self
             .ranges
             .iter()
             .filter(|r| is_root_owner(&r.owner))
             .map(|r| r.range)
             .collect();
-        union(&mut rs)
+        idset::union(rs)
     }
 
     /// The parts of `wanted` that root's ranges do not cover, merged.
     pub fn missing(&self, wanted: &[IdRange]) -> Vec<IdRange> {
-        let cover = self.root_coverage();
-        let mut want: Vec<IdRange> = wanted.iter().copied().filter(|r| !r.is_empty()).collect();
-        let want = union(&mut want);
-        let mut out = Vec::new();
-        for w in want {
-            let mut cursor = w.start;
-            let first = cover.partition_point(|c| c.end <= w.start);
-            for c in &cover[first..] {
-                if c.start >= w.end {
-                    break;
-                }
-                if c.start > cursor {
-                    out.push(IdRange {
-                        start: cursor,
-                        end: c.start,
-                    });
-                }
-                cursor = cursor.max(c.end);
-            }
-            if cursor < w.end {
-                out.push(IdRange {
-                    start: cursor,
-                    end: w.end,
-                });
-            }
-        }
-        out
+        idset::difference(&idset::union(wanted.iter().copied()), &self.root_coverage())
     }
 
     /// The file with `root:start:count` lines appended for `missing`, a
@@ -145,19 +120,6 @@ impl SubidFile {
         let missing = self.missing(wanted);
         self.with_appended(&missing).map(|t| (t, missing))
     }
-}
-
-/// Sorts and chains ranges: overlapping or adjacent ones become one.
-pub fn union(rs: &mut [IdRange]) -> Vec<IdRange> {
-    rs.sort();
-    let mut out: Vec<IdRange> = Vec::with_capacity(rs.len());
-    for r in rs.iter() {
-        match out.last_mut() {
-            Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
-            _ => out.push(*r),
-        }
-    }
-    out
 }
 
 /// True when `/etc/nsswitch.conf` text has an active `subid:` line naming

@@ -89,14 +89,8 @@ pub fn run(ctx: &mut Ctx, phase: Phase) -> u8 {
         _ => None,
     };
     let dry_run = ctx.mode.dry_run();
-    // A chained hookscript runs first in pre-start, and its failure aborts
-    // the start as it would without us.
-    if phase == Phase::PreStart {
-        if let Err(e) = chain::run(ctx.paths, ctx.vmid, phase.as_str(), ctx.log, dry_run) {
-            ctx.log.error("chain-failed", format!("{e:#}"));
-            return 1;
-        }
-    }
+    // pre-start runs a chained hookscript first itself (its failure is a
+    // refusal, recorded like any other).
     let result = match phase {
         Phase::PreStart => pre_start::run(ctx),
         Phase::PostStart => post_start::run(ctx),

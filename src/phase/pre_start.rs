@@ -150,6 +150,23 @@ pub fn plan(paths: &Paths, vmid: Vmid, state_problem: &mut Option<String>) -> Pl
 }
 
 pub fn run(ctx: &mut Ctx) -> Result<()> {
+    // A chained hookscript runs first, and its failure aborts the start as
+    // it would without us.
+    if let Err(e) = chain::run(
+        ctx.paths,
+        ctx.vmid,
+        "pre-start",
+        ctx.log,
+        ctx.mode.dry_run(),
+    ) {
+        return Err(refuse(
+            ctx,
+            &Refusal::new(
+                format!("{e:#}"),
+                "pre-start runs the chained hookscript first and refuses the start while it fails",
+            ),
+        ));
+    }
     let mut state_problem = None;
     let planned = plan(ctx.paths, ctx.vmid, &mut state_problem);
     if let Some(p) = state_problem {
