@@ -269,7 +269,8 @@ fn dropped_supplementary_groups_are_recorded_with_the_devn_fallback() {
     let pre = rep.pre_start.as_ref().unwrap();
     assert!(
         pre.stderr.contains("runs without supplementary groups")
-            && pre.stderr.contains(",uid=1000,gid=1000"),
+            && pre.stderr.contains("pct set 990152 --dev0 ")
+            && pre.stderr.contains("gid=1000,uid=1000"),
         "{pre}"
     );
     ct.stop();

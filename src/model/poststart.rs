@@ -217,7 +217,7 @@ pub fn decide(seen: &Seen) -> Decision {
                 d.ct_path, creds.uid, j.verdict, j.detail
             ),
         ));
-        if j.needs_dev_fallback && creds.uid != 0 {
+        if j.needs_dev_fallback {
             fallback.push(DevFallback {
                 path: d.path.clone(),
                 uid: creds.uid,

@@ -177,10 +177,43 @@ pub fn owned_idmap_line(e: &IdmapEntry) -> OwnedLine {
     OwnedLine::new("lxc.idmap", e.to_string())
 }
 
+/// The container's `lxc.idmap` lines (main section), split by owner.
+struct MapLines {
+    /// Every line with its index in the config, in order.
+    at: Vec<(usize, IdmapEntry)>,
+    /// Indexes of the tool's lines.
+    mine_at: HashSet<usize>,
+    mine: Vec<IdmapEntry>,
+    theirs: Vec<IdmapEntry>,
+    /// Every line in the config's order, as Proxmox copies them to LXC.
+    all: Vec<IdmapEntry>,
+}
+
 /// The ID-map step: passthroughs in, `lxc.idmap` lines, subordinate-ID
 /// needs and the same-boot patch out.
 pub fn plan_idmap(facts: &Facts, d: &mut Draft) -> Result<(), Refusal> {
-    let conf_path = &facts.conf_path;
+    let lines = read_map_lines(facts, d)?;
+    let passthroughs = collect_passthroughs(facts)?;
+    if facts.conf.unprivileged()
+        && !passthroughs.is_empty()
+        && is_default_copy(&lines.theirs)
+        && !idmap::unmet(&lines.theirs, &passthroughs).is_empty()
+    {
+        adopt_default_copy(d, &lines.at, &lines.mine_at);
+        return plan_idmap(facts, d);
+    }
+    let Some(effective) = choose_map(facts, d, &lines, &passthroughs)? else {
+        return Ok(());
+    };
+    d.idmap = Some(effective.clone());
+    plan_subids(facts, d, &effective);
+    plan_this_boot(facts, d, &effective);
+    Ok(())
+}
+
+/// The main section's `lxc.idmap` lines of the draft (so earlier steps'
+/// edits count); a line Proxmox cannot parse refuses the start.
+fn read_map_lines(facts: &Facts, d: &Draft) -> Result<MapLines, Refusal> {
     // How many occurrences of each entry the tool owns.
     let mut owned: HashMap<IdmapEntry, usize> = HashMap::new();
     for e in d
@@ -191,171 +224,202 @@ pub fn plan_idmap(facts: &Facts, d: &mut Draft) -> Result<(), Refusal> {
     {
         *owned.entry(e).or_default() += 1;
     }
-    // The main section's lines (of the draft, so earlier steps' edits
-    // count), with their line index.
     let end = main_end(&d.conf);
-    let mut lines: Vec<(usize, IdmapEntry)> = Vec::new();
+    let mut at: Vec<(usize, IdmapEntry)> = Vec::new();
     for (n, line) in d.conf.lines()[..end].iter().enumerate() {
-        if let LineKind::Raw { key, value } = &line.kind {
-            if key != "lxc.idmap" {
-                continue;
-            }
-            match IdmapEntry::parse(value) {
-                Ok(e) => lines.push((n, e)),
-                Err(err) => {
-                    return Err(Refusal::new(
-                        format!(
-                            "{conf_path} line {}: lxc.idmap {err}; Proxmox fails the start with \"failed to parse idmap\"",
-                            n + 1
-                        ),
-                        "fix or remove the line",
-                    ))
-                }
-            }
+        let LineKind::Raw { key, value } = &line.kind else {
+            continue;
+        };
+        if key != "lxc.idmap" {
+            continue;
         }
+        let e = IdmapEntry::parse(value).map_err(|err| {
+            Refusal::new(
+                format!(
+                    "{} line {}: lxc.idmap {err}; Proxmox fails the start with \"failed to parse idmap\"",
+                    facts.conf_path,
+                    n + 1
+                ),
+                "fix or remove the line",
+            )
+        })?;
+        at.push((n, e));
     }
     // Each owned entry claims one occurrence, the last: the tool appends.
     // A person's copy of the same line stays theirs.
     let mut mine_at: HashSet<usize> = HashSet::new();
-    for (n, e) in lines.iter().rev() {
+    for (n, e) in at.iter().rev() {
         if let Some(c) = owned.get_mut(e).filter(|c| **c > 0) {
             *c -= 1;
             mine_at.insert(*n);
         }
     }
-    let mine: Vec<IdmapEntry> = lines
-        .iter()
-        .filter(|(n, _)| mine_at.contains(n))
-        .map(|(_, e)| *e)
-        .collect();
-    let theirs: Vec<IdmapEntry> = lines
-        .iter()
-        .filter(|(n, _)| !mine_at.contains(n))
-        .map(|(_, e)| *e)
-        .collect();
-    // Every line, in the config's order (as PVE copies them to LXC).
-    let all: Vec<IdmapEntry> = lines.iter().map(|(_, e)| *e).collect();
-    let passthroughs = collect_passthroughs(facts)?;
-    // One reason per mapping: two sources wanting the same one say it once.
+    let pick = |mine: bool| -> Vec<IdmapEntry> {
+        at.iter()
+            .filter(|(n, _)| mine_at.contains(n) == mine)
+            .map(|(_, e)| *e)
+            .collect()
+    };
+    Ok(MapLines {
+        mine: pick(true),
+        theirs: pick(false),
+        all: at.iter().map(|(_, e)| *e).collect(),
+        mine_at,
+        at,
+    })
+}
+
+/// One reason per mapping: two sources wanting the same one say it once.
+fn describe(passthroughs: &[Passthrough]) -> Vec<String> {
     let mut described: Vec<String> = Vec::new();
     for (i, p) in passthroughs.iter().enumerate() {
         if !passthroughs[..i].iter().any(|q| q.entry() == p.entry()) {
             described.push(p.to_string());
         }
     }
+    described
+}
 
-    if facts.conf.unprivileged()
-        && !passthroughs.is_empty()
-        && is_default_copy(&theirs)
-        && !idmap::unmet(&theirs, &passthroughs).is_empty()
-    {
-        adopt_default_copy(d, &lines, &mine_at);
-        return plan_idmap(facts, d);
-    }
-
+/// The map this start uses: a person's lines (checked), the tool's
+/// (computed), or Proxmox's default; `None` for a privileged container.
+fn choose_map(
+    facts: &Facts,
+    d: &mut Draft,
+    lines: &MapLines,
+    passthroughs: &[Passthrough],
+) -> Result<Option<Vec<IdmapEntry>>, Refusal> {
     // A privileged container with a person's lxc.idmap lines still runs in
     // a user namespace: those lines are checked and covered like any other.
-    if !facts.conf.unprivileged() && theirs.is_empty() {
+    if !facts.conf.unprivileged() && lines.theirs.is_empty() {
         if !passthroughs.is_empty() {
             d.events.push(Event::info(
                 "idmap-privileged",
                 "privileged container: host IDs are container IDs, so no ID map is needed; doing device and group work only",
             ));
         }
-        if !mine.is_empty() {
+        if !lines.mine.is_empty() {
             remove_owned_idmap(
                 d,
-                &mine_at,
+                &lines.mine_at,
                 Some("removed the tool's lxc.idmap lines: a privileged container needs no ID map"),
             );
         }
-        return Ok(());
+        return Ok(None);
     }
-
-    let effective: Vec<IdmapEntry> = if !theirs.is_empty() {
-        let gives = |m: &[IdmapEntry]| {
-            idmap::validate(m).is_ok() && idmap::unmet(m, &passthroughs).is_empty()
-        };
-        let alone = gives(&theirs);
-        // A person's lines added next to the tool's, together a good map.
-        let together = !mine.is_empty() && gives(&all);
-        let chosen = if alone && (idmap::maps_root(&theirs) || !together) {
-            if !mine.is_empty() {
-                remove_owned_idmap(d, &mine_at, Some("removed the tool's lxc.idmap lines: the container's own lines give what is needed"));
-            }
-            theirs
-        } else if together {
-            all
-        } else if let Err(problems) = idmap::validate(&theirs) {
-            return Err(Refusal::new(
-                format!(
-                    "{conf_path}: the lxc.idmap lines would make the start fail: {}",
-                    problems.join("; ")
-                ),
-                "fix the lines named, or delete every lxc.idmap line and pct-passthrough writes the whole map",
-            ));
-        } else {
-            let unmet = idmap::unmet(&theirs, &passthroughs);
-            return Err(conflict_message(conf_path, &theirs, &unmet, &passthroughs));
-        };
-        if !passthroughs.is_empty() {
-            d.events.push(Event::info(
-                "idmap-kept",
-                format!(
-                    "the container's own lxc.idmap lines already give {}; left unchanged",
-                    described.join(", ")
-                ),
-            ));
-        }
-        if !idmap::maps_root(&chosen) {
-            let lines: Vec<String> = chosen.iter().map(|e| format!("'{e}'")).collect();
-            return Err(Refusal::new(
-                format!(
-                    "{conf_path}: the lxc.idmap lines {} map no container uid 0 or no container gid 0 (root), and LXC fails to start such a container",
-                    lines.join(", ")
-                ),
-                "add lines for container ID 0 of both types, like 'lxc.idmap: u 0 100000 65536' and 'lxc.idmap: g 0 100000 65536'",
-            ));
-        }
-        chosen
-    } else if passthroughs.is_empty() {
-        if !mine.is_empty() {
+    if !lines.theirs.is_empty() {
+        return persons_map(facts, d, lines, passthroughs).map(Some);
+    }
+    if passthroughs.is_empty() {
+        if !lines.mine.is_empty() {
             remove_owned_idmap(
                 d,
-                &mine_at,
+                &lines.mine_at,
                 Some("removed the tool's lxc.idmap lines: no ID passthrough is needed any more, Proxmox's default map applies"),
             );
         }
         restore_adopted(d);
-        idmap::pve_default()
-    } else {
-        let map = idmap::compute(&idmap::pve_default(), &passthroughs).map_err(|e| {
-            Refusal::new(
-                format!("the wanted ID map is not possible: {e}"),
-                format!("fix the sources ({})", described.join(", ")),
-            )
-        })?;
-        if mine != map {
-            remove_owned_idmap(d, &mine_at, None);
-            let values = idmap::render_values(&map);
-            d.conf
-                .push_raw_all("lxc.idmap", values.iter().map(String::as_str));
-            d.state
-                .owned
-                .conf_lines
-                .extend(map.iter().map(owned_idmap_line));
-            d.conf_reasons.push(format!(
-                "lxc.idmap {} for {}",
-                idmap::render_values(&map).join(", "),
-                described.join(", ")
-            ));
+        return Ok(Some(idmap::pve_default()));
+    }
+    tools_map(d, lines, passthroughs).map(Some)
+}
+
+/// A person's lines: kept when they (alone, or with the tool's next to
+/// them) give every passthrough and map root; refused otherwise.
+fn persons_map(
+    facts: &Facts,
+    d: &mut Draft,
+    lines: &MapLines,
+    passthroughs: &[Passthrough],
+) -> Result<Vec<IdmapEntry>, Refusal> {
+    let conf_path = &facts.conf_path;
+    let gives =
+        |m: &[IdmapEntry]| idmap::validate(m).is_ok() && idmap::unmet(m, passthroughs).is_empty();
+    let alone = gives(&lines.theirs);
+    let together = !lines.mine.is_empty() && gives(&lines.all);
+    let chosen = if alone && (idmap::maps_root(&lines.theirs) || !together) {
+        if !lines.mine.is_empty() {
+            remove_owned_idmap(
+                d,
+                &lines.mine_at,
+                Some("removed the tool's lxc.idmap lines: the container's own lines give what is needed"),
+            );
         }
-        map
+        lines.theirs.clone()
+    } else if together {
+        lines.all.clone()
+    } else if let Err(problems) = idmap::validate(&lines.theirs) {
+        return Err(Refusal::new(
+            format!(
+                "{conf_path}: the lxc.idmap lines would make the start fail: {}",
+                problems.join("; ")
+            ),
+            "fix the lines named, or delete every lxc.idmap line and pct-passthrough writes the whole map",
+        ));
+    } else {
+        let unmet = idmap::unmet(&lines.theirs, passthroughs);
+        return Err(conflict_message(
+            conf_path,
+            &lines.theirs,
+            &unmet,
+            passthroughs,
+        ));
     };
+    if !passthroughs.is_empty() {
+        d.events.push(Event::info(
+            "idmap-kept",
+            format!(
+                "the container's own lxc.idmap lines already give {}; left unchanged",
+                describe(passthroughs).join(", ")
+            ),
+        ));
+    }
+    if !idmap::maps_root(&chosen) {
+        let shown: Vec<String> = chosen.iter().map(|e| format!("'{e}'")).collect();
+        return Err(Refusal::new(
+            format!(
+                "{conf_path}: the lxc.idmap lines {} map no container uid 0 or no container gid 0 (root), and LXC fails to start such a container",
+                shown.join(", ")
+            ),
+            "add lines for container ID 0 of both types, like 'lxc.idmap: u 0 100000 65536' and 'lxc.idmap: g 0 100000 65536'",
+        ));
+    }
+    Ok(chosen)
+}
 
-    d.idmap = Some(effective.clone());
+/// The tool's map: Proxmox's default with the passthroughs punched in,
+/// written (and owned) when it differs from the tool's lines there.
+fn tools_map(
+    d: &mut Draft,
+    lines: &MapLines,
+    passthroughs: &[Passthrough],
+) -> Result<Vec<IdmapEntry>, Refusal> {
+    let described = describe(passthroughs);
+    let map = idmap::compute(&idmap::pve_default(), passthroughs).map_err(|e| {
+        Refusal::new(
+            format!("the wanted ID map is not possible: {e}"),
+            format!("fix the sources ({})", described.join(", ")),
+        )
+    })?;
+    if lines.mine != map {
+        remove_owned_idmap(d, &lines.mine_at, None);
+        let values = idmap::render_values(&map);
+        d.conf
+            .push_raw_all("lxc.idmap", values.iter().map(String::as_str));
+        d.state
+            .owned
+            .conf_lines
+            .extend(map.iter().map(owned_idmap_line));
+        d.conf_reasons.push(format!(
+            "lxc.idmap {} for {}",
+            values.join(", "),
+            described.join(", ")
+        ));
+    }
+    Ok(map)
+}
 
-    // Subordinate IDs for every host range of the map.
+/// Subordinate IDs for every host range of the map.
+fn plan_subids(facts: &Facts, d: &mut Draft, effective: &[IdmapEntry]) {
     for kind in IdKind::ALL {
         let ranges: Vec<IdRange> = effective
             .iter()
@@ -372,15 +436,17 @@ pub fn plan_idmap(facts: &Facts, d: &mut Draft) -> Result<(), Refusal> {
             "/etc/nsswitch.conf has a subid: line naming a service other than files, so shadow ignores /etc/subuid and /etc/subgid; make sure that service grants root the ranges of the map, or remove the line",
         ));
     }
+}
 
-    // Same boot: PVE wrote the generated config before this hook ran.
+/// Same boot: Proxmox wrote the generated config before this hook ran.
+fn plan_this_boot(facts: &Facts, d: &mut Draft, effective: &[IdmapEntry]) {
     match d.lxc_text(facts).map(LxcConfig::parse) {
         Some(lxc) => {
-            if let Some(new) = lxc.with_idmap(&effective) {
+            if let Some(new) = lxc.with_idmap(effective) {
                 d.lxc = Some(new);
                 d.lxc_reasons.push(format!(
                     "this start uses lxc.idmap {}",
-                    idmap::render_values(&effective).join(", ")
+                    idmap::render_values(effective).join(", ")
                 ));
             }
         }
@@ -395,7 +461,6 @@ pub fn plan_idmap(facts: &Facts, d: &mut Draft) -> Result<(), Refusal> {
         }
         None => {}
     }
-    Ok(())
 }
 
 /// True for a person's exact copy of Proxmox's default map (`u 0 100000
