@@ -161,7 +161,7 @@ fn nothing_to_act_on() {
 #[test]
 fn a_refusal_exits_1_and_says_why() {
     // A person's map that maps gid 20 elsewhere: pre-start never changes it.
-    let conf = format!("{BIND_CONF}lxc.idmap: u 0 100000 65536\nlxc.idmap: g 0 100000 65536\n");
+    let conf = format!("{BIND_CONF}lxc.idmap: u 0 100000 65536\nlxc.idmap: g 0 100000 1000\nlxc.idmap: g 1000 101000 64536\n");
     let h = Host::new(&conf, None);
     let (code, out, err) = h.plan();
     assert_eq!(code, 1, "{out}{err}");
