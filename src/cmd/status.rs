@@ -39,7 +39,7 @@ pub fn run(paths: &Paths, vmid: Vmid, json: bool) -> u8 {
 
 fn gather(paths: &Paths, vmid: Vmid) -> Result<Status> {
     let conf_path = paths.pve_conf(vmid);
-    let conf_text = read_text(&conf_path, Limits::PVE_CONFIG)?.ok_or_else(|| {
+    let conf_text = read_text(paths, &conf_path, Limits::PVE_CONFIG)?.ok_or_else(|| {
         anyhow!(
             "{}: not found; is {vmid} a container on this node? (pct list)",
             conf_path.display()
@@ -48,7 +48,7 @@ fn gather(paths: &Paths, vmid: Vmid) -> Result<Status> {
     let conf = PveConfig::parse(&conf_text);
     let policy_path = paths.policy(vmid);
     let mut problems = Vec::new();
-    let policy = match read_text(&policy_path, Limits::HOST_FILE) {
+    let policy = match read_text(paths, &policy_path, Limits::HOST_FILE) {
         Ok(Some(t)) => match Policy::parse(&policy_path.display().to_string(), &t) {
             Ok(p) => Some(p),
             Err(e) => {
@@ -63,7 +63,7 @@ fn gather(paths: &Paths, vmid: Vmid) -> Result<Status> {
         }
     };
     let state_path = paths.state(vmid);
-    let state = match read_text(&state_path, Limits::HOST_FILE) {
+    let state = match read_text(paths, &state_path, Limits::HOST_FILE) {
         Ok(Some(t)) => match State::parse(&t) {
             Ok(s) => Some(s),
             Err(p) => {
@@ -77,8 +77,8 @@ fn gather(paths: &Paths, vmid: Vmid) -> Result<Status> {
             None
         }
     };
-    let subuid = read_text(&paths.subuid(), Limits::HOST_FILE)?;
-    let subgid = read_text(&paths.subgid(), Limits::HOST_FILE)?;
+    let subuid = read_text(paths, &paths.subuid(), Limits::HOST_FILE)?;
+    let subgid = read_text(paths, &paths.subgid(), Limits::HOST_FILE)?;
     let devices = wanted_devices(&conf, policy.as_ref())
         .into_iter()
         .map(|(source, path, _)| {

@@ -28,7 +28,7 @@ pub struct Chain {
 /// file that PVE itself would refuse to run.
 pub fn find(paths: &Paths, vmid: Vmid) -> Result<Option<Chain>> {
     let policy_path = paths.policy(vmid);
-    let Some(text) = read_text(&policy_path, Limits::HOST_FILE)? else {
+    let Some(text) = read_text(paths, &policy_path, Limits::HOST_FILE)? else {
         return Ok(None);
     };
     let policy = crate::model::policy::Policy::parse(&policy_path.display().to_string(), &text)
@@ -37,7 +37,7 @@ pub fn find(paths: &Paths, vmid: Vmid) -> Result<Option<Chain>> {
         return Ok(None);
     };
     let in_policy = || format!("'chain' in {}", policy_path.display());
-    let own = read_text(&paths.pve_conf(vmid), Limits::PVE_CONFIG)?
+    let own = read_text(paths, &paths.pve_conf(vmid), Limits::PVE_CONFIG)?
         .and_then(|t| PveConfig::parse(&t).hookscript().map(str::to_string));
     if own.as_deref() == Some(volume.as_str()) {
         bail!(
@@ -45,7 +45,7 @@ pub fn find(paths: &Paths, vmid: Vmid) -> Result<Option<Chain>> {
             in_policy()
         );
     }
-    let defs = read_text(&paths.storage_cfg(), Limits::HOST_FILE)?
+    let defs = read_text(paths, &paths.storage_cfg(), Limits::HOST_FILE)?
         .map(|t| storage::parse(&t))
         .unwrap_or_default();
     let host_path =

@@ -21,7 +21,7 @@ use crate::model::runtime::{self, Choice, IdMap, ProcEntry, Stability};
 use crate::model::state::{DevFallback, DeviceVerdict, LastRun, RuntimeUser, State};
 use crate::model::text::Limits;
 use crate::paths::{Paths, Vmid};
-use crate::sys::fs::{read_text, replace_file};
+use crate::sys::fs::{read_text, replace_file, Durability};
 use crate::sys::lock::{flock_exclusive, LockError};
 use crate::sys::log::Log;
 use crate::sys::ns::{self, read_untrusted, Resolve, Target};
@@ -176,7 +176,11 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
 /// and the state.
 fn worker_main(job: Job) {
     let mut log = Log::new(job.vmid, "post-start");
-    let _guard = match flock_exclusive(&job.paths.worker_lock(job.vmid), Duration::from_secs(5)) {
+    let _guard = match flock_exclusive(
+        &job.paths,
+        &job.paths.worker_lock(job.vmid),
+        Duration::from_secs(5),
+    ) {
         Ok(g) => g,
         Err(LockError::Busy { .. }) => {
             log.warn(
@@ -378,7 +382,13 @@ pub(crate) fn ct_job(req: &CtRequest) -> Result<CtReport, String> {
     let mut written = group_text.as_str();
     let mut gshadow_failed = false;
     if let Some(t) = &edit.gshadow {
-        match replace_file(std::path::Path::new("/etc/gshadow"), t.as_bytes(), 0o640) {
+        match replace_file(
+            &Paths::with_root("/"),
+            std::path::Path::new("/etc/gshadow"),
+            t.as_bytes(),
+            0o640,
+            Durability::Flush,
+        ) {
             Ok(()) => r.wrote.push("/etc/gshadow".into()),
             Err(e) => {
                 r.problems
@@ -389,7 +399,13 @@ pub(crate) fn ct_job(req: &CtRequest) -> Result<CtReport, String> {
         }
     }
     if let (Some(t), false) = (&edit.group, gshadow_failed) {
-        match replace_file(std::path::Path::new("/etc/group"), t.as_bytes(), 0o644) {
+        match replace_file(
+            &Paths::with_root("/"),
+            std::path::Path::new("/etc/group"),
+            t.as_bytes(),
+            0o644,
+            Durability::Flush,
+        ) {
             Ok(()) => {
                 r.wrote.push("/etc/group".into());
                 written = t.as_str();
@@ -420,7 +436,7 @@ pub(crate) fn ct_job(req: &CtRequest) -> Result<CtReport, String> {
 
 /// Host-side facts for the request: host group names of device GIDs.
 fn host_groups(paths: &Paths) -> group::GroupIndex {
-    match read_text(&paths.host("/etc/group"), Limits::HOST_FILE) {
+    match read_text(paths, &paths.host("/etc/group"), Limits::HOST_FILE) {
         Ok(Some(t)) => group::index(&t),
         _ => group::GroupIndex::default(),
     }
@@ -631,15 +647,20 @@ fn apply(
 /// Read-modify-write of the state under the tool's own lock. A corrupt or
 /// unknown-version state is replaced.
 pub fn update_state(paths: &Paths, vmid: Vmid, f: impl FnOnce(&mut State)) -> Result<()> {
-    let _g = flock_exclusive(&paths.own_lock(vmid), Duration::from_secs(5))
+    let _g = flock_exclusive(paths, &paths.own_lock(vmid), Duration::from_secs(5))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let path = paths.state(vmid);
-    let mut state = match read_text(&path, Limits::HOST_FILE) {
+    let mut state = match read_text(paths, &path, Limits::HOST_FILE) {
         Ok(Some(t)) => State::parse(&t).unwrap_or_else(|_| State::new(vmid.get())),
         _ => State::new(vmid.get()),
     };
     f(&mut state);
-    std::fs::create_dir_all(paths.state_dir())
-        .with_context(|| format!("{}: cannot create", paths.state_dir().display()))?;
-    replace_file(&path, state.render().as_bytes(), 0o644)
+    crate::sys::fs::create_dir_all(paths, &paths.state_dir())?;
+    replace_file(
+        paths,
+        &path,
+        state.render().as_bytes(),
+        0o644,
+        Durability::Flush,
+    )
 }

@@ -15,9 +15,10 @@ use crate::model::prestart::{self, Decision, Facts, HostFile, SubidNeed, Target}
 use crate::model::pveconf::{main_section, PveConfig};
 use crate::model::state::{LastRun, State};
 use crate::model::text::Limits;
+use crate::paths::Paths;
 use crate::phase::post_start::{now_secs, update_state};
 use crate::sys::devnode;
-use crate::sys::fs::{read_text, replace_file};
+use crate::sys::fs::{read_text, replace_file, Durability};
 use crate::sys::shadow::{append_coverage, SHADOW_LOCK_TIMEOUT};
 
 /// Reads the container config's main section only (snapshots and pending
@@ -29,7 +30,7 @@ pub fn read_conf_main(ctx: &Ctx) -> Result<PveConfig> {
 /// Reads the container config's text; a missing config is an error.
 fn read_conf_text(ctx: &Ctx) -> Result<String> {
     let path = ctx.paths.pve_conf(ctx.vmid);
-    read_text(&path, Limits::PVE_CONFIG)?.ok_or_else(|| {
+    read_text(ctx.paths, &path, Limits::PVE_CONFIG)?.ok_or_else(|| {
         anyhow!(
             "{}: not found; is {} a container on this node?",
             path.display(),
@@ -41,7 +42,7 @@ fn read_conf_text(ctx: &Ctx) -> Result<String> {
 /// Reads the optional policy, strictly, with its text (for line numbers).
 pub fn read_policy_with_text(ctx: &Ctx) -> Result<Option<(String, Policy)>> {
     let path = ctx.paths.policy(ctx.vmid);
-    let Some(text) = read_text(&path, Limits::HOST_FILE)? else {
+    let Some(text) = read_text(ctx.paths, &path, Limits::HOST_FILE)? else {
         return Ok(None);
     };
     let policy = Policy::parse(&path.display().to_string(), &text).map_err(|e| anyhow!(e))?;
@@ -57,7 +58,7 @@ pub fn read_policy(ctx: &Ctx) -> Result<Option<Policy>> {
 /// treated as none.
 pub fn read_state(ctx: &mut Ctx) -> Option<State> {
     let path = ctx.paths.state(ctx.vmid);
-    let text = match read_text(&path, Limits::HOST_FILE) {
+    let text = match read_text(ctx.paths, &path, Limits::HOST_FILE) {
         Ok(Some(t)) => t,
         Ok(None) => return None,
         Err(e) => {
@@ -77,8 +78,8 @@ pub fn read_state(ctx: &mut Ctx) -> Option<State> {
 
 /// Reads a host file the plan depends on; unreadable input is an error
 /// that names the file.
-fn host_file(path: PathBuf) -> Result<HostFile> {
-    let text = read_text(&path, Limits::HOST_FILE)?;
+fn host_file(paths: &Paths, path: PathBuf) -> Result<HostFile> {
+    let text = read_text(paths, &path, Limits::HOST_FILE)?;
     Ok(HostFile::new(path.display().to_string(), text))
 }
 
@@ -113,17 +114,17 @@ pub fn gather(ctx: &mut Ctx, conf: PveConfig, policy: Option<(String, Policy)>) 
         policy_file,
         state,
         state_path: paths.state(vmid).display().to_string(),
-        subuid: host_file(paths.subuid())?,
-        subgid: host_file(paths.subgid())?,
+        subuid: host_file(paths, paths.subuid())?,
+        subgid: host_file(paths, paths.subgid())?,
         // Only matters when there is a map to cover.
         nsswitch: if unprivileged {
-            read_text(&paths.nsswitch(), Limits::HOST_FILE)
+            read_text(paths, &paths.nsswitch(), Limits::HOST_FILE)
                 .ok()
                 .flatten()
         } else {
             None
         },
-        lxc_config: host_file(paths.lxc_config(vmid))?,
+        lxc_config: host_file(paths, paths.lxc_config(vmid))?,
         mount_hook_exe: crate::sys::proc::exe_for_mount_hook(unprivileged),
         devices,
     })
@@ -250,16 +251,28 @@ pub fn apply(ctx: &mut Ctx, decision: &Decision) -> Result<()> {
                 .context("writing the state")?;
             }
             Target::PveConf => {
-                replace_file(&paths.pve_conf(vmid), c.new.as_bytes(), 0o640)
-                    .context("writing the container config")?;
+                replace_file(
+                    paths,
+                    &paths.pve_conf(vmid),
+                    c.new.as_bytes(),
+                    0o640,
+                    Durability::Flush,
+                )
+                .context("writing the container config")?;
                 ctx.log.info(
                     "conf-write",
                     format!("{}: {}", c.path, c.reasons.join("; ")),
                 );
             }
             Target::LxcConfig => {
-                replace_file(&paths.lxc_config(vmid), c.new.as_bytes(), 0o644)
-                    .context("patching the LXC config for this start")?;
+                replace_file(
+                    paths,
+                    &paths.lxc_config(vmid),
+                    c.new.as_bytes(),
+                    0o644,
+                    Durability::Volatile,
+                )
+                .context("patching the LXC config for this start")?;
                 ctx.log
                     .info("lxc-write", format!("{}: {}", c.path, c.reasons.join("; ")));
             }

@@ -19,7 +19,7 @@ pub fn pre_stop(ctx: &mut Ctx) -> Result<()> {
 }
 
 fn read_state_quiet(ctx: &Ctx) -> Option<State> {
-    let t = read_text(&ctx.paths.state(ctx.vmid), Limits::HOST_FILE).ok()??;
+    let t = read_text(ctx.paths, &ctx.paths.state(ctx.vmid), Limits::HOST_FILE).ok()??;
     State::parse(&t).ok()
 }
 
