@@ -123,10 +123,16 @@ pub fn open_host(paths: &Paths, path: &Path, flags: OFlag, mode: Mode) -> Result
     match open_raw(paths, path, flags, mode)? {
         Ok(fd) => Ok(Some(File::from(fd))),
         Err(Errno::ENOENT) => Ok(None),
-        Err(Errno::ENXIO) => Err(anyhow!(
-            "{}: a socket or a device without a driver, not a regular file; replace it with a regular file",
-            path.display()
-        )),
+        // A FIFO opened for writing with no reader, a socket, a device
+        // without a driver: say which.
+        Err(Errno::ENXIO) => {
+            let st = open_raw(paths, path, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty())?
+                .and_then(|fd| nix::sys::stat::fstat(&fd));
+            let mode = st.map_or(SFlag::S_IFSOCK.bits(), |st| st.st_mode);
+            require_regular(path, mode)?;
+            Err(errno_context(Errno::ENXIO))
+                .with_context(|| format!("{}: cannot open", path.display()))
+        }
         Err(e) => Err(errno_context(e)).with_context(|| format!("{}: cannot open", path.display())),
     }
 }

@@ -78,8 +78,7 @@ pub fn open_lock_file(
             .with_context(|| format!("{}: cannot create the lock directory", dir.display()))?;
     }
     let flags = access | OFlag::O_CREAT | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK | OFlag::O_NOCTTY;
-    let file = open_host(paths, path, flags, Mode::from_bits_truncate(mode))
-        .with_context(|| format!("{}: cannot open the lock file", path.display()))?
+    let file = open_host(paths, path, flags, Mode::from_bits_truncate(mode))?
         .ok_or_else(|| anyhow::anyhow!("{}: cannot create the lock file", path.display()))?;
     let st = nix::sys::stat::fstat(&file)
         .map_err(std::io::Error::from)
