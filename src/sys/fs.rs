@@ -441,6 +441,21 @@ pub fn replace_file(
     new_mode: u32,
     durability: Durability,
 ) -> Result<()> {
+    replace_file_with(paths, path, contents, new_mode, durability, |_| Ok(()))
+}
+
+/// [`replace_file`], calling `before_rename` with the target once the new
+/// contents are complete (and flushed), right before the rename: the last
+/// moment to keep the old file, as shadow's backup does. A failure there
+/// leaves the target as it was, and no temp file.
+pub fn replace_file_with(
+    paths: &Paths,
+    path: &Path,
+    contents: &[u8],
+    new_mode: u32,
+    durability: Durability,
+    before_rename: impl FnOnce(&DirEntry) -> Result<()>,
+) -> Result<()> {
     let target = resolve_write_target(paths, path)?;
     let old = target.stat(target.name())?;
     if let Some(st) = &old {
@@ -459,6 +474,7 @@ pub fn replace_file(
         mode,
         old.as_ref(),
         durability,
+        before_rename,
     );
     if result.is_err() {
         let _ = target.remove(&tmp);
@@ -466,6 +482,7 @@ pub fn replace_file(
     result
 }
 
+#[allow(clippy::too_many_arguments)]
 fn write_temp_and_rename(
     target: &DirEntry,
     mut file: File,
@@ -474,6 +491,7 @@ fn write_temp_and_rename(
     mode: u32,
     old: Option<&FileStat>,
     durability: Durability,
+    before_rename: impl FnOnce(&DirEntry) -> Result<()>,
 ) -> Result<()> {
     let tmp_path = target.sibling_path(tmp);
     file.write_all(contents)
@@ -512,6 +530,7 @@ fn write_temp_and_rename(
         // Test hook: die as a crash would.
         let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
     }
+    before_rename(target)?;
     target.rename(tmp, target.name())?;
     if durability == Durability::Flush {
         sync_tolerant(

@@ -27,7 +27,9 @@ use crate::model::prestart::SubidNeed;
 use crate::model::subid::SubidFile;
 use crate::model::text::Limits;
 use crate::paths::Paths;
-use crate::sys::fs::{open_parent, read_text, replace_file, DirEntry, Durability};
+use crate::sys::fs::{
+    open_parent, read_text, replace_file, replace_file_with, DirEntry, Durability,
+};
 use crate::sys::lock::{flock_exclusive, open_lock_file, FlockGuard, LockError};
 
 /// How long each lock is waited for; shadow's `lckpwdf()` waits 15 s.
@@ -343,13 +345,25 @@ pub fn append_coverage(
             continue;
         };
         let entry = open_parent(paths, path)?;
-        if entry.stat(entry.name())?.is_some() {
-            backup(paths, &entry, old.as_bytes())
-                .with_context(|| format!("{}: cannot write the backup", path.display()))?;
-        }
-        // shadow flushes these too: a lost line can stop a container.
-        replace_file(paths, path, new.as_bytes(), 0o644, Durability::Flush)
-            .with_context(|| format!("{}: cannot write", path.display()))?;
+        let exists = entry.stat(entry.name())?.is_some();
+        // shadow flushes these too: a lost line can stop a container. The
+        // backup is made once the new text is safely in its temp file, so
+        // a write that fails (a full disk) changes nothing at all.
+        replace_file_with(
+            paths,
+            path,
+            new.as_bytes(),
+            0o644,
+            Durability::Flush,
+            |_| {
+                if exists {
+                    backup(paths, &entry, old.as_bytes())
+                        .with_context(|| format!("{}: cannot write the backup", path.display()))?;
+                }
+                Ok(())
+            },
+        )
+        .with_context(|| format!("{}: cannot write", path.display()))?;
         written.push(SubidWrite {
             path: path.clone(),
             added,
