@@ -202,6 +202,44 @@ struct Prepared<'a> {
     written: Vec<PathBuf>,
     problem: Option<String>,
     samples: Vec<Sample>,
+    /// fsync, fdatasync and syncfs calls of one run (strace), if measured.
+    syncs: Option<usize>,
+}
+
+/// Counts the flushes of one run on a fresh copy, untimed, under strace
+/// (`None` without strace): what a crash-safe start costs in disk round
+/// trips, the number that grows with I/O load.
+fn count_syncs(bin: &Path, template: &Path, root: &Path) -> io::Result<Option<usize>> {
+    reset(template, root)?;
+    let log = tempfile::NamedTempFile::new()?;
+    let status = Command::new("strace")
+        .args(["-f", "-qq", "-e", "trace=fsync,fdatasync,syncfs", "-o"])
+        .arg(log.path())
+        .arg(bin)
+        .args([shapes::VMID, "pre-start"])
+        .env("PCT_PASSTHROUGH_ROOT", root)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    match status {
+        Ok(s) if s.success() => {}
+        _ => return Ok(None),
+    }
+    let text = fs::read_to_string(log.path())?;
+    Ok(Some(
+        text.lines()
+            .map(|l| {
+                l.trim_start_matches(|c: char| c.is_ascii_digit())
+                    .trim_start()
+            })
+            .filter(|l| {
+                ["fsync(", "fdatasync(", "syncfs("]
+                    .iter()
+                    .any(|c| l.starts_with(c))
+            })
+            .count(),
+    ))
 }
 
 /// A fresh copy of the template at `root`, flushed to disk: on a host the
@@ -296,6 +334,7 @@ fn main() -> io::Result<()> {
             written: Vec::new(),
             problem: None,
             samples: Vec::new(),
+            syncs: None,
         };
         if let Some(build) = shape.build {
             let base = match (&shm, shape.tmpfs) {
@@ -325,6 +364,7 @@ fn main() -> io::Result<()> {
                 }
             }
             let (written, problem) = check(&bin, &template, &root, shape.must_change)?;
+            p.syncs = count_syncs(&bin, &template, &root)?;
             p.written = written;
             p.problem = p.problem.or(problem);
             p.template = Some(template);
@@ -455,17 +495,18 @@ fn render(prepared: &[Prepared], bin: &Path, rounds: usize) -> io::Result<String
          ({rounds} rounds, shapes interleaved; a run that writes gets a fresh copy of its root, \
          copied and flushed untimed). Peak RSS is `wait4`'s: the kernel counts the spawning \
          process's own peak too, so it is never below the floor row's, and a row at the \
-         floor's value used no more than that.\n"
+         floor's value used no more than that. `fsyncs` counts the fsync, fdatasync and \
+         syncfs calls of one run of the shape, under strace.\n"
     );
-    t.push_str("| shape | runs | median | min | max | × floor | peak RSS | files written | target | met |\n");
-    t.push_str("|---|---:|---:|---:|---:|---:|---:|---|---|---|\n");
+    t.push_str("| shape | runs | median | min | max | × floor | peak RSS | files written | fsyncs | target | met |\n");
+    t.push_str("|---|---:|---:|---:|---:|---:|---:|---|---:|---|---|\n");
     let mut peak_rss: f64 = 0.0;
     for p in prepared {
         if p.samples.is_empty() {
             let why = p.problem.as_deref().unwrap_or("no runs");
             let _ = writeln!(
                 t,
-                "| {} | 0 | - | - | - | - | - | - | - | not measured: {why} |",
+                "| {} | 0 | - | - | - | - | - | - | - | - | not measured: {why} |",
                 p.shape.name
             );
             continue;
@@ -487,6 +528,7 @@ fn render(prepared: &[Prepared], bin: &Path, rounds: usize) -> io::Result<String
                 .collect::<Vec<_>>()
                 .join(" ")
         };
+        let syncs = p.syncs.map_or("-".to_string(), |n| n.to_string());
         let (target, met) = match p.shape.target_s {
             None => ("-".to_string(), "-".to_string()),
             Some(ts) => {
@@ -509,7 +551,7 @@ fn render(prepared: &[Prepared], bin: &Path, rounds: usize) -> io::Result<String
         };
         let _ = writeln!(
             t,
-            "| {}{note} | {} | {} | {} | {} | {:.2} | {} | {written} | {target} | {met} |",
+            "| {}{note} | {} | {} | {} | {} | {:.2} | {} | {written} | {syncs} | {target} | {met} |",
             p.shape.name,
             wall.n,
             fmt_time(wall.median),

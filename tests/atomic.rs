@@ -7,7 +7,8 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::Command;
 
-use pct_passthrough::sys::fs::{replace_file, CRASH_BEFORE_RENAME_ENV};
+use pct_passthrough::paths::Paths;
+use pct_passthrough::sys::fs::{replace_file, Durability, CRASH_BEFORE_RENAME_ENV};
 
 const CHILD_ENV: &str = "ATOMIC_TEST_CHILD_TARGET";
 
@@ -18,7 +19,14 @@ fn keeps_owner_and_mode() {
     fs::write(&p, "root:100000:65536\n").unwrap();
     std::os::unix::fs::chown(&p, Some(1234), Some(5678)).unwrap();
     fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
-    replace_file(&p, b"root:100000:65536\nroot:20:1\n", 0o644).unwrap();
+    replace_file(
+        &Paths::with_root(d.path()),
+        &p,
+        b"root:100000:65536\nroot:20:1\n",
+        0o644,
+        Durability::Flush,
+    )
+    .unwrap();
     let m = fs::metadata(&p).unwrap();
     assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (1234, 5678, 0o600));
     assert_eq!(fs::read(&p).unwrap(), b"root:100000:65536\nroot:20:1\n");
@@ -34,9 +42,11 @@ fn writes_in_the_real_directory_behind_a_symlink() {
     fs::write(real.join("105.conf"), "arch: amd64\n").unwrap();
     fs::set_permissions(real.join("105.conf"), fs::Permissions::from_mode(0o640)).unwrap();
     replace_file(
+        &Paths::with_root(d.path()),
         &d.path().join("etc/pve/lxc/105.conf"),
         b"arch: arm64\n",
         0o640,
+        Durability::Flush,
     )
     .unwrap();
     assert_eq!(fs::read(real.join("105.conf")).unwrap(), b"arch: arm64\n");
@@ -62,7 +72,13 @@ fn writes_in_the_real_directory_behind_a_symlink() {
 fn crash_child() {
     let target =
         std::env::var_os(CHILD_ENV).expect("run by a_crash_before_the_rename_leaves_the_old_file");
-    let _ = replace_file(Path::new(&target), b"NEW CONTENTS\n", 0o644);
+    let _ = replace_file(
+        &Paths::with_root("/"),
+        Path::new(&target),
+        b"NEW CONTENTS\n",
+        0o644,
+        Durability::Flush,
+    );
     unreachable!("the crash hook kills the process before the rename");
 }
 

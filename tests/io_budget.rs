@@ -15,7 +15,10 @@ const BIN: &str = env!("CARGO_BIN_EXE_pct-passthrough");
 /// Every syscall that opens a path or changes the file tree.
 const TRACED: &str = "open,openat,openat2,creat,rename,renameat,renameat2,unlink,unlinkat,\
     mkdir,mkdirat,rmdir,link,linkat,symlink,symlinkat,truncate,chmod,fchmodat,chown,fchownat,\
-    lchown,mknod,mknodat,clone,clone3,fork,vfork";
+    lchown,mknod,mknodat,clone,clone3,fork,vfork,fsync,fdatasync,syncfs";
+
+/// The calls that flush a file or directory (named by their descriptor).
+const SYNCS: &[&str] = &["fsync", "fdatasync", "syncfs"];
 
 /// Opens the Rust runtime itself makes in every binary (the main thread's
 /// stack guard), outside the root.
@@ -43,11 +46,14 @@ struct Trace {
 }
 
 impl Trace {
-    /// Paths opened (read or write, found or not), deduplicated.
+    /// Paths opened (read or write, found or not), deduplicated. An
+    /// `O_PATH` open reads nothing: it is the root's descriptor that every
+    /// lookup under a temp root starts from.
     fn opened(&self) -> BTreeSet<String> {
         self.calls
             .iter()
             .filter(|c| c.syscall.starts_with("open") || c.syscall == "creat")
+            .filter(|c| !c.flags.contains("O_PATH"))
             .map(|c| c.path.clone())
             .filter(|p| !RUNTIME_OPENS.contains(&p.as_str()))
             .collect()
@@ -78,6 +84,18 @@ impl Trace {
             .count()
     }
 
+    /// What was flushed, in order, with `.tmp.<pid>` made `.tmp.PID`.
+    fn synced(&self) -> Vec<String> {
+        self.calls
+            .iter()
+            .filter(|c| SYNCS.contains(&c.syscall.as_str()))
+            .map(|c| match c.path.split_once(".tmp.") {
+                Some((name, _)) => format!("{name}.tmp.PID"),
+                None => c.path.clone(),
+            })
+            .collect()
+    }
+
     fn write_opens(&self) -> Vec<&Call> {
         self.calls
             .iter()
@@ -102,7 +120,16 @@ fn quoted(args: &str) -> Option<(String, &str)> {
     None
 }
 
-/// The calls of an strace log, paths made relative to `root_s`.
+/// The path strace `-y` prints for the last descriptor argument in
+/// `segment` (`3</r/etc>`), if any.
+fn fd_path(segment: &str) -> Option<&str> {
+    let open = segment.rfind("</")?;
+    let rest = &segment[open + 1..];
+    Some(&rest[..rest.find('>')?])
+}
+
+/// The calls of an strace `-y` log, paths made relative to `root_s`. A
+/// path relative to a directory descriptor is joined to that directory.
 fn parse_log(text: &str, root_s: &str) -> Vec<Call> {
     let mut calls = Vec::new();
     for line in text.lines() {
@@ -126,10 +153,36 @@ fn parse_log(text: &str, root_s: &str) -> Vec<Call> {
             });
             continue;
         }
+        let rel_to_root = |path: &str| match path.strip_prefix(root_s) {
+            Some("") => "/".to_string(),
+            Some(r) => r.to_string(),
+            None => path.to_string(),
+        };
+        if SYNCS.contains(&syscall) {
+            calls.push(Call {
+                syscall: syscall.to_string(),
+                path: fd_path(args).map(rel_to_root).unwrap_or_default(),
+                arg: 0,
+                flags: String::new(),
+                mutates: false,
+            });
+            continue;
+        }
         let mut rest = args;
         // rename and link calls name two paths; both count.
         let mut arg = 0;
         while let Some((path, tail)) = quoted(rest) {
+            let before = &rest[..rest.find('"').unwrap_or(0)];
+            let path = match fd_path(before) {
+                Some(dir) if !path.starts_with('/') => {
+                    if path == "." {
+                        dir.to_string()
+                    } else {
+                        format!("{}/{path}", dir.trim_end_matches('/'))
+                    }
+                }
+                _ => path,
+            };
             let rel = match path.strip_prefix(root_s) {
                 Some("") => "/".to_string(),
                 Some(r) => r.to_string(),
@@ -172,6 +225,7 @@ fn trace(root: &Path, args: &[&str]) -> Trace {
     let out = Command::new("strace")
         .args([
             "-f",
+            "-y",
             "-qq",
             "-s",
             "4096",
@@ -354,6 +408,7 @@ fn second_start_writes_nothing() {
             "the second start changes nothing, so it opens nothing for writing, renames, \
              removes or creates nothing"
         );
+        assert_eq!(t.synced(), Vec::<String>::new(), "and flushes nothing");
         assert_eq!(
             shapes::changed(&before, &shapes::files(&root).unwrap()),
             Vec::<std::path::PathBuf>::new()
@@ -372,6 +427,9 @@ rename("/r/etc/subgid.tmp.41", "/r/etc/subgid") = 0
 <... openat resumed>) = 5
 42 clone3({flags=CLONE_VM, exit_signal=SIGCHLD}, 88) = 43
 41 +++ exited with 0 +++
+43 openat2(3</r>, "etc/subgid", {flags=O_RDONLY|O_NONBLOCK|O_CLOEXEC, resolve=RESOLVE_IN_ROOT}, 24) = 4</r/etc/subgid>
+43 renameat(5</r/etc>, "subgid.tmp.43", 5</r/etc>, "subgid") = 0
+43 fsync(5</r/etc>) = 0
 "#;
     let calls = parse_log(log, "/r");
     let short: Vec<(&str, &str, bool)> = calls
@@ -391,8 +449,13 @@ rename("/r/etc/subgid.tmp.41", "/r/etc/subgid") = 0
             ("unlink", "/a \"q\"", true),
             ("openat", "/x", false),
             ("clone3", "", false),
+            ("openat2", "/etc/subgid", false),
+            ("renameat", "/etc/subgid.tmp.43", true),
+            ("renameat", "/etc/subgid", true),
+            ("fsync", "/etc", false),
         ]
     );
+    assert_eq!(calls[10].arg, 1);
     let t = Trace {
         calls: calls.clone(),
         status: std::process::ExitStatus::default(),
@@ -400,9 +463,59 @@ rename("/r/etc/subgid.tmp.41", "/r/etc/subgid") = 0
     };
     assert_eq!(
         t.opened(),
-        set(&["/etc/pve/lxc/105.conf", "/etc/subgid.tmp.41", "/x"])
+        set(&[
+            "/etc/pve/lxc/105.conf",
+            "/etc/subgid",
+            "/etc/subgid.tmp.41",
+            "/x"
+        ])
     );
     assert_eq!(t.renamed_to(), set(&["/etc/subgid"]));
     assert_eq!(t.spawns(), 1);
     assert_eq!(t.write_opens(), vec![&calls[2]]);
+    assert_eq!(t.synced(), ["/etc"]);
+}
+
+/// Durability, and its cost: the first start flushes what a crash must not
+/// lose (each file's temp before its rename, its directory after) and
+/// nothing else. `/var/lib/lxc/<vmid>/config` is regenerated by Proxmox at
+/// every start and never flushed by it: neither the file nor its directory.
+#[test]
+fn typical_first_start_flushes_only_what_a_crash_must_not_lose() {
+    let dir = root_with(shapes::typical);
+    let root = dir.path().join("r");
+    let t = trace(&root, &[shapes::VMID, "pre-start"]);
+    assert!(t.status.success(), "{}", t.stderr);
+    let mut synced = t.synced();
+    synced.sort();
+    assert_eq!(
+        synced,
+        [
+            "/etc",
+            "/etc/pve/lxc",
+            "/etc/pve/lxc/105.conf.tmp.PID",
+            "/etc/subgid.tmp.PID",
+            "/var/lib/pct-passthrough",
+            "/var/lib/pct-passthrough/105.json.tmp.PID",
+        ],
+        "the state, /etc/subgid and the container config, each file and directory once"
+    );
+    assert!(
+        t.synced().iter().all(|p| !p.starts_with("/var/lib/lxc")),
+        "{:?}",
+        t.synced()
+    );
+    // The order the tool depends on: a temp file is flushed before the
+    // rename that puts it in place.
+    for (i, c) in t.calls.iter().enumerate() {
+        if c.syscall.starts_with("rename") && c.arg == 0 && !c.path.starts_with("/var/lib/lxc") {
+            let flushed = t.calls[..i]
+                .iter()
+                .any(|s| SYNCS.contains(&s.syscall.as_str()) && s.path == c.path);
+            assert!(
+                flushed || c.path.contains("subgid-"),
+                "{c:?} renamed unflushed"
+            );
+        }
+    }
 }

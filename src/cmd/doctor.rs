@@ -23,11 +23,11 @@ use crate::sys::fs::read_text;
 /// Runs every check and prints the report; returns the exit code.
 pub fn run(paths: &Paths, vmid: Option<Vmid>) -> u8 {
     let mut checks = host_checks(paths);
-    let subuid = read_text(&paths.subuid(), Limits::HOST_FILE)
+    let subuid = read_text(paths, &paths.subuid(), Limits::HOST_FILE)
         .ok()
         .flatten()
         .unwrap_or_default();
-    let subgid = read_text(&paths.subgid(), Limits::HOST_FILE)
+    let subgid = read_text(paths, &paths.subgid(), Limits::HOST_FILE)
         .ok()
         .flatten()
         .unwrap_or_default();
@@ -48,7 +48,7 @@ pub fn run(paths: &Paths, vmid: Option<Vmid>) -> u8 {
 
 /// Reads a host file for a check: an unreadable file becomes a fail line.
 fn read(paths: &Paths, abs: &str, limits: Limits, subject: &str) -> Result<Option<String>, Check> {
-    read_text(&paths.host(abs), limits).map_err(|e| {
+    read_text(paths, &paths.host(abs), limits).map_err(|e| {
         Check::fail(
             subject,
             format!("{e:#}"),
@@ -99,7 +99,7 @@ fn used_host_ranges(paths: &Paths) -> [Vec<IdRange>; 2] {
         if p.extension().is_none_or(|x| x != "conf") {
             continue;
         }
-        let Some(text) = read_text(&p, Limits::PVE_CONFIG).ok().flatten() else {
+        let Some(text) = read_text(paths, &p, Limits::PVE_CONFIG).ok().flatten() else {
             continue;
         };
         if let Ok(Some(map)) = doctor::effective_map(&PveConfig::parse(&text)) {
@@ -123,7 +123,7 @@ fn containers_using_us(paths: &Paths) -> Vec<Vmid> {
         .filter_map(|e| {
             let name = e.file_name();
             let vmid = Vmid::parse(name.to_str()?.strip_suffix(".conf")?)?;
-            let ours = read_text(&paths.pve_conf(vmid), Limits::PVE_CONFIG)
+            let ours = read_text(paths, &paths.pve_conf(vmid), Limits::PVE_CONFIG)
                 .ok()
                 .flatten()
                 .is_some_and(|t| {
@@ -139,7 +139,7 @@ fn containers_using_us(paths: &Paths) -> Vec<Vmid> {
 }
 
 fn hook_file(paths: &Paths, volume: &str) -> HookFile {
-    let defs = read_text(&paths.storage_cfg(), Limits::HOST_FILE)
+    let defs = read_text(paths, &paths.storage_cfg(), Limits::HOST_FILE)
         .ok()
         .flatten()
         .map(|t| storage::parse(&t))

@@ -49,8 +49,8 @@ fn gather(paths: &Paths, vmid: Vmid) -> Result<Status> {
     };
     let state = io::load_state(paths, vmid);
     problems.extend(state.problem.clone());
-    let subuid = read_text(&paths.subuid(), Limits::HOST_FILE)?;
-    let subgid = read_text(&paths.subgid(), Limits::HOST_FILE)?;
+    let subuid = read_text(paths, &paths.subuid(), Limits::HOST_FILE)?;
+    let subgid = read_text(paths, &paths.subgid(), Limits::HOST_FILE)?;
     let devices = device::declared(&conf, policy.as_ref())
         .into_iter()
         .map(|d| {

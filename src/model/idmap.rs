@@ -6,8 +6,14 @@ use std::fmt;
 
 use crate::model::idset;
 
-/// The first ID a map may not reach: IDs are 32-bit.
-pub const ID_LIMIT: u64 = 1 << 32;
+/// The first ID no range may reach: a range `[first, first + count)` is
+/// valid only when `first + count <= 4294967295`, on both sides of a map
+/// line and in `/etc/subuid`/`/etc/subgid`. 4294967295 is `(uid_t)-1`,
+/// which the kernel reserves: on this project's CI kernel (6.18) writing
+/// `4294967295 4294967295 1`, `0 4294967295 1` or `0 4294967294 2` to a
+/// fresh `unshare -U` process's `uid_map` fails with EINVAL, and
+/// `4294967294 4294967294 1` is taken.
+pub const ID_LIMIT: u64 = u32::MAX as u64;
 /// The kernel takes at most 340 lines per `uid_map` / `gid_map`.
 pub const MAX_LINES_PER_KIND: usize = 340;
 /// Proxmox's default map for unprivileged containers: `0 100000 65536`.
@@ -131,9 +137,8 @@ impl IdmapEntry {
             if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
                 return Err(bad());
             }
-            s.parse::<u64>().map_err(|_| {
-                format!("'{value}': {s} is not a valid ID (IDs are below 2^32 = {ID_LIMIT})")
-            })
+            s.parse::<u64>()
+                .map_err(|_| format!("'{value}': {s} is not a valid ID (IDs are below {ID_LIMIT})"))
         };
         let ct = num()?;
         let host = num()?;
@@ -225,8 +230,8 @@ impl Side {
     }
 }
 
-/// Checks a complete map (both kinds): no zero-length line, no ID at or
-/// above 2^32, no host ID 0, no overlap on either side per kind, at most 340
+/// Checks a complete map (both kinds): no zero-length line, no range
+/// reaching [`ID_LIMIT`], no host ID 0, no overlap on either side per kind, at most 340
 /// lines per kind. Every problem names the offending lines.
 pub fn validate(entries: &[IdmapEntry]) -> Result<(), Vec<String>> {
     let mut problems = Vec::new();
@@ -240,7 +245,7 @@ pub fn validate(entries: &[IdmapEntry]) -> Result<(), Vec<String>> {
         for (side, start) in [(Side::Container, e.ct), (Side::Host, e.host)] {
             if start.checked_add(e.len).is_none_or(|end| end > ID_LIMIT) {
                 problems.push(format!(
-                    "invalid map entry '{e}': {} {}s reach {} or more, past the largest ID {}; shorten the range",
+                    "invalid map entry '{e}': {} {}s reach {} or more, past the largest mappable ID {}; shorten the range",
                     side.word(),
                     e.kind.word(),
                     ID_LIMIT,
@@ -576,7 +581,7 @@ impl RawIdmap {
     }
 }
 
-/// `N` or `A-B` (inclusive), each below 2^32.
+/// `N` or `A-B` (inclusive), each below [`ID_LIMIT`].
 fn parse_inclusive(line: &str, s: &str) -> Result<IdRange, String> {
     let num = |t: &str| -> Result<u64, String> {
         if t.is_empty() || !t.bytes().all(|b| b.is_ascii_digit()) {
@@ -587,7 +592,8 @@ fn parse_inclusive(line: &str, s: &str) -> Result<IdRange, String> {
         match t.parse::<u64>() {
             Ok(n) if n < ID_LIMIT => Ok(n),
             _ => Err(format!(
-                "'{line}': {t} is too large; IDs are below 2^32 = {ID_LIMIT}"
+                "'{line}': {t} is too large; the largest ID a map may use is {}",
+                ID_LIMIT - 1
             )),
         }
     };
@@ -702,8 +708,8 @@ mod tests {
     #[case::gid_host(&["g 0 100000 1000", "g 2000 102000 1000", "g 3500 99500 5000"], "invalid map entry 'g 0 100000 1000': host gid 100000 is also mapped by entry 'g 3500 99500 5000'")]
     #[case::host_zero(&["u 0 0 1"], "invalid map entry 'u 0 0 1': it maps host uid 0 (host root)")]
     #[case::zero_len(&["g 5 5 0"], "invalid map entry 'g 5 5 0': zero length")]
-    #[case::past_2_32(&["u 4294967295 100000 2"], "invalid map entry 'u 4294967295 100000 2': container uids reach 4294967296")]
-    #[case::host_past_2_32(&["g 0 4294967290 7"], "host gids reach 4294967296")]
+    #[case::past_2_32(&["u 4294967295 100000 2"], "invalid map entry 'u 4294967295 100000 2': container uids reach 4294967295")]
+    #[case::host_past_2_32(&["g 0 4294967290 7"], "host gids reach 4294967295")]
     fn pve_invalid(#[case] lines: &[&str], #[case] want: &str) {
         let problems = validate(&map(lines)).unwrap_err();
         assert!(
@@ -746,9 +752,25 @@ mod tests {
         );
     }
 
-    #[test]
-    fn up_to_the_last_id_is_fine() {
-        assert_eq!(validate(&map(&["u 4294967295 4294967295 1"])), Ok(()));
+    /// The kernel's limit, first + count <= 4294967295 on both sides (see
+    /// [`ID_LIMIT`] for what `unshare -U` showed on this machine).
+    #[rstest]
+    #[case::both_last(&["u 4294967294 4294967294 1"], None)]
+    #[case::ct_last(&["g 4294967294 200000 1"], None)]
+    #[case::host_last(&["g 0 4294967294 1"], None)]
+    #[case::ends_at_limit(&["u 4294967293 4294967293 2"], None)]
+    #[case::both_reserved(&["u 4294967295 4294967295 1"], Some("container uids reach 4294967295"))]
+    #[case::ct_reserved(&["g 4294967295 200000 1"], Some("container gids reach 4294967295"))]
+    #[case::host_reserved(&["u 0 4294967295 1"], Some("host uids reach 4294967295"))]
+    #[case::host_range_reaches(&["u 0 4294967294 2"], Some("host uids reach 4294967295"))]
+    #[case::ct_range_reaches(&["g 4294967293 300000 3"], Some("container gids reach 4294967295"))]
+    #[case::count_wraps_u64(&["u 1 1 18446744073709551615"], Some("container uids reach 4294967295"))]
+    fn the_top_of_the_id_range(#[case] lines: &[&str], #[case] want: Option<&str>) {
+        match (validate(&map(lines)), want) {
+            (Ok(()), None) => {}
+            (Err(p), Some(w)) => assert!(p.iter().any(|p| p.contains(w)), "{p:#?} lacks {w}"),
+            (got, want) => panic!("{lines:?}: got {got:?}, want {want:?}"),
+        }
     }
 
     #[test]
@@ -812,7 +834,9 @@ mod tests {
     #[case("gid 44 44", &["g 44 44 1"])]
     #[case("uid 1005 1000", &["u 1000 1005 1"])]
     #[case("both 2000-2009 2000-2009", &["u 2000 2000 10", "g 2000 2000 10"])]
-    #[case("uid 4294967295 5", &["u 5 4294967295 1"])]
+    #[case("uid 4294967294 5", &["u 5 4294967294 1"])]
+    #[case("gid 4294967294 4294967294", &["g 4294967294 4294967294 1"])]
+    #[case("both 4294967290-4294967294 0-4", &["u 0 4294967290 5", "g 0 4294967290 5"])]
     fn parses_raw_idmap(#[case] s: &str, #[case] want: &[&str]) {
         let r = RawIdmap::parse(s).unwrap();
         let got: Vec<String> = r
@@ -829,6 +853,12 @@ mod tests {
     #[case("uid 1-3 1-2", "the host side has 3 IDs and the container side 2")]
     #[case("uid 3-1 3-1", "runs backwards")]
     #[case("uid 4294967296 1", "too large")]
+    #[case(
+        "uid 4294967295 4294967295",
+        "4294967295 is too large; the largest ID a map may use is 4294967294"
+    )]
+    #[case("gid 5 4294967295", "4294967295 is too large")]
+    #[case("both 4294967290-4294967295 0-5", "4294967295 is too large")]
     #[case("uid x 1", "is not an ID")]
     fn raw_idmap_errors(#[case] s: &str, #[case] want: &str) {
         let e = RawIdmap::parse(s).unwrap_err();

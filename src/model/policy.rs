@@ -4,6 +4,8 @@
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::model::idmap::ID_LIMIT;
+
 /// How a device gets into the container.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -131,6 +133,15 @@ impl Policy {
         }
         policy.file = file.to_string();
         policy.newlines = LineIndex::new(text).newlines;
+        if let Some(uid) = policy.runtime_uid.filter(|&u| u64::from(u) >= ID_LIMIT) {
+            let at = text
+                .find("runtime_uid")
+                .map_or(String::new(), |pos| format!(" line {}", line_of(text, pos)));
+            return Err(format!(
+                "{file}{at}: runtime_uid {uid} is not a user ID; the largest is {}",
+                ID_LIMIT - 1
+            ));
+        }
         Ok(policy)
     }
 
@@ -183,6 +194,21 @@ mod tests {
         #[test]
         fn line_index_agrees_with_line_of(text in "[a\n\r=]{0,40}", pos in 0usize..50) {
             proptest::prop_assert_eq!(LineIndex::new(&text).line_of(pos), line_of(&text, pos));
+        }
+    }
+
+    #[rstest::rstest]
+    #[case::last(4294967294, None)]
+    #[case::reserved(
+        4294967295,
+        Some("p.toml line 2: runtime_uid 4294967295 is not a user ID; the largest is 4294967294")
+    )]
+    fn runtime_uid_at_the_top_of_the_range(#[case] uid: u64, #[case] want: Option<&str>) {
+        let text = format!("enabled = true\nruntime_uid = {uid}\n");
+        match (Policy::parse("p.toml", &text), want) {
+            (Ok(p), None) => assert_eq!(p.runtime_uid.map(u64::from), Some(uid)),
+            (Err(e), Some(w)) => assert_eq!(e, w),
+            (got, want) => panic!("got {got:?}, want {want:?}"),
         }
     }
 

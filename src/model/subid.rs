@@ -94,7 +94,14 @@ impl SubidFile {
 
     /// The parts of `wanted` that root's ranges do not cover, merged.
     pub fn missing(&self, wanted: &[IdRange]) -> Vec<IdRange> {
-        idset::difference(&idset::union(wanted.iter().copied()), &self.root_coverage())
+        // No line can hold an ID at or past ID_LIMIT (this parser ignores
+        // one, and the kernel refuses a map reaching it; `idmap::validate`
+        // names such a map): never plan to append one.
+        let want = idset::union(wanted.iter().map(|r| IdRange {
+            start: r.start,
+            end: r.end.min(ID_LIMIT),
+        }));
+        idset::difference(&want, &self.root_coverage())
     }
 
     /// The file with `root:start:count` lines appended for `missing`, a
@@ -163,7 +170,11 @@ mod tests {
     #[case::garbage_ignored("root:20\nroot:x:1\nroot:20:1:9\n:20:1\nroot:20:0\n", &[r(20, 1)], &[r(20, 1)])]
     #[case::boundary_65535("root:100000:65535\n", &[r(100000, 65536)], &[r(165535, 1)])]
     #[case::boundary_exact("root:100000:65536\n", &[r(165535, 1)], &[])]
-    #[case::past_2_32_ignored("root:4294967295:2\n", &[r(4294967295, 1)], &[r(4294967295, 1)])]
+    #[case::past_2_32_ignored("root:4294967295:2\n", &[r(4294967294, 1)], &[r(4294967294, 1)])]
+    #[case::last_id_counts("root:4294967294:1\n", &[r(4294967294, 1)], &[])]
+    #[case::reaching_the_reserved_id_ignored("root:4294967294:2\n", &[r(4294967294, 1)], &[r(4294967294, 1)])]
+    #[case::the_reserved_id_ignored("root:4294967295:1\n", &[r(4294967294, 1)], &[r(4294967294, 1)])]
+    #[case::range_ending_at_the_limit("root:4294967290:5\n", &[r(4294967290, 5)], &[])]
     fn missing_ranges(#[case] text: &str, #[case] wanted: &[IdRange], #[case] want: &[IdRange]) {
         assert_eq!(SubidFile::parse(text).missing(wanted), want);
     }
@@ -181,6 +192,24 @@ mod tests {
         assert_eq!(new, want);
         // Applying the plan again needs nothing.
         assert_eq!(SubidFile::parse(&new).plan(&[r(20, 1)]), None);
+    }
+
+    #[rstest]
+    #[case::below(&[r(4294967290, 5)], Some("root:4294967290:5\n"))]
+    #[case::reaching_the_limit(&[r(4294967290, 6)], Some("root:4294967290:5\n"))]
+    #[case::only_the_reserved_id(&[r(4294967295, 1)], None)]
+    #[case::past_2_32(&[r(4294967296, 10)], None)]
+    fn never_appends_a_range_reaching_the_limit(
+        #[case] wanted: &[IdRange],
+        #[case] want: Option<&str>,
+    ) {
+        let f = SubidFile::parse("");
+        let got = f.plan(wanted).map(|(t, _)| t);
+        assert_eq!(got.as_deref(), want);
+        if let Some(t) = got {
+            // What was appended parses back as coverage.
+            assert_eq!(SubidFile::parse(&t).plan(wanted), None);
+        }
     }
 
     #[rstest]

@@ -44,7 +44,7 @@ pub fn find(paths: &Paths, vmid: Vmid) -> Result<Option<Chain>> {
             in_policy()
         );
     }
-    let defs = read_text(&paths.storage_cfg(), Limits::HOST_FILE)?
+    let defs = read_text(paths, &paths.storage_cfg(), Limits::HOST_FILE)?
         .map(|t| storage::parse(&t))
         .unwrap_or_default();
     let host_path =

@@ -7,7 +7,8 @@ use crate::model::access::{NodeStat, OVERFLOW_ID};
 use crate::model::group::{self, GroupWant};
 use crate::model::passwd;
 use crate::model::poststart::{CtReport, CtRequest, DEVICE_GROUPS};
-use crate::sys::fs::replace_file;
+use crate::paths::Paths;
+use crate::sys::fs::{replace_file, Durability};
 use crate::sys::ns::{read_untrusted, Resolve};
 
 /// Runs inside the container (see `sys::ns`): reads passwd and group files
@@ -92,7 +93,13 @@ pub fn ct_job(req: &CtRequest) -> Result<CtReport, String> {
     let mut written = group_text.as_str();
     let mut gshadow_failed = false;
     if let Some(t) = &edit.gshadow {
-        match replace_file(std::path::Path::new("/etc/gshadow"), t.as_bytes(), 0o640) {
+        match replace_file(
+            &Paths::with_root("/"),
+            std::path::Path::new("/etc/gshadow"),
+            t.as_bytes(),
+            0o640,
+            Durability::Flush,
+        ) {
             Ok(()) => r.wrote.push("/etc/gshadow".into()),
             Err(e) => {
                 r.problems
@@ -103,7 +110,13 @@ pub fn ct_job(req: &CtRequest) -> Result<CtReport, String> {
         }
     }
     if let (Some(t), false) = (&edit.group, gshadow_failed) {
-        match replace_file(std::path::Path::new("/etc/group"), t.as_bytes(), 0o644) {
+        match replace_file(
+            &Paths::with_root("/"),
+            std::path::Path::new("/etc/group"),
+            t.as_bytes(),
+            0o644,
+            Durability::Flush,
+        ) {
             Ok(()) => {
                 r.wrote.push("/etc/group".into());
                 written = t.as_str();

@@ -12,7 +12,7 @@ use crate::model::pveconf::{main_section, PveConfig};
 use crate::model::state::{LastRun, Outcome, PhaseName, State};
 use crate::model::text::Limits;
 use crate::paths::{Paths, Vmid};
-use crate::sys::fs::{read_text, replace_file};
+use crate::sys::fs::{read_text, replace_file, Durability};
 use crate::sys::lock::flock_exclusive;
 
 /// Seconds since the epoch.
@@ -25,7 +25,7 @@ pub fn now_secs() -> u64 {
 /// The container config's text; a missing config is an error naming it.
 pub fn read_conf_text(paths: &Paths, vmid: Vmid) -> Result<String> {
     let path = paths.pve_conf(vmid);
-    read_text(&path, Limits::PVE_CONFIG)?.ok_or_else(|| {
+    read_text(paths, &path, Limits::PVE_CONFIG)?.ok_or_else(|| {
         anyhow!(
             "{}: not found; is {vmid} a container on this node? (pct list)",
             path.display()
@@ -48,7 +48,7 @@ pub fn read_conf_main(paths: &Paths, vmid: Vmid) -> Result<PveConfig> {
 /// The optional policy, parsed strictly, with its text (for line numbers).
 pub fn read_policy_with_text(paths: &Paths, vmid: Vmid) -> Result<Option<(String, Policy)>> {
     let path = paths.policy(vmid);
-    let Some(text) = read_text(&path, Limits::HOST_FILE)? else {
+    let Some(text) = read_text(paths, &path, Limits::HOST_FILE)? else {
         return Ok(None);
     };
     let policy = Policy::parse(&path.display().to_string(), &text).map_err(|e| anyhow!(e))?;
@@ -73,7 +73,7 @@ pub struct StateRead {
 /// Reads the state with the one policy every phase and command shares.
 pub fn load_state(paths: &Paths, vmid: Vmid) -> StateRead {
     let path = paths.state(vmid);
-    let text = match read_text(&path, Limits::HOST_FILE) {
+    let text = match read_text(paths, &path, Limits::HOST_FILE) {
         Ok(Some(t)) => t,
         Ok(None) => return StateRead::default(),
         Err(e) => {
@@ -106,7 +106,7 @@ pub fn update_state(
     vmid: Vmid,
     f: impl FnOnce(&mut State),
 ) -> Result<Option<String>> {
-    let _g = flock_exclusive(&paths.own_lock(vmid), Duration::from_secs(5))
+    let _g = flock_exclusive(paths, &paths.own_lock(vmid), Duration::from_secs(5))
         .map_err(|e| anyhow!("{e}"))?;
     let path = paths.state(vmid);
     let read = load_state(paths, vmid);
@@ -132,9 +132,14 @@ pub fn update_state(
         None => State::new(vmid.get()),
     };
     f(&mut state);
-    std::fs::create_dir_all(paths.state_dir())
-        .with_context(|| format!("{}: cannot create", paths.state_dir().display()))?;
-    replace_file(&path, state.render().as_bytes(), 0o644)?;
+    crate::sys::fs::create_dir_all(paths, &paths.state_dir())?;
+    replace_file(
+        paths,
+        &path,
+        state.render().as_bytes(),
+        0o644,
+        Durability::Flush,
+    )?;
     Ok(note)
 }
 

@@ -73,7 +73,7 @@ pub const PVE_LOCK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Takes PVE's config lock for a by-hand run.
 pub fn take_pve_config_lock(paths: &Paths, vmid: Vmid) -> Result<FlockGuard, LockError> {
-    flock_exclusive(&paths.pve_config_lock(vmid), PVE_LOCK_TIMEOUT)
+    flock_exclusive(paths, &paths.pve_config_lock(vmid), PVE_LOCK_TIMEOUT)
 }
 
 /// Runs `phase` and returns the process exit code.

@@ -125,7 +125,11 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
 /// and the state.
 fn worker_main(job: Job) {
     let mut log = Log::new(job.vmid, "post-start");
-    let _guard = match flock_exclusive(&job.paths.worker_lock(job.vmid), Duration::from_secs(5)) {
+    let _guard = match flock_exclusive(
+        &job.paths,
+        &job.paths.worker_lock(job.vmid),
+        Duration::from_secs(5),
+    ) {
         Ok(g) => g,
         Err(LockError::Busy { .. }) => {
             log.warn(
@@ -217,7 +221,7 @@ fn detect_and_apply(job: &Job, log: &mut Log) -> Result<()> {
 
 /// Host-side facts for the request: host group names of device GIDs.
 fn host_groups(paths: &Paths) -> group::GroupIndex {
-    match read_text(&paths.host("/etc/group"), Limits::HOST_FILE) {
+    match read_text(paths, &paths.host("/etc/group"), Limits::HOST_FILE) {
         Ok(Some(t)) => group::index(&t),
         _ => group::GroupIndex::default(),
     }

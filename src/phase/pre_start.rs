@@ -18,7 +18,7 @@ use crate::model::subid::SubidNeed;
 use crate::model::text::Limits;
 use crate::paths::{Paths, Vmid};
 use crate::sys::devnode;
-use crate::sys::fs::{read_text, replace_file};
+use crate::sys::fs::{read_text, replace_file, Durability};
 use crate::sys::shadow::{append_coverage, SHADOW_LOCK_TIMEOUT};
 
 /// What the next pre-start would do, decided without writing anything:
@@ -49,8 +49,8 @@ impl Planned {
 
 /// Reads a host file the plan depends on; unreadable input is an error
 /// that names the file.
-fn host_file(path: PathBuf) -> Result<HostFile> {
-    let text = read_text(&path, Limits::HOST_FILE)?;
+fn host_file(paths: &Paths, path: PathBuf) -> Result<HostFile> {
+    let text = read_text(paths, &path, Limits::HOST_FILE)?;
     Ok(HostFile::new(path.display().to_string(), text))
 }
 
@@ -84,17 +84,17 @@ fn gather(
         policy_file,
         state,
         state_path: paths.state(vmid).display().to_string(),
-        subuid: host_file(paths.subuid())?,
-        subgid: host_file(paths.subgid())?,
+        subuid: host_file(paths, paths.subuid())?,
+        subgid: host_file(paths, paths.subgid())?,
         // Only matters when there is a map to cover.
         nsswitch: if unprivileged {
-            read_text(&paths.nsswitch(), Limits::HOST_FILE)
+            read_text(paths, &paths.nsswitch(), Limits::HOST_FILE)
                 .ok()
                 .flatten()
         } else {
             None
         },
-        lxc_config: host_file(paths.lxc_config(vmid))?,
+        lxc_config: host_file(paths, paths.lxc_config(vmid))?,
         mount_hook_exe: crate::sys::proc::exe_for_mount_hook(unprivileged),
         devices,
     })
@@ -150,6 +150,10 @@ pub fn plan(paths: &Paths, vmid: Vmid, state_problem: &mut Option<String>) -> Pl
 }
 
 pub fn run(ctx: &mut Ctx) -> Result<()> {
+    // A policy that does not parse refuses before anything runs.
+    if let Err(e) = io::read_policy(ctx.paths, ctx.vmid) {
+        return Err(refuse(ctx, &input_refusal(e)));
+    }
     // A chained hookscript runs first, and its failure aborts the start as
     // it would without us.
     if let Err(e) = chain::run(
@@ -248,16 +252,28 @@ pub fn apply(ctx: &mut Ctx, decision: &Decision) -> Result<()> {
             Target::Subuid | Target::Subgid => {}
             Target::StateInterim | Target::State => apply_state(ctx, decision, c)?,
             Target::PveConf => {
-                replace_file(&ctx.paths.pve_conf(ctx.vmid), c.new.as_bytes(), 0o640)
-                    .context("writing the container config")?;
+                replace_file(
+                    ctx.paths,
+                    &ctx.paths.pve_conf(ctx.vmid),
+                    c.new.as_bytes(),
+                    0o640,
+                    Durability::Flush,
+                )
+                .context("writing the container config")?;
                 ctx.log.info(
                     "conf-write",
                     format!("{}: {}", c.path, c.reasons.join("; ")),
                 );
             }
             Target::LxcConfig => {
-                replace_file(&ctx.paths.lxc_config(ctx.vmid), c.new.as_bytes(), 0o644)
-                    .context("patching the LXC config for this start")?;
+                replace_file(
+                    ctx.paths,
+                    &ctx.paths.lxc_config(ctx.vmid),
+                    c.new.as_bytes(),
+                    0o644,
+                    Durability::Volatile,
+                )
+                .context("patching the LXC config for this start")?;
                 ctx.log
                     .info("lxc-write", format!("{}: {}", c.path, c.reasons.join("; ")));
             }

@@ -1,37 +1,185 @@
-//! Host file reads with size limits, and the one atomic-replace helper every
-//! write of the tool goes through.
+//! Host file access under `PCT_PASSTHROUGH_ROOT`: reads that never block
+//! and take regular files only, lookups that never leave the root, and the
+//! one atomic-replace helper every write of the tool goes through.
+//!
+//! Under the real root (`/`) paths are looked up as the kernel does. Under
+//! any other root every lookup is `openat2(RESOLVE_IN_ROOT)` below a
+//! descriptor of the root: symlinks are resolved as if the root were `/`
+//! (an absolute link lands inside it, `..` stops at it), so nothing the
+//! tool reads or writes can be outside it, and a path handed in that is not
+//! under it is refused.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
+use nix::errno::Errno;
+use nix::fcntl::{openat, openat2, readlinkat, renameat, AtFlags, OFlag, OpenHow, ResolveFlag};
+use nix::sys::stat::{fchmod, fstatat, mkdirat, FileStat, Mode, SFlag};
+use nix::unistd::{fchown, unlinkat, Gid, Uid, UnlinkatFlags};
 
 use crate::model::text::{self, Limits};
+use crate::paths::Paths;
 
 /// Set to `1` by tests: the writer kills itself with SIGKILL right before
 /// the rename, to prove a crash leaves the old file intact.
 pub const CRASH_BEFORE_RENAME_ENV: &str = "PCT_PASSTHROUGH_TEST_CRASH_BEFORE_RENAME";
 
-/// Reads at most `limits.max_bytes + 1` bytes of `path`. `Ok(None)` if it
-/// does not exist.
-pub fn read_bytes(path: &Path, limits: Limits) -> Result<Option<Vec<u8>>> {
-    let file = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e).with_context(|| format!("{}: cannot open", path.display())),
-    };
-    let meta = file
-        .metadata()
-        .with_context(|| format!("{}: cannot stat", path.display()))?;
-    if !meta.is_file() {
-        return Err(anyhow!(
-            "{}: not a regular file; replace it with a regular file",
-            path.display()
-        ));
+/// How many symlinks a write target may go through, as the kernel's limit.
+const MAX_LINKS: usize = 40;
+
+/// What a crash may cost a replaced file. Each writer says which it needs:
+/// every fsync is a disk round trip, and a start pays for each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// The file is flushed before the rename and its directory after it
+    /// (where the filesystem has fsync; pmxcfs has none): a crash leaves
+    /// the old file or the new one, complete. For what nothing regenerates:
+    /// the state, `/etc/subuid`, `/etc/subgid`, the container config.
+    Flush,
+    /// No fsync at all: a crash may lose the new file. Only for a file that
+    /// is regenerated anyway: Proxmox writes `/var/lib/lxc/<vmid>/config`
+    /// afresh at every start and never flushes it either.
+    Volatile,
+}
+
+/// The open flags of every read: a FIFO must not block the open, a tty
+/// must not become the controlling terminal, no descriptor leaks to a child.
+const READ_FLAGS: OFlag = OFlag::O_RDONLY
+    .union(OFlag::O_NONBLOCK)
+    .union(OFlag::O_CLOEXEC)
+    .union(OFlag::O_NOCTTY);
+
+fn errno_context(e: Errno) -> std::io::Error {
+    std::io::Error::from(e)
+}
+
+/// `path` relative to the root, or `None` under the real root (plain
+/// lookups). A path not under the root is refused.
+fn in_root<'p>(paths: &Paths, path: &'p Path) -> Result<Option<&'p Path>> {
+    if paths.is_real_root() {
+        return Ok(None);
     }
-    let mut buf = Vec::with_capacity((meta.len() as usize).min(limits.max_bytes) + 1);
+    match path.strip_prefix(paths.root()) {
+        Ok(rel) if rel.as_os_str().is_empty() => Ok(Some(Path::new("."))),
+        Ok(rel) => Ok(Some(rel)),
+        Err(_) => Err(anyhow!(
+            "{}: outside PCT_PASSTHROUGH_ROOT {}; refused, every host path must be under the root",
+            path.display(),
+            paths.root().display()
+        )),
+    }
+}
+
+fn open_root(paths: &Paths) -> Result<OwnedFd> {
+    openat(
+        nix::fcntl::AT_FDCWD,
+        paths.root(),
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(errno_context)
+    .with_context(|| {
+        format!(
+            "PCT_PASSTHROUGH_ROOT {}: cannot open the directory",
+            paths.root().display()
+        )
+    })
+}
+
+/// Opens `path` (a full host path, root included) inside the root. The
+/// error is the bare errno, for callers that branch on `ENOENT`.
+fn open_raw(
+    paths: &Paths,
+    path: &Path,
+    flags: OFlag,
+    mode: Mode,
+) -> Result<Result<OwnedFd, Errno>> {
+    match in_root(paths, path)? {
+        None => Ok(openat(nix::fcntl::AT_FDCWD, path, flags, mode)),
+        Some(rel) => {
+            let root = match open_root(paths) {
+                Ok(fd) => fd,
+                // A missing root holds no files: the same answer as a
+                // missing file under it.
+                Err(_) if !paths.root().exists() => return Ok(Err(Errno::ENOENT)),
+                Err(e) => return Err(e),
+            };
+            let how = OpenHow::new()
+                .flags(flags)
+                .mode(mode)
+                .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+            Ok(openat2(&root, rel, how))
+        }
+    }
+}
+
+/// Opens `path` inside the root; `Ok(None)` if it does not exist.
+pub fn open_host(paths: &Paths, path: &Path, flags: OFlag, mode: Mode) -> Result<Option<File>> {
+    match open_raw(paths, path, flags, mode)? {
+        Ok(fd) => Ok(Some(File::from(fd))),
+        Err(Errno::ENOENT) => Ok(None),
+        // A FIFO opened for writing with no reader, a socket, a device
+        // without a driver: say which.
+        Err(Errno::ENXIO) => {
+            let st = open_raw(paths, path, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty())?
+                .and_then(|fd| nix::sys::stat::fstat(&fd));
+            let mode = st.map_or(SFlag::S_IFSOCK.bits(), |st| st.st_mode);
+            require_regular(path, mode)?;
+            Err(errno_context(Errno::ENXIO))
+                .with_context(|| format!("{}: cannot open", path.display()))
+        }
+        Err(e) => Err(errno_context(e)).with_context(|| format!("{}: cannot open", path.display())),
+    }
+}
+
+/// What a file that should be regular is instead, for messages.
+fn kind_of(mode: u32) -> &'static str {
+    match SFlag::from_bits_truncate(mode & SFlag::S_IFMT.bits()) {
+        SFlag::S_IFREG => "a regular file",
+        SFlag::S_IFIFO => "a FIFO (named pipe)",
+        SFlag::S_IFDIR => "a directory",
+        SFlag::S_IFCHR => "a character device",
+        SFlag::S_IFBLK => "a block device",
+        SFlag::S_IFSOCK => "a socket",
+        SFlag::S_IFLNK => "a symbolic link",
+        _ => "not a regular file",
+    }
+}
+
+fn is_regular(mode: u32) -> bool {
+    mode & SFlag::S_IFMT.bits() == SFlag::S_IFREG.bits()
+}
+
+/// Refuses anything but a regular file, naming what it is and the fix.
+pub fn require_regular(path: &Path, mode: u32) -> Result<()> {
+    if is_regular(mode) {
+        return Ok(());
+    }
+    Err(anyhow!(
+        "{}: {}, not a regular file; replace it with a regular file",
+        path.display(),
+        kind_of(mode)
+    ))
+}
+
+/// Reads at most `limits.max_bytes + 1` bytes of `path`. `Ok(None)` if it
+/// does not exist. Never blocks on a FIFO: the open does not wait for a
+/// writer, and anything but a regular file is refused before the read.
+pub fn read_bytes(paths: &Paths, path: &Path, limits: Limits) -> Result<Option<Vec<u8>>> {
+    let Some(file) = open_host(paths, path, READ_FLAGS, Mode::empty())? else {
+        return Ok(None);
+    };
+    let st = nix::sys::stat::fstat(&file)
+        .map_err(errno_context)
+        .with_context(|| format!("{}: cannot stat", path.display()))?;
+    require_regular(path, st.st_mode)?;
+    let size = usize::try_from(st.st_size).unwrap_or(usize::MAX);
+    let mut buf = Vec::with_capacity(size.min(limits.max_bytes) + 1);
     file.take(limits.max_bytes as u64 + 1)
         .read_to_end(&mut buf)
         .with_context(|| format!("{}: cannot read", path.display()))?;
@@ -39,8 +187,8 @@ pub fn read_bytes(path: &Path, limits: Limits) -> Result<Option<Vec<u8>>> {
 }
 
 /// Reads `path` as checked text. `Ok(None)` if it does not exist.
-pub fn read_text(path: &Path, limits: Limits) -> Result<Option<String>> {
-    let Some(bytes) = read_bytes(path, limits)? else {
+pub fn read_text(paths: &Paths, path: &Path, limits: Limits) -> Result<Option<String>> {
+    let Some(bytes) = read_bytes(paths, path, limits)? else {
         return Ok(None);
     };
     text::decode(&path.display().to_string(), &bytes, limits)?;
@@ -50,131 +198,367 @@ pub fn read_text(path: &Path, limits: Limits) -> Result<Option<String>> {
     ))
 }
 
-/// The file a write to `path` must replace: symlinks are followed, so a
-/// write to `/etc/pve/lxc/105.conf` lands in `/etc/pve/nodes/<node>/lxc`.
-pub fn resolve_write_target(path: &Path) -> Result<PathBuf> {
-    let name = path
-        .file_name()
-        .ok_or_else(|| anyhow!("{}: not a file path", path.display()))?;
-    match fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_symlink() => {
-            if let Ok(real) = fs::canonicalize(path) {
-                return Ok(real);
-            }
-            // Dangling link: write where it points.
-            let link = fs::read_link(path)?;
-            let parent = path.parent().unwrap_or(Path::new("/"));
-            resolve_write_target(&parent.join(link))
+/// A name in a directory opened inside the root. Every call through it is
+/// relative to the directory's descriptor: nothing is looked up twice.
+#[derive(Debug)]
+pub struct DirEntry {
+    dir: File,
+    name: OsString,
+    /// The path, for messages.
+    shown: PathBuf,
+}
+
+impl DirEntry {
+    pub fn dir(&self) -> &File {
+        &self.dir
+    }
+
+    pub fn name(&self) -> &OsStr {
+        &self.name
+    }
+
+    /// The path, for messages.
+    pub fn path(&self) -> &Path {
+        &self.shown
+    }
+
+    /// `<name><suffix>`, a sibling in the same directory.
+    pub fn sibling(&self, suffix: &str) -> OsString {
+        let mut s = self.name.clone();
+        s.push(suffix);
+        s
+    }
+
+    /// The path of a sibling, for messages.
+    pub fn sibling_path(&self, name: &OsStr) -> PathBuf {
+        self.shown.with_file_name(name)
+    }
+
+    /// `fstatat` of `name` in the directory, not following a symlink;
+    /// `Ok(None)` if it does not exist.
+    pub fn stat(&self, name: &OsStr) -> Result<Option<FileStat>> {
+        match fstatat(&self.dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) => Ok(Some(st)),
+            Err(Errno::ENOENT) => Ok(None),
+            Err(e) => Err(errno_context(e))
+                .with_context(|| format!("{}: cannot stat", self.sibling_path(name).display())),
         }
-        _ => {
-            let parent = match path.parent() {
-                Some(p) if !p.as_os_str().is_empty() => p,
-                _ => Path::new("."),
-            };
-            let real_parent = fs::canonicalize(parent)
-                .with_context(|| format!("{}: cannot resolve directory", parent.display()))?;
-            Ok(real_parent.join(name))
+    }
+
+    /// Removes `name` from the directory; a missing one is no error.
+    pub fn remove(&self, name: &OsStr) -> Result<()> {
+        match unlinkat(&self.dir, name, UnlinkatFlags::NoRemoveDir) {
+            Ok(()) | Err(Errno::ENOENT) => Ok(()),
+            Err(e) => Err(errno_context(e))
+                .with_context(|| format!("{}: cannot remove", self.sibling_path(name).display())),
+        }
+    }
+
+    /// Renames `from` over `to`, both in the directory.
+    pub fn rename(&self, from: &OsStr, to: &OsStr) -> Result<()> {
+        renameat(&self.dir, from, &self.dir, to)
+            .map_err(errno_context)
+            .with_context(|| {
+                format!(
+                    "{}: cannot rename into place",
+                    self.sibling_path(to).display()
+                )
+            })
+    }
+
+    /// Creates `name`, which must not exist, for writing (`O_EXCL`, never
+    /// through a symlink).
+    pub fn create_new(&self, name: &OsStr, mode: u32) -> Result<File> {
+        openat(
+            &self.dir,
+            name,
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(mode),
+        )
+        .map(File::from)
+        .map_err(errno_context)
+        .with_context(|| format!("{}: cannot create", self.sibling_path(name).display()))
+    }
+
+    /// Opens `name` for reading, never through a symlink and never
+    /// blocking; `Ok(None)` if it does not exist.
+    pub fn open_read(&self, name: &OsStr) -> Result<Option<File>> {
+        match openat(
+            &self.dir,
+            name,
+            READ_FLAGS | OFlag::O_NOFOLLOW,
+            Mode::empty(),
+        ) {
+            Ok(fd) => Ok(Some(File::from(fd))),
+            Err(Errno::ENOENT) => Ok(None),
+            Err(e) => Err(errno_context(e))
+                .with_context(|| format!("{}: cannot open", self.sibling_path(name).display())),
         }
     }
 }
 
-/// Errors that mean "this filesystem does not do fsync" (pmxcfs and others).
-fn fsync_unsupported(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EINVAL) | Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP) | Some(libc::EROFS)
+/// Opens the directory of `path` inside the root. `path` itself is not
+/// followed: it may be missing, or a symlink.
+pub fn open_parent(paths: &Paths, path: &Path) -> Result<DirEntry> {
+    let name = match path.components().next_back() {
+        Some(Component::Normal(n)) => n.to_os_string(),
+        _ => bail!("{}: not a file path", path.display()),
+    };
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    let dir = match open_raw(paths, parent, flags, Mode::empty())? {
+        Ok(fd) => File::from(fd),
+        Err(Errno::ENOENT) => bail!(
+            "{}: the directory {} does not exist{}; create it",
+            path.display(),
+            parent.display(),
+            if paths.is_real_root() {
+                String::new()
+            } else {
+                format!(" under PCT_PASSTHROUGH_ROOT {}", paths.root().display())
+            }
+        ),
+        Err(e) => {
+            return Err(errno_context(e))
+                .with_context(|| format!("{}: cannot open the directory", parent.display()))
+        }
+    };
+    Ok(DirEntry {
+        dir,
+        name,
+        shown: path.to_path_buf(),
+    })
+}
+
+/// The file a write to `path` must replace, as a directory and a name:
+/// symlinks are followed (inside the root), so a write to
+/// `/etc/pve/lxc/105.conf` lands in `/etc/pve/nodes/<node>/lxc`, and a
+/// dangling link is written where it points.
+pub fn resolve_write_target(paths: &Paths, path: &Path) -> Result<DirEntry> {
+    let mut current = path.to_path_buf();
+    for _ in 0..=MAX_LINKS {
+        let entry = open_parent(paths, &current)?;
+        let is_link = entry
+            .stat(&entry.name)?
+            .is_some_and(|st| st.st_mode & SFlag::S_IFMT.bits() == SFlag::S_IFLNK.bits());
+        if !is_link {
+            return Ok(entry);
+        }
+        let target = PathBuf::from(
+            readlinkat(&entry.dir, entry.name.as_os_str())
+                .map_err(errno_context)
+                .with_context(|| format!("{}: cannot read the link", current.display()))?,
+        );
+        current = if target.is_absolute() {
+            // As if the root were `/`.
+            paths
+                .root()
+                .join(target.strip_prefix("/").unwrap_or(&target))
+        } else {
+            current.with_file_name("").join(target)
+        };
+    }
+    bail!(
+        "{}: more than {MAX_LINKS} symbolic links; point it at the file directly",
+        path.display()
     )
 }
 
-fn sync_tolerant(file: &File, what: &Path) -> Result<()> {
-    match file.sync_all() {
+/// `mkdir -p` inside the root.
+pub fn create_dir_all(paths: &Paths, dir: &Path) -> Result<()> {
+    let Some(rel) = in_root(paths, dir)? else {
+        return std::fs::create_dir_all(dir)
+            .with_context(|| format!("{}: cannot create", dir.display()));
+    };
+    let root = open_root(paths)?;
+    let how = || {
+        OpenHow::new()
+            .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+            .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS)
+    };
+    let mut done = PathBuf::from(".");
+    for c in rel.components() {
+        match c {
+            Component::Normal(n) => {
+                let parent = openat2(&root, &done, how())
+                    .map_err(errno_context)
+                    .with_context(|| {
+                        format!("{}: cannot open", paths.root().join(&done).display())
+                    })?;
+                match mkdirat(&parent, n, Mode::from_bits_truncate(0o755)) {
+                    Ok(()) | Err(Errno::EEXIST) => {}
+                    Err(e) => {
+                        return Err(errno_context(e)).with_context(|| {
+                            format!(
+                                "{}: cannot create",
+                                paths.root().join(&done).join(n).display()
+                            )
+                        })
+                    }
+                }
+                done.push(n);
+            }
+            Component::ParentDir => done.push(".."),
+            _ => {}
+        }
+    }
+    openat2(&root, &done, how())
+        .map(drop)
+        .map_err(errno_context)
+        .with_context(|| format!("{}: not a directory", dir.display()))
+}
+
+/// Errors that mean "this filesystem does not do fsync" (pmxcfs and others).
+fn fsync_unsupported(e: Errno) -> bool {
+    matches!(
+        e,
+        Errno::EINVAL | Errno::ENOSYS | Errno::EOPNOTSUPP | Errno::EROFS
+    )
+}
+
+fn sync_tolerant(fd: impl AsFd, what: &Path) -> Result<()> {
+    match nix::unistd::fsync(fd) {
         Ok(()) => Ok(()),
-        Err(e) if fsync_unsupported(&e) => Ok(()),
-        Err(e) => Err(e).with_context(|| format!("{}: fsync failed", what.display())),
+        Err(e) if fsync_unsupported(e) => Ok(()),
+        Err(e) => {
+            Err(errno_context(e)).with_context(|| format!("{}: fsync failed", what.display()))
+        }
     }
 }
 
-/// Atomically replaces `path` with `contents`: a temp file `<name>.tmp.<pid>`
-/// in the same (real) directory, the old mode and owner, fsync where the
-/// filesystem has it, rename, fsync of the directory. A new file gets
-/// `new_mode`. Never truncates in place.
-pub fn replace_file(path: &Path, contents: &[u8], new_mode: u32) -> Result<()> {
-    let target = resolve_write_target(path)?;
-    let dir = target.parent().unwrap_or(Path::new("/")).to_path_buf();
-    let name = target
-        .file_name()
-        .ok_or_else(|| anyhow!("{}: not a file path", target.display()))?;
-    let old = match fs::metadata(&target) {
-        Ok(m) => Some(m),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-        Err(e) => return Err(e).with_context(|| format!("{}: cannot stat", target.display())),
-    };
-    let mode = old.as_ref().map_or(new_mode, |m| m.mode() & 0o7777);
-    let mut tmp_name = name.to_os_string();
-    tmp_name.push(format!(".tmp.{}", std::process::id()));
-    let tmp = dir.join(tmp_name);
+/// Atomically replaces `path` (inside the root) with `contents`: a temp
+/// file `<name>.tmp.<pid>` created in the target's (real) directory, the
+/// old mode and owner, a rename over the target, and the flushes that
+/// `durability` asks for. A new file gets `new_mode`. Never truncates in
+/// place; the temp file never survives a failure.
+pub fn replace_file(
+    paths: &Paths,
+    path: &Path,
+    contents: &[u8],
+    new_mode: u32,
+    durability: Durability,
+) -> Result<()> {
+    replace_file_with(paths, path, contents, new_mode, durability, |_| Ok(()))
+}
 
-    let result = write_temp_and_rename(&tmp, &target, &dir, contents, mode, old.as_ref());
+/// [`replace_file`], calling `before_rename` with the target once the new
+/// contents are complete (and flushed), right before the rename: the last
+/// moment to keep the old file, as shadow's backup does. A failure there
+/// leaves the target as it was, and no temp file.
+pub fn replace_file_with(
+    paths: &Paths,
+    path: &Path,
+    contents: &[u8],
+    new_mode: u32,
+    durability: Durability,
+    before_rename: impl FnOnce(&DirEntry) -> Result<()>,
+) -> Result<()> {
+    let target = resolve_write_target(paths, path)?;
+    let old = target.stat(target.name())?;
+    if let Some(st) = &old {
+        require_regular(target.path(), st.st_mode)?;
+    }
+    let mode = old.as_ref().map_or(new_mode, |st| st.st_mode & 0o7777);
+    let tmp = target.sibling(&format!(".tmp.{}", std::process::id()));
+    // A leftover from a crashed run with our pid.
+    target.remove(&tmp)?;
+    let file = target.create_new(&tmp, 0o600)?;
+    let result = write_temp_and_rename(
+        &target,
+        file,
+        &tmp,
+        contents,
+        mode,
+        old.as_ref(),
+        durability,
+        before_rename,
+    );
     if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+        let _ = target.remove(&tmp);
     }
     result
 }
 
+#[allow(clippy::too_many_arguments)]
 fn write_temp_and_rename(
-    tmp: &Path,
-    target: &Path,
-    dir: &Path,
+    target: &DirEntry,
+    mut file: File,
+    tmp: &OsStr,
     contents: &[u8],
     mode: u32,
-    old: Option<&fs::Metadata>,
+    old: Option<&FileStat>,
+    durability: Durability,
+    before_rename: impl FnOnce(&DirEntry) -> Result<()>,
 ) -> Result<()> {
-    // A leftover from a crashed run with our pid.
-    let _ = fs::remove_file(tmp);
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(tmp)
-        .with_context(|| format!("{}: cannot create temp file", tmp.display()))?;
+    let tmp_path = target.sibling_path(tmp);
     file.write_all(contents)
-        .with_context(|| format!("{}: write failed", tmp.display()))?;
-    if let Some(m) = old {
-        let now = file.metadata()?;
-        if now.uid() != m.uid() || now.gid() != m.gid() {
-            std::os::unix::fs::fchown(&file, Some(m.uid()), Some(m.gid())).with_context(|| {
+        .with_context(|| format!("{}: write failed", tmp_path.display()))?;
+    if let Some(st) = old {
+        let now = nix::sys::stat::fstat(&file)
+            .map_err(errno_context)
+            .with_context(|| format!("{}: cannot stat", tmp_path.display()))?;
+        if now.st_uid != st.st_uid || now.st_gid != st.st_gid {
+            fchown(
+                &file,
+                Some(Uid::from_raw(st.st_uid)),
+                Some(Gid::from_raw(st.st_gid)),
+            )
+            .map_err(errno_context)
+            .with_context(|| {
                 format!(
                     "{}: cannot keep owner {}:{}",
-                    tmp.display(),
-                    m.uid(),
-                    m.gid()
+                    tmp_path.display(),
+                    st.st_uid,
+                    st.st_gid
                 )
             })?;
         }
     }
     if mode != 0o600 {
-        file.set_permissions(fs::Permissions::from_mode(mode))
-            .with_context(|| format!("{}: cannot set mode {mode:o}", tmp.display()))?;
+        fchmod(&file, Mode::from_bits_truncate(mode))
+            .map_err(errno_context)
+            .with_context(|| format!("{}: cannot set mode {mode:o}", tmp_path.display()))?;
     }
-    sync_tolerant(&file, tmp)?;
+    if durability == Durability::Flush {
+        sync_tolerant(&file, &tmp_path)?;
+    }
     drop(file);
     if std::env::var_os(CRASH_BEFORE_RENAME_ENV).is_some_and(|v| v == "1") {
         // Test hook: die as a crash would.
         let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
     }
-    fs::rename(tmp, target)
-        .with_context(|| format!("{}: cannot rename into place", target.display()))?;
-    if let Ok(d) = File::open(dir) {
-        sync_tolerant(&d, dir)?;
+    before_rename(target)?;
+    target.rename(tmp, target.name())?;
+    if durability == Durability::Flush {
+        sync_tolerant(
+            &target.dir,
+            target.path().parent().unwrap_or(Path::new("/")),
+        )?;
     }
     Ok(())
+}
+
+/// True when `name` is `<base>.<digits>`, the shape of shadow's link-lock
+/// temp files: for tests and checks that none survive.
+pub fn is_pid_suffixed(name: &OsStr, base: &str) -> bool {
+    let b = name.as_bytes();
+    b.strip_prefix(base.as_bytes())
+        .and_then(|r| r.strip_prefix(b"."))
+        .is_some_and(|d| !d.is_empty() && d.iter().all(u8::is_ascii_digit))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::symlink;
+    use std::fs;
+    use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+
+    fn real() -> Paths {
+        Paths::with_root("/")
+    }
 
     #[test]
     fn replaces_and_keeps_mode() {
@@ -182,7 +566,7 @@ mod tests {
         let p = d.path().join("f");
         fs::write(&p, "old").unwrap();
         fs::set_permissions(&p, fs::Permissions::from_mode(0o640)).unwrap();
-        replace_file(&p, b"new", 0o644).unwrap();
+        replace_file(&real(), &p, b"new", 0o644, Durability::Flush).unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"new");
         assert_eq!(fs::metadata(&p).unwrap().mode() & 0o7777, 0o640);
         assert_eq!(
@@ -196,46 +580,170 @@ mod tests {
     fn new_file_gets_new_mode() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("n");
-        replace_file(&p, b"x", 0o644).unwrap();
+        replace_file(&real(), &p, b"x", 0o644, Durability::Volatile).unwrap();
         assert_eq!(fs::metadata(&p).unwrap().mode() & 0o7777, 0o644);
     }
 
     #[test]
     fn writes_through_a_symlinked_directory_and_file() {
-        let d = tempfile::tempdir().unwrap();
-        let real = d.path().join("nodes/pve1/lxc");
-        fs::create_dir_all(&real).unwrap();
-        symlink("nodes/pve1/lxc", d.path().join("lxc")).unwrap();
-        fs::write(real.join("105.conf"), "a").unwrap();
-        replace_file(&d.path().join("lxc/105.conf"), b"b", 0o640).unwrap();
-        assert_eq!(fs::read(real.join("105.conf")).unwrap(), b"b");
-        assert!(fs::symlink_metadata(d.path().join("lxc"))
-            .unwrap()
-            .file_type()
-            .is_symlink());
+        for paths in [real(), Paths::with_root("/tmp")] {
+            let d = tempfile::tempdir_in("/tmp").unwrap();
+            let real = d.path().join("nodes/pve1/lxc");
+            fs::create_dir_all(&real).unwrap();
+            symlink("nodes/pve1/lxc", d.path().join("lxc")).unwrap();
+            fs::write(real.join("105.conf"), "a").unwrap();
+            replace_file(
+                &paths,
+                &d.path().join("lxc/105.conf"),
+                b"b",
+                0o640,
+                Durability::Flush,
+            )
+            .unwrap();
+            assert_eq!(fs::read(real.join("105.conf")).unwrap(), b"b");
+            assert!(fs::symlink_metadata(d.path().join("lxc"))
+                .unwrap()
+                .file_type()
+                .is_symlink());
 
-        symlink("lxc/105.conf", d.path().join("link.conf")).unwrap();
-        replace_file(&d.path().join("link.conf"), b"c", 0o640).unwrap();
-        assert_eq!(fs::read(real.join("105.conf")).unwrap(), b"c");
-        assert!(fs::symlink_metadata(d.path().join("link.conf"))
-            .unwrap()
-            .file_type()
-            .is_symlink());
+            symlink("lxc/105.conf", d.path().join("link.conf")).unwrap();
+            replace_file(
+                &paths,
+                &d.path().join("link.conf"),
+                b"c",
+                0o640,
+                Durability::Flush,
+            )
+            .unwrap();
+            assert_eq!(fs::read(real.join("105.conf")).unwrap(), b"c");
+            assert!(fs::symlink_metadata(d.path().join("link.conf"))
+                .unwrap()
+                .file_type()
+                .is_symlink());
+        }
+    }
+
+    #[test]
+    fn a_dangling_link_is_written_where_it_points() {
+        let d = tempfile::tempdir().unwrap();
+        let paths = Paths::with_root(d.path());
+        fs::create_dir_all(d.path().join("etc")).unwrap();
+        // Absolute, as if the root were `/`.
+        symlink("/etc/real", d.path().join("etc/link")).unwrap();
+        replace_file(
+            &paths,
+            &d.path().join("etc/link"),
+            b"x",
+            0o644,
+            Durability::Flush,
+        )
+        .unwrap();
+        assert_eq!(fs::read(d.path().join("etc/real")).unwrap(), b"x");
+    }
+
+    #[test]
+    fn a_link_loop_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let paths = Paths::with_root(d.path());
+        symlink("b", d.path().join("a")).unwrap();
+        symlink("a", d.path().join("b")).unwrap();
+        let e = replace_file(&paths, &d.path().join("a"), b"x", 0o644, Durability::Flush)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("more than 40 symbolic links"), "{e}");
+    }
+
+    #[test]
+    fn a_path_outside_the_root_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let paths = Paths::with_root(d.path());
+        let p = other.path().join("f");
+        let e = replace_file(&paths, &p, b"x", 0o644, Durability::Flush)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("outside PCT_PASSTHROUGH_ROOT"), "{e}");
+        let e = read_text(&paths, &p, Limits::HOST_FILE)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("outside PCT_PASSTHROUGH_ROOT"), "{e}");
+        assert!(!p.exists());
     }
 
     #[test]
     fn read_text_limits_and_missing() {
         let d = tempfile::tempdir().unwrap();
-        assert!(read_text(&d.path().join("none"), Limits::HOST_FILE)
+        let paths = Paths::with_root(d.path());
+        assert!(read_text(&paths, &d.path().join("none"), Limits::HOST_FILE)
             .unwrap()
             .is_none());
         let p = d.path().join("big");
         fs::write(&p, vec![b'a'; 2 << 20]).unwrap();
-        let e = read_text(&p, Limits::PVE_CONFIG).unwrap_err().to_string();
-        assert!(e.contains("larger than"), "{e}");
-        let e = read_text(d.path(), Limits::PVE_CONFIG)
+        let e = read_text(&paths, &p, Limits::PVE_CONFIG)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("not a regular file"), "{e}");
+        assert!(e.contains("larger than"), "{e}");
+        let e = read_text(&paths, d.path(), Limits::PVE_CONFIG)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("a directory, not a regular file"), "{e}");
+    }
+
+    #[test]
+    fn a_fifo_is_refused_without_blocking() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("fifo");
+        nix::unistd::mkfifo(&p, Mode::from_bits_truncate(0o600)).unwrap();
+        for paths in [real(), Paths::with_root(d.path())] {
+            let e = read_text(&paths, &p, Limits::HOST_FILE)
+                .unwrap_err()
+                .to_string();
+            assert_eq!(
+                e,
+                format!(
+                    "{}: a FIFO (named pipe), not a regular file; replace it with a regular file",
+                    p.display()
+                )
+            );
+            let e = replace_file(&paths, &p, b"x", 0o644, Durability::Flush)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("a FIFO (named pipe), not a regular file"), "{e}");
+        }
+    }
+
+    #[test]
+    fn create_dir_all_stays_in_the_root() {
+        let d = tempfile::tempdir().unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let paths = Paths::with_root(d.path());
+        fs::create_dir_all(d.path().join("var")).unwrap();
+        symlink(out.path(), d.path().join("var/lib")).unwrap();
+        let want = d.path().join("var/lib/pct-passthrough");
+        // The link points to a directory missing under the root.
+        let e = create_dir_all(&paths, &want).unwrap_err().to_string();
+        assert!(e.contains("var/lib"), "{e}");
+        assert_eq!(
+            fs::read_dir(out.path()).unwrap().count(),
+            0,
+            "nothing outside"
+        );
+        let inside = d.path().join(out.path().strip_prefix("/").unwrap());
+        fs::create_dir_all(&inside).unwrap();
+        create_dir_all(&paths, &want).unwrap();
+        assert!(inside.join("pct-passthrough").is_dir());
+        assert_eq!(
+            fs::read_dir(out.path()).unwrap().count(),
+            0,
+            "nothing outside"
+        );
+    }
+
+    #[test]
+    fn pid_suffixed_names() {
+        assert!(is_pid_suffixed(OsStr::new("subgid.123"), "subgid"));
+        assert!(!is_pid_suffixed(OsStr::new("subgid.lock"), "subgid"));
+        assert!(!is_pid_suffixed(OsStr::new("subgid."), "subgid"));
+        assert!(!is_pid_suffixed(OsStr::new("subgid-"), "subgid"));
     }
 }

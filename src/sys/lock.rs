@@ -2,13 +2,18 @@
 //! names the holder. Lock order is documented in the README:
 //! PVE config lock (by-hand runs only) → tool lock → shadow's locks.
 
-use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::fs::{self, File};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use nix::fcntl::OFlag;
+use nix::sys::stat::Mode;
+
+use crate::paths::Paths;
+use crate::sys::fs::{open_host, require_regular};
 
 /// Why a lock was not taken. Callers branch on `Busy`.
 #[derive(Debug)]
@@ -60,23 +65,36 @@ impl FlockGuard {
     }
 }
 
-/// Takes an exclusive flock on `path` (created if needed), polling until
-/// `timeout`.
-pub fn flock_exclusive(path: &Path, timeout: Duration) -> Result<FlockGuard, LockError> {
+/// Opens (creating it and its directory if needed) a lock file inside the
+/// root: never blocking, never a controlling tty, and only a regular file.
+pub fn open_lock_file(
+    paths: &Paths,
+    path: &Path,
+    access: OFlag,
+    mode: u32,
+) -> anyhow::Result<File> {
     if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir)
-            .with_context(|| format!("{}: cannot create lock directory", dir.display()))
-            .map_err(LockError::Io)?;
+        crate::sys::fs::create_dir_all(paths, dir)
+            .with_context(|| format!("{}: cannot create the lock directory", dir.display()))?;
     }
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o644)
-        .open(path)
-        .with_context(|| format!("{}: cannot open lock file", path.display()))
-        .map_err(LockError::Io)?;
+    let flags = access | OFlag::O_CREAT | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK | OFlag::O_NOCTTY;
+    let file = open_host(paths, path, flags, Mode::from_bits_truncate(mode))?
+        .ok_or_else(|| anyhow::anyhow!("{}: cannot create the lock file", path.display()))?;
+    let st = nix::sys::stat::fstat(&file)
+        .map_err(std::io::Error::from)
+        .with_context(|| format!("{}: cannot stat", path.display()))?;
+    require_regular(path, st.st_mode)?;
+    Ok(file)
+}
+
+/// Takes an exclusive flock on `path` (inside the root; created if needed),
+/// polling until `timeout`.
+pub fn flock_exclusive(
+    paths: &Paths,
+    path: &Path,
+    timeout: Duration,
+) -> Result<FlockGuard, LockError> {
+    let file = open_lock_file(paths, path, OFlag::O_RDWR, 0o644).map_err(LockError::Io)?;
     let start = Instant::now();
     loop {
         match file.try_lock() {
@@ -140,9 +158,10 @@ mod tests {
     #[test]
     fn second_lock_is_busy_and_names_the_holder() {
         let d = tempfile::tempdir().unwrap();
+        let paths = Paths::with_root(d.path());
         let p = d.path().join("sub/x.lock");
-        let g = flock_exclusive(&p, Duration::from_secs(1)).unwrap();
-        let e = flock_exclusive(&p, Duration::from_millis(50)).unwrap_err();
+        let g = flock_exclusive(&paths, &p, Duration::from_secs(1)).unwrap();
+        let e = flock_exclusive(&paths, &p, Duration::from_millis(50)).unwrap_err();
         match &e {
             LockError::Busy { holder, .. } => {
                 let h = holder.as_deref().unwrap_or("");
@@ -152,6 +171,18 @@ mod tests {
         }
         assert!(e.to_string().contains("can't lock file"));
         drop(g);
-        flock_exclusive(&p, Duration::from_millis(50)).unwrap();
+        flock_exclusive(&paths, &p, Duration::from_millis(50)).unwrap();
+    }
+
+    #[test]
+    fn a_fifo_lock_file_is_refused_without_blocking() {
+        let d = tempfile::tempdir().unwrap();
+        let paths = Paths::with_root(d.path());
+        let p = d.path().join("x.lock");
+        nix::unistd::mkfifo(&p, Mode::from_bits_truncate(0o600)).unwrap();
+        let e = flock_exclusive(&paths, &p, Duration::from_millis(50))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("a FIFO (named pipe), not a regular file"), "{e}");
     }
 }

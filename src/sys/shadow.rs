@@ -9,26 +9,28 @@
 //! Under the locks each file is re-read, the append re-planned, the old
 //! text kept as `<file>-`, and the new text put in place atomically.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::ffi::OsString;
+use std::fs::{self, File};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use nix::errno::Errno;
-use nix::fcntl::{fcntl, FcntlArg};
+use nix::fcntl::{fcntl, AtFlags, FcntlArg, OFlag};
 use nix::sys::signal::kill;
-use nix::unistd::Pid;
+use nix::unistd::{linkat, Pid};
 
 use crate::model::idmap::{IdKind, IdRange};
 use crate::model::subid::SubidFile;
 use crate::model::subid::SubidNeed;
 use crate::model::text::Limits;
 use crate::paths::Paths;
-use crate::sys::fs::{read_text, replace_file};
-use crate::sys::lock::{flock_exclusive, FlockGuard, LockError};
+use crate::sys::fs::{
+    open_parent, read_text, replace_file, replace_file_with, DirEntry, Durability,
+};
+use crate::sys::lock::{flock_exclusive, open_lock_file, FlockGuard, LockError};
 
 /// How long each lock is waited for; shadow's `lckpwdf()` waits 15 s.
 pub const SHADOW_LOCK_TIMEOUT: Duration = Duration::from_secs(15);
@@ -59,17 +61,10 @@ fn whole_file_lock(kind: libc::c_short) -> libc::flock {
     }
 }
 
-/// Takes `lckpwdf()`'s lock, polling until `timeout`.
-pub fn lckpwdf(path: &Path, timeout: Duration) -> Result<PwdLock, LockError> {
-    let file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(libc::O_CLOEXEC)
-        .open(path)
-        .with_context(|| format!("{}: cannot open", path.display()))
-        .map_err(LockError::Io)?;
+/// Takes `lckpwdf()`'s lock on `path` (inside the root), polling until
+/// `timeout`.
+pub fn lckpwdf(paths: &Paths, path: &Path, timeout: Duration) -> Result<PwdLock, LockError> {
+    let file = open_lock_file(paths, path, OFlag::O_WRONLY, 0o600).map_err(LockError::Io)?;
     let start = Instant::now();
     loop {
         match fcntl(
@@ -102,83 +97,98 @@ pub fn lckpwdf(path: &Path, timeout: Duration) -> Result<PwdLock, LockError> {
 }
 
 /// shadow's `link()` lock on a file: `<file>.lock` holding the owner's PID.
-/// Removed on drop.
+/// Removed on drop, through the directory it was made in.
 #[derive(Debug)]
 pub struct LinkLock {
-    lock: PathBuf,
+    dir: DirEntry,
+    lock: OsString,
 }
 
 impl Drop for LinkLock {
     fn drop(&mut self) {
-        let _ = fs::remove_file(&self.lock);
+        let _ = self.dir.remove(&self.lock);
     }
 }
 
-fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
-    let mut s = path.as_os_str().to_os_string();
-    s.push(suffix);
-    PathBuf::from(s)
-}
-
-/// Keeps the current `file` as `<file>-`, as shadow does (same bytes, mode,
-/// owner and times). A regular file is hard-linked there through a temp
-/// name and a rename: its bytes are already on disk, so there is nothing to
-/// write or flush, and the directory fsync of the replacement that follows
-/// makes the rename durable. Anything else (a symlink, a filesystem without
-/// hard links) gets a copy `old` through the atomic replace.
-fn backup(file: &Path, old: &[u8]) -> Result<()> {
-    let dst = with_suffix(file, "-");
-    if fs::symlink_metadata(file).is_ok_and(|m| m.file_type().is_file()) {
-        let tmp = with_suffix(&dst, &format!(".tmp.{}", std::process::id()));
+/// Keeps the current file of `entry` as `<file>-`, as shadow does (same
+/// bytes, mode, owner and times). A regular file is hard-linked there
+/// through a temp name and a rename: its bytes are already on disk, so
+/// there is nothing to write or flush, and the directory fsync of the
+/// replacement that follows makes the rename durable. Anything else (a
+/// symlink, a filesystem without hard links) gets a copy `old` through the
+/// atomic replace. No temp name survives a failure.
+fn backup(paths: &Paths, entry: &DirEntry, old: &[u8]) -> Result<()> {
+    let dst = entry.sibling("-");
+    let st = entry.stat(entry.name())?;
+    if st.is_some_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG) {
+        let tmp = entry.sibling(&format!("-.tmp.{}", std::process::id()));
         // A leftover from a crashed run with our pid.
-        let _ = fs::remove_file(&tmp);
-        if fs::hard_link(file, &tmp).is_ok() {
-            return fs::rename(&tmp, &dst).map_err(|e| {
-                let _ = fs::remove_file(&tmp);
-                anyhow::Error::new(e)
-                    .context(format!("{}: cannot rename into place", dst.display()))
+        entry.remove(&tmp)?;
+        let linked = linkat(
+            entry.dir(),
+            entry.name(),
+            entry.dir(),
+            tmp.as_os_str(),
+            AtFlags::empty(),
+        );
+        if linked.is_ok() {
+            return entry.rename(&tmp, &dst).inspect_err(|_| {
+                let _ = entry.remove(&tmp);
             });
         }
     }
-    let mode = fs::metadata(file).map_or(0o644, |m| m.mode() & 0o7777);
-    replace_file(&dst, old, mode)
+    let mode = st.map_or(0o644, |st| st.st_mode & 0o7777);
+    replace_file(
+        paths,
+        &entry.sibling_path(&dst),
+        old,
+        mode,
+        Durability::Flush,
+    )
 }
 
 /// One attempt, as shadow's `do_lock_file`: write our PID to `<file>.<pid>`,
 /// link it to `<file>.lock`, require a link count of 2. A lock whose PID is
-/// dead is removed once and the link retried. `Ok(Err(pid))`: held by `pid`.
-fn try_link_lock(file: &Path) -> Result<std::result::Result<LinkLock, Option<i32>>> {
+/// dead is removed once and the link retried. `Ok(Err(pid))`: held by
+/// `pid`. `<file>.<pid>` is removed whatever happens, a full disk included.
+fn try_link_lock(paths: &Paths, file: &Path) -> Result<std::result::Result<LinkLock, Option<i32>>> {
     let pid = std::process::id();
-    let tmp = with_suffix(file, &format!(".{pid}"));
-    let lock = with_suffix(file, ".lock");
-    let _ = fs::remove_file(&tmp);
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
-        .open(&tmp)
-        .with_context(|| format!("{}: cannot create", tmp.display()))?;
-    f.write_all(pid.to_string().as_bytes())
-        .with_context(|| format!("{}: cannot write", tmp.display()))?;
-    drop(f);
-    let result = (|| -> Result<std::result::Result<LinkLock, Option<i32>>> {
-        let linked = |tmp: &Path| -> Result<bool> {
-            match fs::hard_link(tmp, &lock) {
-                Ok(()) => Ok(fs::metadata(tmp)
-                    .with_context(|| format!("{}: cannot stat", tmp.display()))?
-                    .nlink()
+    let dir = open_parent(paths, file)?;
+    let tmp = dir.sibling(&format!(".{pid}"));
+    let lock = dir.sibling(".lock");
+    dir.remove(&tmp)?;
+    let mut f = dir.create_new(&tmp, 0o600)?;
+    let result = (|| -> Result<std::result::Result<(), Option<i32>>> {
+        f.write_all(pid.to_string().as_bytes())
+            .with_context(|| format!("{}: cannot write", dir.sibling_path(&tmp).display()))?;
+        let linked = || -> Result<bool> {
+            match linkat(
+                dir.dir(),
+                tmp.as_os_str(),
+                dir.dir(),
+                lock.as_os_str(),
+                AtFlags::empty(),
+            ) {
+                Ok(()) => Ok(dir
+                    .stat(&tmp)?
+                    .with_context(|| format!("{}: vanished", dir.sibling_path(&tmp).display()))?
+                    .st_nlink
                     == 2),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
-                Err(e) => Err(e).with_context(|| format!("{}: cannot link", lock.display())),
+                Err(Errno::EEXIST) => Ok(false),
+                Err(e) => Err(anyhow::Error::new(e))
+                    .with_context(|| format!("{}: cannot link", dir.sibling_path(&lock).display())),
             }
         };
-        if linked(&tmp)? {
-            return Ok(Ok(LinkLock { lock: lock.clone() }));
+        if linked()? {
+            return Ok(Ok(()));
         }
-        let holder = match fs::read_to_string(&lock) {
-            Ok(s) => s.trim().parse::<i32>().ok().filter(|p| *p > 0),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Err(None)),
+        let holder = match dir.open_read(&lock) {
+            Ok(Some(mut l)) => {
+                let mut s = String::new();
+                let _ = (&mut l).take(64).read_to_string(&mut s);
+                s.trim().parse::<i32>().ok().filter(|p| *p > 0)
+            }
+            Ok(None) => return Ok(Err(None)),
             Err(_) => None,
         };
         let Some(holder) = holder else {
@@ -187,22 +197,34 @@ fn try_link_lock(file: &Path) -> Result<std::result::Result<LinkLock, Option<i32
         };
         if kill(Pid::from_raw(holder), None) == Err(Errno::ESRCH) {
             // Stale: its owner is gone. Remove it once and retry.
-            let _ = fs::remove_file(&lock);
-            if linked(&tmp)? {
-                return Ok(Ok(LinkLock { lock: lock.clone() }));
+            let _ = dir.remove(&lock);
+            if linked()? {
+                return Ok(Ok(()));
             }
         }
         Ok(Err(Some(holder)))
     })();
-    let _ = fs::remove_file(&tmp);
-    result
+    drop(f);
+    let removed = dir.remove(&tmp);
+    match result? {
+        Ok(()) => {
+            let guard = LinkLock { dir, lock };
+            removed?;
+            Ok(Ok(guard))
+        }
+        Err(holder) => {
+            removed?;
+            Ok(Err(holder))
+        }
+    }
 }
 
-/// Takes shadow's `link()` lock on `file`, polling until `timeout`.
-pub fn link_lock(file: &Path, timeout: Duration) -> Result<LinkLock, LockError> {
+/// Takes shadow's `link()` lock on `file` (inside the root), polling until
+/// `timeout`.
+pub fn link_lock(paths: &Paths, file: &Path, timeout: Duration) -> Result<LinkLock, LockError> {
     let start = Instant::now();
     loop {
-        let holder = match try_link_lock(file).map_err(LockError::Io)? {
+        let holder = match try_link_lock(paths, file).map_err(LockError::Io)? {
             Ok(guard) => return Ok(guard),
             Err(holder) => holder,
         };
@@ -220,6 +242,12 @@ pub fn link_lock(file: &Path, timeout: Duration) -> Result<LinkLock, LockError> 
     }
 }
 
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_os_string();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
 /// Every lock a subordinate-ID write needs, in the documented order.
 /// Fields drop in declaration order: shadow's locks first, ours last.
 #[derive(Debug)]
@@ -235,11 +263,11 @@ pub fn lock_subid_files(
     files: &[PathBuf],
     timeout: Duration,
 ) -> Result<SubidLocks, LockError> {
-    let tool = flock_exclusive(&paths.subid_lock(), timeout)?;
-    let pwd = lckpwdf(&paths.pwd_lock(), timeout)?;
+    let tool = flock_exclusive(paths, &paths.subid_lock(), timeout)?;
+    let pwd = lckpwdf(paths, &paths.pwd_lock(), timeout)?;
     let mut links = Vec::new();
     for f in files {
-        links.push(link_lock(f, timeout)?);
+        links.push(link_lock(paths, f, timeout)?);
     }
     // Release in reverse: the link locks were taken last.
     links.reverse();
@@ -275,7 +303,7 @@ pub fn ensure_coverage(
 ) -> Result<Vec<SubidWrite>> {
     let read = |kind: IdKind| -> Result<String> {
         let path = subid_path(paths, kind);
-        Ok(read_text(&path, Limits::HOST_FILE)?.unwrap_or_default())
+        Ok(read_text(paths, &path, Limits::HOST_FILE)?.unwrap_or_default())
     };
     let mut pending: Vec<&SubidNeed> = Vec::new();
     for need in needs {
@@ -301,7 +329,7 @@ pub fn append_coverage(
 ) -> Result<Vec<SubidWrite>> {
     let read = |kind: IdKind| -> Result<String> {
         let path = subid_path(paths, kind);
-        Ok(read_text(&path, Limits::HOST_FILE)?.unwrap_or_default())
+        Ok(read_text(paths, &path, Limits::HOST_FILE)?.unwrap_or_default())
     };
     if needs.is_empty() {
         return Ok(Vec::new());
@@ -316,12 +344,26 @@ pub fn append_coverage(
         let Some((new, added)) = SubidFile::parse(&old).plan(&need.ranges) else {
             continue;
         };
-        if fs::symlink_metadata(path).is_ok() {
-            backup(path, old.as_bytes())
-                .with_context(|| format!("{}: cannot write the backup", path.display()))?;
-        }
-        replace_file(path, new.as_bytes(), 0o644)
-            .with_context(|| format!("{}: cannot write", path.display()))?;
+        let entry = open_parent(paths, path)?;
+        let exists = entry.stat(entry.name())?.is_some();
+        // shadow flushes these too: a lost line can stop a container. The
+        // backup is made once the new text is safely in its temp file, so
+        // a write that fails (a full disk) changes nothing at all.
+        replace_file_with(
+            paths,
+            path,
+            new.as_bytes(),
+            0o644,
+            Durability::Flush,
+            |_| {
+                if exists {
+                    backup(paths, &entry, old.as_bytes())
+                        .with_context(|| format!("{}: cannot write the backup", path.display()))?;
+                }
+                Ok(())
+            },
+        )
+        .with_context(|| format!("{}: cannot write", path.display()))?;
         written.push(SubidWrite {
             path: path.clone(),
             added,
@@ -333,6 +375,7 @@ pub fn append_coverage(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::MetadataExt;
 
     fn root() -> (tempfile::TempDir, Paths) {
         let d = tempfile::tempdir().unwrap();
@@ -345,14 +388,14 @@ mod tests {
     fn link_lock_is_exclusive_and_released() {
         let (_d, p) = root();
         let f = p.subgid();
-        let g = link_lock(&f, Duration::from_secs(1)).unwrap();
+        let g = link_lock(&p, &f, Duration::from_secs(1)).unwrap();
         let lock = with_suffix(&f, ".lock");
         assert_eq!(
             fs::read_to_string(&lock).unwrap(),
             std::process::id().to_string()
         );
         // Our own live PID holds it: busy, naming us.
-        let e = link_lock(&f, Duration::from_millis(30)).unwrap_err();
+        let e = link_lock(&p, &f, Duration::from_millis(30)).unwrap_err();
         assert!(
             e.to_string()
                 .contains(&format!("pid {}", std::process::id())),
@@ -370,11 +413,11 @@ mod tests {
         let f = p.subuid();
         // A PID that cannot be alive.
         fs::write(with_suffix(&f, ".lock"), "2147483646").unwrap();
-        let g = link_lock(&f, Duration::from_millis(200)).unwrap();
+        let g = link_lock(&p, &f, Duration::from_millis(200)).unwrap();
         drop(g);
         // An unreadable lock is refused, as shadow does.
         fs::write(with_suffix(&f, ".lock"), "garbage").unwrap();
-        let e = link_lock(&f, Duration::from_millis(30)).unwrap_err();
+        let e = link_lock(&p, &f, Duration::from_millis(30)).unwrap_err();
         assert!(e.to_string().contains("unreadable lock file"), "{e}");
     }
 
@@ -416,7 +459,7 @@ mod tests {
     #[test]
     fn pwd_lock_holds_against_other_processes() {
         let (_d, p) = root();
-        let g = lckpwdf(&p.pwd_lock(), Duration::from_millis(100)).unwrap();
+        let g = lckpwdf(&p, &p.pwd_lock(), Duration::from_millis(100)).unwrap();
         assert_eq!(child_sees_locked(&p.pwd_lock()), 0);
         drop(g);
         assert_eq!(child_sees_locked(&p.pwd_lock()), 1);
@@ -492,7 +535,8 @@ mod tests {
         let (d, p) = root();
         let real = d.path().join("real-subgid");
         fs::write(&real, "root:100000:65536\n").unwrap();
-        std::os::unix::fs::symlink(&real, p.subgid()).unwrap();
+        // Absolute, as if the root were `/`.
+        std::os::unix::fs::symlink("/real-subgid", p.subgid()).unwrap();
         let need = [SubidNeed {
             kind: IdKind::Gid,
             ranges: vec![IdRange::new(20, 1)],
@@ -532,10 +576,39 @@ mod tests {
     }
 
     #[test]
+    fn a_symlink_out_of_the_root_is_followed_inside_it() {
+        let (d, p) = root();
+        let outside = tempfile::tempdir().unwrap();
+        let target = outside.path().join("subgid");
+        fs::write(&target, "root:100000:65536\n").unwrap();
+        std::os::unix::fs::symlink(&target, p.subgid()).unwrap();
+        let need = [SubidNeed {
+            kind: IdKind::Gid,
+            ranges: vec![IdRange::new(20, 1)],
+        }];
+        // The link resolves under the root, where its directory is missing.
+        let e = format!(
+            "{:#}",
+            ensure_coverage(&p, &need, Duration::from_secs(1)).unwrap_err()
+        );
+        assert!(
+            e.contains("does not exist under PCT_PASSTHROUGH_ROOT"),
+            "{e}"
+        );
+        assert_eq!(fs::read_to_string(&target).unwrap(), "root:100000:65536\n");
+        // With that directory in the root, the write lands there.
+        let inside = d.path().join(target.strip_prefix("/").unwrap());
+        fs::create_dir_all(inside.parent().unwrap()).unwrap();
+        ensure_coverage(&p, &need, Duration::from_secs(1)).unwrap();
+        assert_eq!(fs::read_to_string(&inside).unwrap(), "root:20:1\n");
+        assert_eq!(fs::read_to_string(&target).unwrap(), "root:100000:65536\n");
+    }
+
+    #[test]
     fn busy_link_lock_fails_with_a_busy_error() {
         let (_d, p) = root();
         fs::write(p.subgid(), "").unwrap();
-        let _held = link_lock(&p.subgid(), Duration::from_secs(1)).unwrap();
+        let _held = link_lock(&p, &p.subgid(), Duration::from_secs(1)).unwrap();
         let need = [SubidNeed {
             kind: IdKind::Gid,
             ranges: vec![IdRange::new(20, 1)],

@@ -60,8 +60,12 @@ impl Bed {
     /// package does.
     pub fn new() -> Bed {
         check_prerequisites();
-        let lock = flock_exclusive(Path::new(E2E_LOCK), E2E_LOCK_WAIT)
-            .unwrap_or_else(|e| panic!("e2e: cannot take the e2e lock: {e}"));
+        let lock = flock_exclusive(
+            &pct_passthrough::paths::Paths::with_root("/"),
+            Path::new(E2E_LOCK),
+            E2E_LOCK_WAIT,
+        )
+        .unwrap_or_else(|e| panic!("e2e: cannot take the e2e lock: {e}"));
         let _ = fs::write(
             E2E_LOCK,
             format!(

@@ -942,7 +942,12 @@ impl Drop for Ct<'_> {
 
 fn take_config_lock(vmid: u32) -> FlockGuard {
     let path = PathBuf::from(format!("/run/lock/lxc/pve-config-{vmid}.lock"));
-    flock_exclusive(&path, PVE_LOCK_TIMEOUT).unwrap_or_else(|e| panic!("e2e: {e}"))
+    flock_exclusive(
+        &pct_passthrough::paths::Paths::with_root("/"),
+        &path,
+        PVE_LOCK_TIMEOUT,
+    )
+    .unwrap_or_else(|e| panic!("e2e: {e}"))
 }
 
 fn warn(rep: &mut StartReport, w: String) {
