@@ -3,7 +3,7 @@
 //! `devN` group and owner), a missing one is refused or warned about, and the
 //! tool's own lines follow the need. Pure; see `model::device` for the rules.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::model::device::{self, CgroupRule, DeviceClass, Node, DIALOUT_GID};
 use crate::model::event::Event;
@@ -181,10 +181,10 @@ pub fn plan_devices(facts: &Facts, d: &mut Draft) -> Result<(), String> {
         .filter(|p| method_of(p.policy) == DeviceMethod::Dev)
         .map(|p| p.policy.path.get_ref().clone())
         .collect();
-    let required: BTreeSet<String> = policy_devices(facts)
+    let required: BTreeMap<String, usize> = policy_devices(facts)
         .iter()
         .filter(|p| p.policy.required)
-        .map(|p| p.policy.path.get_ref().clone())
+        .map(|p| (p.policy.path.get_ref().clone(), p.line))
         .collect();
     let missing = |path: &str, d: &mut Draft, how: &str| -> Result<(), String> {
         let check = if device::classify(path, None) == DeviceClass::Serial {
@@ -192,9 +192,10 @@ pub fn plan_devices(facts: &Facts, d: &mut Draft) -> Result<(), String> {
         } else {
             "check that the device is present and its driver loaded"
         };
-        if required.contains(path) {
+        if let Some(line) = required.get(path) {
+            let policy = &facts.policy_file.path;
             return Err(format!(
-                "required device {path} is missing; {check}, then start again (or set required = false in the policy)"
+                "{policy} line {line}: required device {path} is missing; {check}, then start again (or set required = false there)"
             ));
         }
         d.events.push(Event::warn(
@@ -351,7 +352,7 @@ pub fn plan_devices(facts: &Facts, d: &mut Draft) -> Result<(), String> {
                 continue;
             }
             Ok(None) => {
-                if required.contains(&e.path) {
+                if required.contains_key(&e.path) {
                     missing(&e.path, d, "")?;
                 }
                 d.events.push(Event::warn(

@@ -46,7 +46,7 @@ pub struct Policy {
     #[serde(default)]
     pub chain: Option<String>,
     /// Upper bound for post-start's detached worker, in seconds.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "at_least_one_second")]
     pub detect_timeout: Option<u32>,
     /// The container UID of the service user, when detection should not guess
     /// among several non-root processes.
@@ -56,6 +56,16 @@ pub struct Policy {
 
 fn yes() -> bool {
     true
+}
+
+/// Refuses 0 while parsing, so the error carries the value's line.
+fn at_least_one_second<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    match u32::deserialize(d)? {
+        0 => Err(serde::de::Error::custom(
+            "detect_timeout = 0: it must be at least 1 second",
+        )),
+        secs => Ok(Some(secs)),
+    }
 }
 
 impl Default for Policy {
@@ -119,9 +129,6 @@ impl Policy {
                 None => format!("{file}: {msg}; see the policy reference in the README"),
             }
         })?;
-        if policy.detect_timeout == Some(0) {
-            return Err(format!("{file}: detect_timeout must be at least 1 second"));
-        }
         Ok(policy)
     }
 }
@@ -157,6 +164,24 @@ mod tests {
         assert!(e.contains("line 3"), "{e}");
         let e = Policy::parse("p", "enabled = \n").unwrap_err();
         assert!(e.contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn a_zero_detect_timeout_names_the_file_and_line() {
+        let e = Policy::parse(
+            "/etc/pve/pct-passthrough/105.toml",
+            "enabled = true\n\ndetect_timeout = 0\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.starts_with(
+                "/etc/pve/pct-passthrough/105.toml line 3: detect_timeout = 0: it must be at least 1 second"
+            ),
+            "{e}"
+        );
+        let p = Policy::parse("p", "detect_timeout = 7\n").unwrap();
+        assert_eq!(p.detect_timeout, Some(7));
+        assert_eq!(Policy::parse("p", "").unwrap().detect_timeout, None);
     }
 
     proptest::proptest! {

@@ -341,7 +341,8 @@ pub fn policy_idmap(facts: &Facts) -> Result<Vec<Passthrough>, String> {
         let line = lines.line_of(item.span().start);
         let raw = RawIdmap::parse(item.get_ref())
             .map_err(|e| format!("{} line {line}: idmap {e}", facts.policy_file.path))?;
-        out.extend(raw.passthroughs(&format!("policy line {line}: \"{}\"", item.get_ref())));
+        let policy = &facts.policy_file.path;
+        out.extend(raw.passthroughs(&format!("{policy} line {line}: \"{}\"", item.get_ref())));
     }
     Ok(out)
 }
@@ -370,7 +371,8 @@ pub fn runtime_user_idmap(facts: &Facts) -> Result<Vec<Passthrough>, String> {
             .map_err(|e| format!("{} line {line}: idmap {e}", facts.policy_file.path))?;
         let Some(u) = user else { continue };
         let who = format!(
-            "policy line {line}: \"{}\" (runtime user {} recorded by post-start)",
+            "{} line {line}: \"{}\" (runtime user {} recorded by post-start)",
+            facts.policy_file.path,
             item.get_ref(),
             u.name.as_deref().map_or_else(
                 || format!("uid {}", u.uid),
