@@ -46,6 +46,19 @@ fn package_builds_with_the_expected_contents() {
         deb.ends_with(&format!("pct-passthrough_{version}_amd64.deb")),
         "{deb}"
     );
+    // The README's quick start installs from where the script writes by default.
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let quick = readme
+        .split("## Quick start")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .unwrap();
+    assert!(
+        quick.contains(&format!(
+            "apt install ./target/debian/pct-passthrough_{version}_amd64.deb"
+        )),
+        "{quick}"
+    );
 
     // `dpkg-deb -c`: mode, owner, path of every regular file.
     let listing = dpkg_deb(&["-c", &deb]);
