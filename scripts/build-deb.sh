@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds the Debian package with dpkg-deb: the static binary, a man page
 # generated from its --help, the README, example policies, install/uninstall
-# scripts and the example chained hook. Deterministic: file dates and the man
+# scripts and the example chained hook, plus what Debian policy asks of a
+# package (copyright with the full license text from LICENSE, changelog and
+# lintian overrides from packaging/). Deterministic: file dates and the man
 # page date come from SOURCE_DATE_EPOCH (default: the last commit).
 #
 #   scripts/build-deb.sh [--binary PATH] [--out DIR] [--compression xz|gzip|none]
@@ -51,6 +53,12 @@ got=$("$BINARY" --version)
     exit 1
 }
 ARCH=amd64
+MAINTAINER='pct-passthrough maintainers <maintainers@users.noreply.b-seed-02d3c07e.example>'
+top=$(head -1 packaging/changelog)
+[ "$top" = "$NAME ($VERSION) unstable; urgency=medium" ] || {
+    echo "build-deb.sh: packaging/changelog line 1 is '$top', Cargo.toml says $VERSION; add a changelog entry for $VERSION on top" >&2
+    exit 1
+}
 export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || echo 0)}
 DATE=$(date -u -d "@$SOURCE_DATE_EPOCH" +%Y-%m-%d)
 
@@ -60,25 +68,51 @@ d=$stage/$NAME
 doc=$d/usr/share/doc/$NAME
 share=$d/usr/share/$NAME
 install -d "$d/DEBIAN" "$d/usr/bin" "$d/usr/share/man/man1" "$doc/examples/policies" \
-    "$share/install" "$share/hooks"
+    "$share/install" "$share/hooks" "$d/usr/share/lintian/overrides"
 
 install -m 0755 "$BINARY" "$d/usr/bin/$NAME"
+# As dh_strip does: no symbols, no compiler version notes (lintian's
+# unstripped-binary-or-object and binary-has-unneeded-section). A release
+# build is already stripped of symbols; a debug build shrinks from ~35 MB.
+strip --remove-section=.comment --remove-section=.note --strip-unneeded "$d/usr/bin/$NAME"
 install -m 0644 README.md "$doc/README.md"
 install -m 0644 examples/policies/*.toml "$doc/examples/policies/"
 install -m 0755 install/install.sh install/uninstall.sh "$share/install/"
 install -m 0644 install/common.sh "$share/install/"
 install -m 0755 hooks/example-chained-hook.sh "$share/hooks/"
 install -m 0644 hooks/README.md "$share/hooks/"
-cat >"$doc/copyright" <<EOF
+install -m 0644 packaging/lintian-overrides "$d/usr/share/lintian/overrides/$NAME"
+# A native package: the changelog is changelog.gz, compressed without a date.
+gzip -9nc packaging/changelog >"$doc/changelog.gz"
+chmod 0644 "$doc/changelog.gz"
+# Debian 12 has no /usr/share/common-licenses/AGPL-3, so the copyright file
+# carries the whole text (machine-readable format: each line indented by one
+# space, an empty line written as " .").
+{
+    cat <<EOF
 Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
 Upstream-Name: $NAME
-License: AGPL-3.0-or-later
+Upstream-Contact: $MAINTAINER
 
 Files: *
-Copyright: the pct-passthrough authors
+Copyright: 2026 the pct-passthrough authors
 License: AGPL-3.0-or-later
- On Debian systems the full text is in /usr/share/common-licenses/AGPL-3.
+
+License: AGPL-3.0-or-later
+ This program is free software: you can redistribute it and/or modify it
+ under the terms of the GNU Affero General Public License as published by the
+ Free Software Foundation, either version 3 of the License, or (at your
+ option) any later version.
+ .
+ This program is distributed in the hope that it will be useful, but WITHOUT
+ ANY WARRANTY; without even the implied warranty of MERCHANTABILITY or
+ FITNESS FOR A PARTICULAR PURPOSE. See the GNU Affero General Public License
+ below for more details.
+ .
 EOF
+    sed -e 's/[[:space:]]*$//' -e 's/^$/./' -e 's/^/ /' LICENSE
+} >"$doc/copyright"
+chmod 0644 "$doc/copyright"
 
 # The man page, from --help: the first line is the name, "usage:" lines the
 # synopsis, the rest (phases, environment, exit codes) stays preformatted.
@@ -112,7 +146,7 @@ cat >"$d/DEBIAN/control" <<EOF
 Package: $NAME
 Version: $VERSION
 Architecture: $ARCH
-Maintainer: pct-passthrough authors <root@localhost>
+Maintainer: $MAINTAINER
 Installed-Size: $size_kib
 Recommends: uidmap
 Section: admin

@@ -21,6 +21,11 @@ vmid: a Proxmox guest ID, 100 to 999999999
 environment:
   PCT_PASSTHROUGH_ROOT  prefix for every host path (default /); /proc and /sys are never prefixed
 
+locks: --phase pre-start and post-start take Proxmox's config lock
+(/run/lock/lxc/pve-config-<vmid>.lock, waiting up to 10 s) as Proxmox holds it
+around them; pre-stop and post-stop do not, as they never edit the config.
+Hookscript mode and --dry-run take no config lock.
+
 exit codes: 0 ok; 1 refused or failed; 2 usage error. An unknown phase in
 hookscript mode is logged and exits 0. Only pre-start can block a start.";
 

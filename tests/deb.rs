@@ -1,6 +1,7 @@
 //! scripts/build-deb.sh: the package builds from the test binary, lists the
 //! expected files, carries the right version, a man page made from --help,
-//! and example policies that the strict policy parser accepts.
+//! the full license text, and example policies that the strict policy parser
+//! accepts; Debian's own checker, lintian, finds nothing wrong with it.
 
 use std::path::Path;
 use std::process::Command;
@@ -19,23 +20,44 @@ fn dpkg_deb(args: &[&str]) -> String {
     String::from_utf8(o.stdout).unwrap()
 }
 
-#[test]
-fn package_builds_with_the_expected_contents() {
-    let out = tempfile::tempdir().unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/build-deb.sh");
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Builds the package into `out` with `compression` and returns its path.
+fn build(out: &Path, compression: &str) -> String {
     let o = Command::new("bash")
-        .arg(script)
-        .args(["--binary", BIN, "--compression", "none", "--out"])
-        .arg(out.path())
+        .arg(repo().join("scripts/build-deb.sh"))
+        .args(["--binary", BIN, "--compression", compression, "--out"])
+        .arg(out)
         .env("SOURCE_DATE_EPOCH", "1700000000")
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let deb = String::from_utf8(o.stdout).unwrap().trim().to_string();
+    String::from_utf8(o.stdout).unwrap().trim().to_string()
+}
+
+#[test]
+fn package_builds_with_the_expected_contents() {
+    let out = tempfile::tempdir().unwrap();
+    let deb = build(out.path(), "none");
     let version = env!("CARGO_PKG_VERSION");
     assert!(
         deb.ends_with(&format!("pct-passthrough_{version}_amd64.deb")),
         "{deb}"
+    );
+    // The README's quick start installs from where the script writes by default.
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let quick = readme
+        .split("## Quick start")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .unwrap();
+    assert!(
+        quick.contains(&format!(
+            "apt install ./target/debian/pct-passthrough_{version}_amd64.deb"
+        )),
+        "{quick}"
     );
 
     // `dpkg-deb -c`: mode, owner, path of every regular file.
@@ -53,10 +75,12 @@ fn package_builds_with_the_expected_contents() {
         files,
         [
             "-rw-r--r-- root/root ./usr/share/doc/pct-passthrough/README.md",
+            "-rw-r--r-- root/root ./usr/share/doc/pct-passthrough/changelog.gz",
             "-rw-r--r-- root/root ./usr/share/doc/pct-passthrough/copyright",
             "-rw-r--r-- root/root ./usr/share/doc/pct-passthrough/examples/policies/media-dir.toml",
             "-rw-r--r-- root/root ./usr/share/doc/pct-passthrough/examples/policies/render-node.toml",
             "-rw-r--r-- root/root ./usr/share/doc/pct-passthrough/examples/policies/zigbee-stick.toml",
+            "-rw-r--r-- root/root ./usr/share/lintian/overrides/pct-passthrough",
             "-rw-r--r-- root/root ./usr/share/man/man1/pct-passthrough.1.gz",
             "-rw-r--r-- root/root ./usr/share/pct-passthrough/hooks/README.md",
             "-rw-r--r-- root/root ./usr/share/pct-passthrough/install/common.sh",
@@ -78,9 +102,54 @@ fn package_builds_with_the_expected_contents() {
     // Unpack and look inside.
     let x = out.path().join("x");
     dpkg_deb(&["-x", &deb, x.to_str().unwrap()]);
-    assert_eq!(
-        std::fs::read(x.join("usr/bin/pct-passthrough")).unwrap(),
-        std::fs::read(BIN).unwrap()
+    // The packaged binary is BIN stripped as dh_strip would: same program.
+    let packaged = x.join("usr/bin/pct-passthrough");
+    for arg in ["--version", "--help"] {
+        let run = |bin: &Path| Command::new(bin).arg(arg).output().unwrap().stdout;
+        assert_eq!(run(&packaged), run(Path::new(BIN)), "{arg}");
+    }
+    let sections = Command::new("readelf")
+        .args(["-S", "-W"])
+        .arg(&packaged)
+        .output()
+        .unwrap();
+    let sections = String::from_utf8(sections.stdout).unwrap();
+    assert!(sections.contains(" .text "), "{sections}");
+    for gone in [" .symtab ", " .comment ", " .debug_info "] {
+        assert!(!sections.contains(gone), "{gone} in {sections}");
+    }
+    // The copyright file carries the whole license: Debian 12 has no
+    // /usr/share/common-licenses/AGPL-3 to point at.
+    let copyright =
+        std::fs::read_to_string(x.join("usr/share/doc/pct-passthrough/copyright")).unwrap();
+    assert!(!copyright.contains("common-licenses"), "{copyright}");
+    let license = std::fs::read_to_string(repo().join("LICENSE")).unwrap();
+    let unindented: String = copyright
+        .lines()
+        .skip_while(|l| !l.contains("GNU AFFERO GENERAL PUBLIC LICENSE"))
+        .map(|l| match l {
+            " ." => "\n".to_string(),
+            l => format!("{}\n", l.strip_prefix(' ').unwrap_or(l)),
+        })
+        .collect();
+    let license_trimmed: String = license
+        .lines()
+        .map(|l| format!("{}\n", l.trim_end()))
+        .collect();
+    assert_eq!(unindented.trim_start(), license_trimmed.trim_start());
+    assert!(license.contains("Version 3, 19 November 2007"));
+    assert!(license
+        .contains("13. Remote Network Interaction; Use with the GNU General Public License."));
+    let changelog = Command::new("gzip")
+        .arg("-dc")
+        .arg(x.join("usr/share/doc/pct-passthrough/changelog.gz"))
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8(changelog.stdout)
+            .unwrap()
+            .starts_with(&format!("pct-passthrough ({version}) unstable;")),
+        "the changelog's top entry is this version"
     );
     let man = Command::new("gzip")
         .arg("-dc")
@@ -144,4 +213,81 @@ fn package_builds_with_the_expected_contents() {
         let text = std::fs::read_to_string(&p).unwrap();
         Policy::parse(&p.display().to_string(), &text).unwrap();
     }
+}
+
+/// Runs lintian (Debian's package checker; `.ci/run` installs it) on the
+/// package as Debian ships it (xz). It must report no error, no warning and
+/// no override that is unused or missing from the README's list of reasons.
+#[test]
+fn lintian_finds_no_error_and_no_unjustified_warning() {
+    let out = tempfile::tempdir().unwrap();
+    let deb = build(out.path(), "xz");
+    let o = Command::new("lintian")
+        .args(["--display-info", "--show-overrides", "--pedantic"])
+        .arg(&deb)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run lintian ({e}): apt-get install lintian (.ci/run does)")
+        });
+    let report = String::from_utf8_lossy(&o.stdout);
+    // Exit status 0 with nothing printed would pass trivially: make sure
+    // lintian ran its checks by requiring the override lines it reports.
+    let bad: Vec<&str> = report
+        .lines()
+        .filter(|l| {
+            l.starts_with("E: ")
+                || l.starts_with("W: ")
+                || l.contains(" unused-override ")
+                || l.contains(" mismatched-override ")
+        })
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "lintian {deb}:\n{}\n(full report:\n{report}{})",
+        bad.join("\n"),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        o.status.success(),
+        "lintian exit {:?}: {report}{}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
+
+    // Every override is one lintian applied (an `O:` line), preceded by a
+    // comment with its reason, and listed in the README with that reason.
+    let overrides = std::fs::read_to_string(repo().join("packaging/lintian-overrides")).unwrap();
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let mut commented = false;
+    let mut count = 0;
+    for line in overrides.lines() {
+        if line.starts_with('#') {
+            commented = true;
+            continue;
+        }
+        if line.trim().is_empty() {
+            continue;
+        }
+        count += 1;
+        assert!(
+            commented,
+            "packaging/lintian-overrides: no reason above '{line}'"
+        );
+        commented = false;
+        let tag = line
+            .split_whitespace()
+            .nth(1)
+            .expect("'package: tag [pointer]'");
+        assert!(
+            report
+                .lines()
+                .any(|l| l.starts_with("O: ") && l.contains(tag)),
+            "override {tag} not applied by lintian:\n{report}"
+        );
+        assert!(
+            readme.contains(&format!("`{tag}`")),
+            "README.md does not justify the lintian override {tag}"
+        );
+    }
+    assert!(count > 0, "the override list is read");
 }

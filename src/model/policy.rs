@@ -48,7 +48,7 @@ pub struct Policy {
     #[serde(default)]
     pub chain: Option<String>,
     /// Upper bound for post-start's detached worker, in seconds.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "at_least_one_second")]
     pub detect_timeout: Option<u32>,
     /// The container UID of the service user, when detection should not guess
     /// among several non-root processes.
@@ -63,6 +63,16 @@ pub struct Policy {
 
 fn yes() -> bool {
     true
+}
+
+/// Refuses 0 while parsing, so the error carries the value's line.
+fn at_least_one_second<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    match u32::deserialize(d)? {
+        0 => Err(serde::de::Error::custom(
+            "detect_timeout = 0: it must be at least 1 second",
+        )),
+        secs => Ok(Some(secs)),
+    }
 }
 
 impl Default for Policy {
@@ -128,9 +138,6 @@ impl Policy {
                 None => format!("{file}: {msg}; see the policy reference in the README"),
             }
         })?;
-        if policy.detect_timeout == Some(0) {
-            return Err(format!("{file}: detect_timeout must be at least 1 second"));
-        }
         policy.file = file.to_string();
         policy.newlines = LineIndex::new(text).newlines;
         if let Some(uid) = policy.runtime_uid.filter(|&u| u64::from(u) >= ID_LIMIT) {
@@ -188,6 +195,24 @@ mod tests {
         assert!(e.contains("line 3"), "{e}");
         let e = Policy::parse("p", "enabled = \n").unwrap_err();
         assert!(e.contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn a_zero_detect_timeout_names_the_file_and_line() {
+        let e = Policy::parse(
+            "/etc/pve/pct-passthrough/105.toml",
+            "enabled = true\n\ndetect_timeout = 0\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.starts_with(
+                "/etc/pve/pct-passthrough/105.toml line 3: detect_timeout = 0: it must be at least 1 second"
+            ),
+            "{e}"
+        );
+        let p = Policy::parse("p", "detect_timeout = 7\n").unwrap();
+        assert_eq!(p.detect_timeout, Some(7));
+        assert_eq!(Policy::parse("p", "").unwrap().detect_timeout, None);
     }
 
     proptest::proptest! {

@@ -6,10 +6,22 @@ use std::fmt;
 /// Why a byte buffer is not acceptable text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TextError {
-    TooLarge { len: usize, max: usize },
-    NotUtf8 { line: usize },
-    Nul { line: usize },
-    LineTooLong { line: usize, max: usize },
+    /// `size` is the file's real size (from fstat, or the whole buffer);
+    /// `None` when only a capped read saw it pass `max` (a growing file).
+    TooLarge {
+        size: Option<u64>,
+        max: usize,
+    },
+    NotUtf8 {
+        line: usize,
+    },
+    Nul {
+        line: usize,
+    },
+    LineTooLong {
+        line: usize,
+        max: usize,
+    },
 }
 
 /// A [`TextError`] with the file it came from.
@@ -23,9 +35,16 @@ impl fmt::Display for FileTextError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let file = &self.file;
         match self.error {
-            TextError::TooLarge { len, max } => write!(
+            TextError::TooLarge {
+                size: Some(size),
+                max,
+            } => write!(
                 f,
-                "{file}: {len} bytes is larger than the {max} bytes allowed; this is not a file the tool expects here, check its contents"
+                "{file}: {size} bytes is larger than the {max} bytes allowed; this is not a file the tool expects here, check its contents"
+            ),
+            TextError::TooLarge { size: None, max } => write!(
+                f,
+                "{file}: larger than the {max} bytes allowed (it grew while being read); this is not a file the tool expects here, check its contents"
             ),
             TextError::NotUtf8 { line } => write!(
                 f,
@@ -78,7 +97,7 @@ pub fn decode<'a>(file: &str, bytes: &'a [u8], limits: Limits) -> Result<&'a str
     };
     if bytes.len() > limits.max_bytes {
         return Err(err(TextError::TooLarge {
-            len: bytes.len(),
+            size: Some(bytes.len() as u64),
             max: limits.max_bytes,
         }));
     }
@@ -138,7 +157,34 @@ mod tests {
         );
         assert_eq!(
             decode("f", &[b'a'; 101], SMALL).unwrap_err().error,
-            TextError::TooLarge { len: 101, max: 100 }
+            TextError::TooLarge {
+                size: Some(101),
+                max: 100
+            }
         );
+    }
+
+    #[test]
+    fn too_large_states_the_size_it_knows() {
+        let e = |size| {
+            FileTextError {
+                file: "/etc/pve/lxc/105.conf".into(),
+                error: TextError::TooLarge { size, max: 1 << 20 },
+            }
+            .to_string()
+        };
+        assert!(
+            e(Some(2_029_143)).starts_with(
+                "/etc/pve/lxc/105.conf: 2029143 bytes is larger than the 1048576 bytes allowed;"
+            ),
+            "{}",
+            e(Some(2_029_143))
+        );
+        let unknown = e(None);
+        assert!(
+            unknown.starts_with("/etc/pve/lxc/105.conf: larger than the 1048576 bytes allowed"),
+            "{unknown}"
+        );
+        assert!(!unknown.contains("1048577"), "{unknown}");
     }
 }

@@ -35,6 +35,16 @@ impl Phase {
         })
     }
 
+    /// Whether a by-hand run takes PVE's config lock. pre-start and
+    /// post-start may edit the config and rely on what they read staying
+    /// put, as under Proxmox, so by hand they take it. pre-stop only logs
+    /// and post-stop only reads the config and writes our own state file
+    /// (under our own lock): neither needs it, so by hand they do not wait
+    /// 10 s behind a `pct set` or a start and then fail.
+    pub fn takes_config_lock(self) -> bool {
+        matches!(self, Phase::PreStart | Phase::PostStart)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Phase::PreStart => "pre-start",
@@ -50,7 +60,8 @@ impl Phase {
 pub enum Mode {
     /// `<vmid> <phase>`: Proxmox holds the config lock.
     Hook,
-    /// `--phase`: we take the config lock ourselves, unless it is a dry run.
+    /// `--phase`: we take the config lock ourselves for the phases that
+    /// need it ([`Phase::takes_config_lock`]), unless it is a dry run.
     Manual { dry_run: bool },
 }
 
@@ -79,13 +90,15 @@ pub fn take_pve_config_lock(paths: &Paths, vmid: Vmid) -> Result<FlockGuard, Loc
 /// Runs `phase` and returns the process exit code.
 pub fn run(ctx: &mut Ctx, phase: Phase) -> u8 {
     let _pve_lock = match ctx.mode {
-        Mode::Manual { dry_run: false } => match take_pve_config_lock(ctx.paths, ctx.vmid) {
-            Ok(g) => Some(g),
-            Err(e) => {
-                ctx.log.error("lock-busy", e.to_string());
-                return 1;
+        Mode::Manual { dry_run: false } if phase.takes_config_lock() => {
+            match take_pve_config_lock(ctx.paths, ctx.vmid) {
+                Ok(g) => Some(g),
+                Err(e) => {
+                    ctx.log.error("lock-busy", e.to_string());
+                    return 1;
+                }
             }
-        },
+        }
         _ => None,
     };
     let dry_run = ctx.mode.dry_run();

@@ -183,6 +183,18 @@ pub fn read_bytes(paths: &Paths, path: &Path, limits: Limits) -> Result<Option<V
     file.take(limits.max_bytes as u64 + 1)
         .read_to_end(&mut buf)
         .with_context(|| format!("{}: cannot read", path.display()))?;
+    if buf.len() > limits.max_bytes {
+        // The read stopped one byte past the limit: the size is fstat's.
+        let size = u64::try_from(st.st_size)
+            .ok()
+            .filter(|&n| n > limits.max_bytes as u64);
+        let error = text::TextError::TooLarge {
+            size,
+            max: limits.max_bytes,
+        };
+        let file = path.display().to_string();
+        return Err(text::FileTextError { file, error }.into());
+    }
     Ok(Some(buf))
 }
 

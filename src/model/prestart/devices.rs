@@ -337,15 +337,17 @@ fn device_missing(
     } else {
         "check that the device is present and its driver loaded"
     };
-    if dev.policy.as_ref().is_some_and(|p| p.required) {
+    if let Some(table) = dev.policy.as_ref().filter(|p| p.required) {
+        let line = facts
+            .policy
+            .as_ref()
+            .map_or(0, |p| p.line_of(table.path.span().start));
         return Err(Refusal::new(
             format!(
-                "required device {} is missing ({} in {})",
-                dev.path,
-                dev.source.label(),
-                facts.policy_file.path
+                "{} line {line}: required device {} is missing",
+                facts.policy_file.path, dev.path
             ),
-            format!("{check}, then start again (or set required = false in the policy)"),
+            format!("{check}, then start again (or set required = false there)"),
         ));
     }
     let how = match &dev.source {
