@@ -45,7 +45,7 @@ fn fixtures_read_as_pve_reads_them() {
     let devs = c.dev_entries();
     assert_eq!(devs.len(), 2);
     assert_eq!(devs[1].path, "/dev/dri/renderD128");
-    assert_eq!(devs[1].gid.as_deref(), Some("104"));
+    assert_eq!(devs[1].gid, Some(104));
     assert_eq!(c.mp_entries()[0].mp.as_deref(), Some("/media"));
 
     let c = PveConfig::parse(&common::fixture("oci-app.conf"));
@@ -185,7 +185,7 @@ proptest! {
         let others = |c: &PveConfig| -> Vec<String> {
             c.lines_with_sections()
                 .filter(|(s, _)| *s != Section::Main)
-                .map(|(_, l)| l.text.clone())
+                .map(|(_, l)| l.text().into_owned())
                 .collect()
         };
         prop_assert_eq!(others(&before), others(&after));
@@ -194,7 +194,7 @@ proptest! {
         expect.push("g 20 20 1".into());
         prop_assert_eq!(main_idmaps(&after), expect);
         // Nothing before the new line changed except a repaired final newline.
-        let new_line = after.lines().iter().position(|l| l.text == "lxc.idmap: g 20 20 1" && matches!(l.kind, LineKind::Raw { .. }));
+        let new_line = after.lines().iter().position(|l| l.text() == "lxc.idmap: g 20 20 1" && matches!(l.kind, LineKind::Raw { .. }));
         prop_assert!(new_line.is_some());
     }
 }

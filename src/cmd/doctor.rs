@@ -251,11 +251,7 @@ fn container_checks(paths: &Paths, vmid: Vmid, subuid: &str, subgid: &str) -> Ve
         let Ok(Some((_, meta))) = devnode::resolve(paths, &dev.path) else {
             continue;
         };
-        let gid = dev
-            .gid
-            .as_deref()
-            .and_then(|g| g.parse().ok())
-            .unwrap_or(meta.gid());
+        let gid = dev.gid.unwrap_or(meta.gid());
         out.extend(doctor::render_group(&id, &dev.path, gid, state.as_ref()));
     }
     out.extend(doctor::group_collisions(&id, state.as_ref()));

@@ -250,7 +250,7 @@ pub fn plan_devices(facts: &Facts, d: &mut Draft) -> Result<(), String> {
                     },
                 };
                 used_indexes.push(index);
-                let mut entry = DevEntry::parse(index, path);
+                let mut entry = DevEntry::new(index, path);
                 fill_dev_owner(&mut entry, class, node, facts, &group_gid);
                 want.boot_rules.push(dev_rule(node, entry.deny_write));
                 want.devs.push((index, entry.render()));
@@ -421,8 +421,8 @@ fn fill_dev_owner(
         .as_ref()
         .and_then(|s| s.dev_fallback_for(&entry.path));
     if let Some(fb) = fallback {
-        entry.uid = Some(fb.uid.to_string());
-        entry.gid = Some(fb.gid.to_string());
+        entry.uid = Some(fb.uid);
+        entry.gid = Some(fb.gid);
         return;
     }
     let gid = match class {
@@ -430,7 +430,7 @@ fn fill_dev_owner(
         DeviceClass::Other if node.gid == DIALOUT_GID => Some(DIALOUT_GID),
         other => device::container_gid(other, group_gid),
     };
-    entry.gid = gid.map(|g| g.to_string());
+    entry.gid = gid;
     if gid.is_some()
         && entry
             .mode
@@ -457,14 +457,10 @@ fn warn_unusable_dev(e: &DevEntry, facts: &Facts, d: &mut Draft) {
     if user.uid == 0 {
         return;
     }
-    let owner_ok = e.uid.as_deref() == Some(user.uid.to_string().as_str());
-    let gid_ok = e
-        .gid
-        .as_deref()
-        .and_then(|g| g.parse::<u32>().ok())
-        .is_some_and(|g| {
-            g == user.gid || (user.keeps_supplementary_groups && user.groups.contains(&g))
-        });
+    let owner_ok = e.uid == Some(user.uid);
+    let gid_ok = e.gid.is_some_and(|g| {
+        g == user.gid || (user.keeps_supplementary_groups && user.groups.contains(&g))
+    });
     if !owner_ok && !gid_ok {
         d.events.push(Event::warn(
             "dev-unusable",
@@ -472,7 +468,7 @@ fn warn_unusable_dev(e: &DevEntry, facts: &Facts, d: &mut Draft) {
                 "dev{} {}: gid={} is not a group of the service (uid {} gid {} groups {:?}), so it cannot open the node; set gid= to one of its groups, or uid={} ",
                 e.index,
                 e.path,
-                e.gid.as_deref().unwrap_or("0"),
+                e.gid.unwrap_or(0),
                 user.uid,
                 user.gid,
                 user.groups,
@@ -530,7 +526,7 @@ fn plan_rule(node: &Node, path: &str, person: &[CgroupRule], want: &mut Want, d:
 fn parse_owned_dev(line: &str) -> Option<(u32, DevEntry)> {
     let (key, value) = line.split_once(':')?;
     let index: u32 = key.strip_prefix("dev")?.parse().ok()?;
-    Some((index, DevEntry::parse(index, value.trim())))
+    Some((index, DevEntry::parse(index, value.trim()).ok()?))
 }
 
 /// Brings the config and the state to what the step wants: owned lines no

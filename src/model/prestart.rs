@@ -710,18 +710,17 @@ pub fn plan_dev_fallback(facts: &Facts, d: &mut Draft) -> Result<(), String> {
     let vmid = facts.vmid;
     for fb in &state.dev_fallback {
         let dev = d.conf.dev_entries().into_iter().find(|e| e.path == fb.path);
-        let want = (fb.uid.to_string(), fb.gid.to_string());
+        let want = (fb.uid, fb.gid);
         match dev {
-            Some(e) if e.uid.as_deref() == Some(want.0.as_str())
-                && e.gid.as_deref() == Some(want.1.as_str()) => {}
+            Some(e) if e.uid == Some(want.0) && e.gid == Some(want.1) => {}
             Some(e) => {
                 let owned = format!("dev{}: {}", e.index, e.value);
                 if state.owned.dev_entries.contains(&owned) {
                     continue;
                 }
                 let mut fixed = e.clone();
-                fixed.uid = Some(want.0.clone());
-                fixed.gid = Some(want.1.clone());
+                fixed.uid = Some(want.0);
+                fixed.gid = Some(want.1);
                 d.events.push(Event::warn(
                     "dev-fallback",
                     format!(
