@@ -70,6 +70,21 @@ impl Limits {
     };
 }
 
+/// Checks only the size of `bytes`: for files kept as bytes, whose lines
+/// are judged one by one when they are needed (the container config).
+pub fn check_size(file: &str, bytes: &[u8], limits: Limits) -> Result<(), FileTextError> {
+    if bytes.len() > limits.max_bytes {
+        return Err(FileTextError {
+            file: file.to_string(),
+            error: TextError::TooLarge {
+                len: bytes.len(),
+                max: limits.max_bytes,
+            },
+        });
+    }
+    Ok(())
+}
+
 /// Checks `bytes` against `limits` and returns it as `&str`.
 pub fn decode<'a>(file: &str, bytes: &'a [u8], limits: Limits) -> Result<&'a str, FileTextError> {
     let err = |error| FileTextError {
@@ -138,6 +153,16 @@ mod tests {
         );
         assert_eq!(
             decode("f", &[b'a'; 101], SMALL).unwrap_err().error,
+            TextError::TooLarge { len: 101, max: 100 }
+        );
+    }
+
+    #[test]
+    fn check_size_judges_only_the_size() {
+        assert!(check_size("f", b"caf\xe9\n\0", SMALL).is_ok());
+        assert!(check_size("f", &[b'x'; 100], SMALL).is_ok());
+        assert_eq!(
+            check_size("f", &[b'x'; 101], SMALL).unwrap_err().error,
             TextError::TooLarge { len: 101, max: 100 }
         );
     }

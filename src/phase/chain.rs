@@ -37,7 +37,7 @@ pub fn find(paths: &Paths, vmid: Vmid) -> Result<Option<Chain>> {
         return Ok(None);
     };
     let in_policy = || format!("'chain' in {}", policy_path.display());
-    let own = read_text(&paths.pve_conf(vmid), Limits::PVE_CONFIG)?
+    let own = crate::phase::pre_start::read_pve_conf(&paths.pve_conf(vmid))?
         .and_then(|t| PveConfig::parse(&t).hookscript().map(str::to_string));
     if own.as_deref() == Some(volume.as_str()) {
         bail!(

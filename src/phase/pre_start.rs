@@ -12,12 +12,12 @@ use crate::model::devplan::{self, DeviceFact};
 use crate::model::idmap::IdKind;
 use crate::model::policy::Policy;
 use crate::model::prestart::{self, Decision, Facts, HostFile, SubidNeed, Target};
-use crate::model::pveconf::{main_section, PveConfig};
+use crate::model::pveconf::{self, main_section, PveConfig};
 use crate::model::state::{LastRun, State};
-use crate::model::text::Limits;
+use crate::model::text::{check_size, Limits};
 use crate::phase::post_start::{now_secs, update_state};
 use crate::sys::devnode;
-use crate::sys::fs::{read_text, replace_file};
+use crate::sys::fs::{read_bytes, read_text, replace_file};
 use crate::sys::shadow::{append_coverage, SHADOW_LOCK_TIMEOUT};
 
 /// Reads the container config's main section only (snapshots and pending
@@ -29,13 +29,25 @@ pub fn read_conf_main(ctx: &Ctx) -> Result<PveConfig> {
 /// Reads the container config's text; a missing config is an error.
 fn read_conf_text(ctx: &Ctx) -> Result<String> {
     let path = ctx.paths.pve_conf(ctx.vmid);
-    read_text(&path, Limits::PVE_CONFIG)?.ok_or_else(|| {
+    read_pve_conf(&path)?.ok_or_else(|| {
         anyhow!(
             "{}: not found; is {} a container on this node?",
             path.display(),
             ctx.vmid
         )
     })
+}
+
+/// Reads a container config as bytes, as Proxmox does: any encoding and
+/// line length; only its size is checked. Returns its text form
+/// ([`pveconf::bytes_to_text`]), which [`PveConfig::parse`] reads and
+/// [`pveconf::text_to_bytes`] turns back into the same bytes.
+pub fn read_pve_conf(path: &std::path::Path) -> Result<Option<String>> {
+    let Some(bytes) = read_bytes(path, Limits::PVE_CONFIG)? else {
+        return Ok(None);
+    };
+    check_size(&path.display().to_string(), &bytes, Limits::PVE_CONFIG)?;
+    Ok(Some(pveconf::bytes_to_text(&bytes).into_owned()))
 }
 
 /// Reads the optional policy, strictly, with its text (for line numbers).
@@ -250,8 +262,12 @@ pub fn apply(ctx: &mut Ctx, decision: &Decision) -> Result<()> {
                 .context("writing the state")?;
             }
             Target::PveConf => {
-                replace_file(&paths.pve_conf(vmid), c.new.as_bytes(), 0o640)
-                    .context("writing the container config")?;
+                replace_file(
+                    &paths.pve_conf(vmid),
+                    &pveconf::text_to_bytes(&c.new),
+                    0o640,
+                )
+                .context("writing the container config")?;
                 ctx.log.info(
                     "conf-write",
                     format!("{}: {}", c.path, c.reasons.join("; ")),
