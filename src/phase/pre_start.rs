@@ -109,7 +109,8 @@ pub fn gather(ctx: &mut Ctx, conf: PveConfig, policy: Option<(String, Policy)>) 
             None,
         ),
     };
-    let unprivileged = conf.unprivileged();
+    // The mount hook runs as the container's root when it is user-namespaced.
+    let unprivileged = conf.userns();
     let devices = devplan::declared_paths(&conf, policy.as_ref())
         .into_iter()
         .map(|path| DeviceFact {
