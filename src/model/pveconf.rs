@@ -225,6 +225,9 @@ pub struct PveConfig {
     lines: Vec<Line>,
 }
 
+/// pve-container's `$MAX_DEVICES`: `dev0` to `dev255`.
+pub const MAX_DEVICES: u32 = 256;
+
 /// A `devN:` entry, parsed as Proxmox parses it (`parse_device`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DevEntry {
@@ -588,7 +591,12 @@ impl PveConfig {
         last.sort_by_key(|(i, _, _)| *i);
         last.into_iter()
             .map(|(index, line, value)| {
-                DevEntry::parse(index, value).map_err(|reason| DevError {
+                let parsed = if index < MAX_DEVICES {
+                    DevEntry::parse(index, value)
+                } else {
+                    Err(format!("Proxmox knows dev0 to dev{} only (it warns 'unknown setting' and never writes it)", MAX_DEVICES - 1))
+                };
+                parsed.map_err(|reason| DevError {
                     index,
                     line,
                     value: value.to_string(),
@@ -641,6 +649,12 @@ impl PveConfig {
                 continue;
             }
             match &line.kind {
+                // A second header of the same section starts it afresh
+                // (`$conf = $res->{$section} = {}`).
+                LineKind::PendingHeader | LineKind::SnapshotHeader(_) => {
+                    keys.clear();
+                    descr.clear();
+                }
                 LineKind::Comment => {
                     descr.push_str(&line.text()[1..]);
                     if line.eol == Eol::CrLf {
@@ -1442,6 +1456,9 @@ mod tests {
             ),
             "{m}"
         );
+        let c = PveConfig::parse("dev255: /dev/ttyUSB0\ndev256: /dev/ttyUSB1\n");
+        assert_eq!(c.dev_entries().len(), 1);
+        assert!(c.dev_errors()[0].reason.contains("dev0 to dev255 only"));
         // The last line of an index decides, as in Proxmox.
         let c = PveConfig::parse("dev0: ,gid=abc\ndev0: /dev/ttyUSB1,gid=20\n");
         assert!(c.dev_errors().is_empty());
@@ -1461,6 +1478,9 @@ mod tests {
         assert!(!main.contains_key("delete"));
         let pending = c.section_keys(&Section::Pending);
         assert_eq!(pending.get("delete").map(String::as_str), Some("swap"));
+        let c = PveConfig::parse("a: 1\n[pve:pending]\nmemory: 1\n[pve:pending]\ncores: 3\n");
+        let pending = c.section_keys(&Section::Pending);
+        assert_eq!(pending.keys().collect::<Vec<_>>(), vec!["cores"]);
         assert_eq!(lxc_key("lxc.id_map"), LxcKey::Valid);
         assert_eq!(lxc_key("lxc.limit.nofile"), LxcKey::Valid);
         assert!(matches!(lxc_key("lxc.rootfs.options"), LxcKey::Refused(_)));
