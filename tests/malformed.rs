@@ -97,3 +97,21 @@ fn bad_state_is_reported_and_ignored(#[case] bytes: Vec<u8>) {
     assert!(err.contains("ignored"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// A `devN` Proxmox cannot parse is reported with its line and a fix, and
+/// never read as a device (issue 12 item 10).
+#[test]
+fn a_devn_line_that_does_not_parse_is_reported() {
+    let root = TempRoot::new();
+    let bytes = b"arch: amd64\nunprivileged: 1\ndev0: ,gid=abc\n";
+    let conf = root.write("/etc/pve/lxc/105.conf", bytes);
+    let out = root.run(&["105", "pre-start"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let want = format!(
+        "{} line 3: dev0: ',gid=abc': gid=abc is not a number; fix: write it as 'dev0: /dev/<node>",
+        conf.display()
+    );
+    assert!(err.contains(&want), "{err}");
+    assert_eq!(root.read("/etc/pve/lxc/105.conf"), bytes, "nothing written");
+}

@@ -158,10 +158,13 @@ pub fn plan(ctx: &mut Ctx) -> Result<Option<(Facts, Decision)>> {
     let state_exists = ctx.paths.state(ctx.vmid).exists();
     // Whether there is anything to do shows in the main section: a container
     // the tool leaves alone does not get its snapshots parsed.
-    if policy.is_none()
-        && !state_exists
-        && !prestart::config_has_work(&PveConfig::parse(main_section(&conf_text)))
-    {
+    let main = PveConfig::parse(main_section(&conf_text));
+    // Proxmox fails the start on a devN it cannot parse; the tool skips it.
+    let conf_path = ctx.paths.pve_conf(ctx.vmid).display().to_string();
+    for e in main.dev_errors() {
+        ctx.log.warn("dev-parse", e.message(&conf_path));
+    }
+    if policy.is_none() && !state_exists && !prestart::config_has_work(&main) {
         return Ok(None);
     }
     let conf = PveConfig::parse(&conf_text);
