@@ -171,6 +171,35 @@ proptest! {
         );
     }
 
+    /// A config is bytes (issue 13): any bytes round trip, through the
+    /// bytes API and through the text form the `&str` API speaks, and an
+    /// edit keeps every byte after the main section.
+    #[test]
+    fn any_bytes_round_trip_and_edits_keep_the_sections(
+        bytes in proptest::collection::vec(
+            prop_oneof![any::<u8>(), Just(b'\n'), Just(b'['), Just(b']'), Just(0x0b_u8)],
+            0..300,
+        )
+    ) {
+        use pct_passthrough::model::pveconf::{bytes_to_text, text_to_bytes};
+        let c = PveConfig::parse_bytes(&bytes);
+        prop_assert_eq!(c.render_bytes(), bytes.clone());
+        let text = bytes_to_text(&bytes);
+        prop_assert_eq!(text_to_bytes(&text).into_owned(), bytes.clone());
+        prop_assert_eq!(PveConfig::parse(&text), c.clone());
+        prop_assert_eq!(text_to_bytes(&c.render()).into_owned(), bytes.clone());
+        let tail = |c: &PveConfig| -> Vec<Vec<u8>> {
+            c.lines_with_sections()
+                .filter(|(s, _)| *s != Section::Main)
+                .map(|(_, l)| l.bytes().to_vec())
+                .collect()
+        };
+        let mut edited = c.clone();
+        edited.push_raw("lxc.idmap", "g 20 20 1");
+        prop_assert_eq!(tail(&edited), tail(&c));
+        prop_assert_eq!(edited.idmap_lines().last().copied(), Some("g 20 20 1"));
+    }
+
     #[test]
     fn any_string_round_trips(text in "(?s).{0,200}") {
         prop_assert_eq!(PveConfig::parse(&text).render(), text);
