@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use pct_passthrough::model::doctor::effective_map;
-use pct_passthrough::model::idmap::{pve_default, IdmapEntry};
+use pct_passthrough::model::idmap::{lookup, pve_default, IdKind, IdmapEntry};
 use pct_passthrough::model::pveconf::{
     self, lxc_key, DevEntry, LineKind, LxcKey, PveConfig, Section,
 };
@@ -381,9 +381,19 @@ fn new_line_problems(before: &[u8], after: &[u8]) -> Vec<String> {
         let c = PveConfig::parse_bytes(&line);
         let ok = match c.lines().first().map(|l| &l.kind) {
             None | Some(LineKind::Blank) => true,
+            // Keys Proxmox keeps without a warning (not deprecated ones such
+            // as lxc.id_map or lxc.cgroup.*), with a value it reads.
             Some(LineKind::Raw { key, value }) => {
                 lxc_key(key) == LxcKey::Valid
-                    && !key.starts_with("lxc.cgroup.")
+                    && [
+                        "lxc.idmap",
+                        "lxc.mount.entry",
+                        "lxc.hook.",
+                        "lxc.cgroup2.",
+                        "lxc.init.",
+                    ]
+                    .iter()
+                    .any(|k| key.starts_with(k))
                     && (key != "lxc.idmap" || IdmapEntry::parse(value).is_ok())
             }
             Some(LineKind::Key { key, value }) => key
@@ -522,6 +532,26 @@ fn pre_start_problems(c: &Case, r: &Run) -> Vec<String> {
     }
     if effective_map(&old).is_ok() && effective_map(&new).is_err() {
         bad.push("left an ID map Proxmox cannot parse".into());
+    }
+    // The job: a started user-namespaced container reaches the stick's
+    // group (dialout, 20) through its map.
+    let userns = c.v["userns"].as_bool().unwrap();
+    if new.userns() != userns {
+        bad.push(format!(
+            "user-namespaced: proxmox {userns}, after pre-start {}",
+            new.userns()
+        ));
+    }
+    if r.ok && proxmox_starts(c) && userns {
+        let gid20 = effective_map(&new)
+            .ok()
+            .flatten()
+            .and_then(|m| lookup(&m, IdKind::Gid, 20));
+        if gid20 != Some(20) {
+            bad.push(format!(
+                "started without container gid 20 -> host gid 20 (got {gid20:?})"
+            ));
+        }
     }
     bad
 }
