@@ -21,8 +21,9 @@ die() {
     exit 1
 }
 
+# valid_vmid ID: Proxmox's pve-vmid format, ^[1-9][0-9]{2,8}$ (no leading zero).
 valid_vmid() {
-    case $1 in '' | *[!0-9]*) return 1 ;; esac
+    case $1 in '' | *[!0-9]* | 0*) return 1 ;; esac
     [ "${#1}" -le 9 ] && [ "$((10#$1))" -ge 100 ]
 }
 

@@ -28,7 +28,7 @@ while [ $# -gt 0 ]; do
         ;;
     -*) die "unknown option '$1' (see --help)" ;;
     *)
-        valid_vmid "$1" || die "invalid vmid '$1': expected a number from 100 to 999999999"
+        valid_vmid "$1" || die "invalid vmid '$1': expected a number from 100 to 999999999 without a leading zero"
         ONLY+=("$1")
         shift
         ;;

@@ -85,7 +85,7 @@ fn usage(msg: impl Into<String>) -> UsageError {
 fn parse_vmid(s: &str) -> Result<Vmid, UsageError> {
     Vmid::parse(s).ok_or_else(|| {
         usage(format!(
-            "invalid vmid '{s}': expected a number from {} to {}",
+            "invalid vmid '{s}': expected a number from {} to {} without a leading zero",
             Vmid::MIN,
             Vmid::MAX
         ))

@@ -16,9 +16,15 @@ impl Vmid {
         (Self::MIN..=Self::MAX).contains(&n).then_some(Vmid(n))
     }
 
-    /// Parses decimal digits only: no sign, no spaces, no leading `+`.
+    /// Parses a VMID as Proxmox's `pve-vmid` format does
+    /// (`^[1-9][0-9]{2,8}$`): decimal digits only, no sign, no spaces, no
+    /// leading zero (`0105` is not 105).
     pub fn parse(s: &str) -> Option<Vmid> {
-        if s.is_empty() || s.len() > 9 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        if s.is_empty()
+            || s.len() > 9
+            || s.starts_with('0')
+            || !s.bytes().all(|b| b.is_ascii_digit())
+        {
             return None;
         }
         Vmid::new(s.parse().ok()?)
@@ -152,7 +158,9 @@ mod tests {
         assert_eq!(Vmid::parse("999999999").map(Vmid::get), Some(999_999_999));
         assert_eq!(Vmid::parse("1000000000"), None);
         assert_eq!(Vmid::parse("+105"), None);
-        assert_eq!(Vmid::parse("0105").map(Vmid::get), Some(105));
+        assert_eq!(Vmid::parse("0105"), None);
+        assert_eq!(Vmid::parse("00000105"), None);
+        assert_eq!(Vmid::parse("0"), None);
         assert_eq!(Vmid::parse(""), None);
     }
 

@@ -14,6 +14,8 @@ use common::{stderr, stdout, TempRoot};
 #[case(&["105"], "missing <phase>")]
 #[case(&["42", "pre-start"], "invalid vmid '42': expected a number from 100 to 999999999")]
 #[case(&["1000000000", "pre-start"], "invalid vmid")]
+#[case(&["0105", "pre-start"], "invalid vmid '0105': expected a number from 100 to 999999999 without a leading zero")]
+#[case(&["plan", "0105"], "invalid vmid '0105'")]
 #[case(&["--phase", "pre-start"], "missing <vmid>")]
 #[case(&["--phase", "bogus", "105"], "unknown phase 'bogus'")]
 #[case(&["105", "pre-start", "extra"], "too many arguments")]

@@ -45,7 +45,7 @@ fn fixtures_read_as_pve_reads_them() {
     let devs = c.dev_entries();
     assert_eq!(devs.len(), 2);
     assert_eq!(devs[1].path, "/dev/dri/renderD128");
-    assert_eq!(devs[1].gid.as_deref(), Some("104"));
+    assert_eq!(devs[1].gid, Some(104));
     assert_eq!(c.mp_entries()[0].mp.as_deref(), Some("/media"));
 
     let c = PveConfig::parse(&common::fixture("oci-app.conf"));
@@ -171,6 +171,35 @@ proptest! {
         );
     }
 
+    /// A config is bytes (issue 13): any bytes round trip, through the
+    /// bytes API and through the text form the `&str` API speaks, and an
+    /// edit keeps every byte after the main section.
+    #[test]
+    fn any_bytes_round_trip_and_edits_keep_the_sections(
+        bytes in proptest::collection::vec(
+            prop_oneof![any::<u8>(), Just(b'\n'), Just(b'['), Just(b']'), Just(0x0b_u8)],
+            0..300,
+        )
+    ) {
+        use pct_passthrough::model::pveconf::{bytes_to_text, text_to_bytes};
+        let c = PveConfig::parse_bytes(&bytes);
+        prop_assert_eq!(c.render_bytes(), bytes.clone());
+        let text = bytes_to_text(&bytes);
+        prop_assert_eq!(text_to_bytes(&text).into_owned(), bytes.clone());
+        prop_assert_eq!(PveConfig::parse(&text), c.clone());
+        prop_assert_eq!(text_to_bytes(&c.render()).into_owned(), bytes.clone());
+        let tail = |c: &PveConfig| -> Vec<Vec<u8>> {
+            c.lines_with_sections()
+                .filter(|(s, _)| *s != Section::Main)
+                .map(|(_, l)| l.bytes().to_vec())
+                .collect()
+        };
+        let mut edited = c.clone();
+        edited.push_raw("lxc.idmap", "g 20 20 1");
+        prop_assert_eq!(tail(&edited), tail(&c));
+        prop_assert_eq!(edited.idmap_lines().last().copied(), Some("g 20 20 1"));
+    }
+
     #[test]
     fn any_string_round_trips(text in "(?s).{0,200}") {
         prop_assert_eq!(PveConfig::parse(&text).render(), text);
@@ -185,7 +214,7 @@ proptest! {
         let others = |c: &PveConfig| -> Vec<String> {
             c.lines_with_sections()
                 .filter(|(s, _)| *s != Section::Main)
-                .map(|(_, l)| l.text.clone())
+                .map(|(_, l)| l.text().into_owned())
                 .collect()
         };
         prop_assert_eq!(others(&before), others(&after));
@@ -194,7 +223,7 @@ proptest! {
         expect.push("g 20 20 1".into());
         prop_assert_eq!(main_idmaps(&after), expect);
         // Nothing before the new line changed except a repaired final newline.
-        let new_line = after.lines().iter().position(|l| l.text == "lxc.idmap: g 20 20 1" && matches!(l.kind, LineKind::Raw { .. }));
+        let new_line = after.lines().iter().position(|l| l.text() == "lxc.idmap: g 20 20 1" && matches!(l.kind, LineKind::Raw { .. }));
         prop_assert!(new_line.is_some());
     }
 }

@@ -76,8 +76,10 @@ fn genconf_devn_rule_and_raw_keys_translated_after_defaults() {
         minor: 0,
     };
     let c = genconf::lxc_config(990_100, &conf, &[(devs[0].1.clone(), node)], &hooks()).unwrap();
+    // deny-write as PVE writes it: allow r, deny w.
     assert!(
-        c.contains("lxc.cgroup.devices.allow = c 188:0 rw\nlxc.cgroup.devices.deny = c 188:0 w\n")
+        c.contains("lxc.cgroup.devices.allow = c 188:0 r\nlxc.cgroup.devices.deny = c 188:0 w\n"),
+        "{c}"
     );
     assert!(c.contains("lxc.cgroup.devices.allow = c 188:* rwm\n"));
     assert!(c.contains("lxc.mount.entry = /dev/x dev/x none bind 0 0\n"));
@@ -88,10 +90,125 @@ fn genconf_devn_rule_and_raw_keys_translated_after_defaults() {
 }
 
 #[test]
-fn genconf_bad_idmap_fails_the_start() {
+fn genconf_bad_idmap_only_warns_and_fails_in_the_lxc_hook() {
+    // update_lxc_config writes the line as it is; parse_id_maps (in PVE's
+    // LXC pre-start hook, after the hookscript's pre-start) dies on it.
     let conf = PveConf::parse("unprivileged: 1\nlxc.idmap: g 20 20\n");
-    let e = genconf::lxc_config(990_100, &conf, &[], &hooks()).unwrap_err();
+    let c = genconf::lxc_config(990_100, &conf, &[], &hooks()).unwrap();
+    assert!(c.contains("lxc.idmap = g 20 20\n"), "{c}");
+    assert!(
+        !c.contains("100000"),
+        "a custom map replaces the default: {c}"
+    );
+    let e = conf.effective_idmap().unwrap_err();
     assert!(e.contains("failed to parse idmap"), "{e}");
+}
+
+#[test]
+fn genconf_idmap_lines_make_a_container_user_namespaced() {
+    // No unprivileged key: PVE's $unprivileged || $custom_idmap.
+    let conf =
+        PveConf::parse("arch: amd64\nlxc.idmap: u 0 100000 65536\nlxc.idmap: g 0 100000 65536\n");
+    assert!(!conf.unprivileged() && conf.userns());
+    let c = genconf::lxc_config(990_100, &conf, &[], &hooks()).unwrap();
+    assert!(c.contains("lxc.cgroup.devices.allow = a\n"), "{c}");
+    assert!(!c.contains("devices.deny = a"), "{c}");
+    // parse_id_maps uses the lines whatever the flag (devN owners map through them).
+    let map = conf.effective_idmap().unwrap();
+    assert_eq!(genconf::map_to_host(&map, 'g', 20), 100_020);
+}
+
+#[test]
+fn genconf_booleans_are_pves() {
+    for v in ["1", "yes", "true", "on", "True", "YES", "01"] {
+        let conf = PveConf::parse(&format!("unprivileged: {v}\n"));
+        assert!(conf.unprivileged(), "{v}");
+        let c = genconf::lxc_config(990_100, &conf, &[], &hooks()).unwrap();
+        assert!(c.contains("lxc.idmap = u 0 100000 65536\n"), "{v}: {c}");
+    }
+    for v in ["0", "no", "false", "off", "No"] {
+        assert!(
+            !PveConf::parse(&format!("unprivileged: {v}\n")).unprivileged(),
+            "{v}"
+        );
+    }
+    assert!(DevSpec::parse("/dev/x,deny-write=true").unwrap().deny_write);
+    assert!(DevSpec::parse("/dev/x,deny-write=yes").unwrap().deny_write);
+    assert!(!DevSpec::parse("/dev/x,deny-write=off").unwrap().deny_write);
+    assert!(DevSpec::parse("/dev/x,deny-write=2").is_err());
+}
+
+#[test]
+fn genconf_block_device_deny_write_is_b() {
+    let conf = PveConf::parse("unprivileged: 1\ndev0: /dev/sdz,deny-write=1\n");
+    let spec = conf.devs().unwrap()[0].1.clone();
+    let node = DevNode {
+        kind: 'b',
+        major: 8,
+        minor: 0,
+    };
+    let c = genconf::lxc_config(990_100, &conf, &[(spec, node)], &hooks()).unwrap();
+    assert!(
+        c.contains("lxc.cgroup.devices.allow = b 8:0 r\nlxc.cgroup.devices.deny = b 8:0 w\n"),
+        "{c}"
+    );
+}
+
+#[test]
+fn genconf_order_is_pves() {
+    let conf = PveConf::parse(
+        "unprivileged: 1\nlxc.mount.entry: /dev/x dev/x none bind 0 0\ndev0: /dev/ttyUSB0\n\
+         lxc.environment.runtime: A=1\nlxc.environment.runtime = B=2\n",
+    );
+    let spec = conf.devs().unwrap()[0].1.clone();
+    let node = DevNode {
+        kind: 'c',
+        major: 188,
+        minor: 0,
+    };
+    let c = genconf::lxc_config(990_100, &conf, &[(spec, node)], &hooks()).unwrap();
+    let at = |s: &str| c.find(s).unwrap_or_else(|| panic!("{s} missing: {c}"));
+    // devN rules before the default map; lxc.environment.runtime before the raw keys.
+    assert!(at("devices.allow = c 188:0 rw") < at("lxc.idmap = u 0 100000 65536"));
+    assert!(
+        at("lxc.environment.runtime = A=1\nlxc.environment.runtime = B=2\n")
+            < at("lxc.mount.entry")
+    );
+}
+
+#[test]
+fn genconf_reads_headers_and_whitespace_as_perl() {
+    // A vertical tab after a header keeps it a header; a leading space does not.
+    let conf = PveConf::parse("unprivileged: 1\n[snap1]\x0b\nlxc.idmap: u 0 1 1\n");
+    assert!(conf.raw.is_empty());
+    let conf = PveConf::parse("unprivileged: 1\n [snap1]\nlxc.idmap: u 0 100000 65536\n");
+    assert_eq!(conf.raw.len(), 1);
+}
+
+/// A malformed lxc.idmap: PVE runs the hookscript's pre-start, then its LXC
+/// pre-start hook dies and the start fails in LXC.
+#[test]
+fn malformed_idmap_runs_pre_start_then_fails_in_lxc() {
+    let bed = Bed::new();
+    let mut ct = bed
+        .container(990_104)
+        .conf("lxc.idmap: g 20 20")
+        .hook(Hook::recorder())
+        .create();
+    let rep = ct.start();
+    assert!(!rep.started, "{rep}");
+    assert!(!ct.is_running());
+    assert!(
+        rep.pre_start.is_some(),
+        "the hookscript's pre-start ran: {rep}"
+    );
+    assert!(rep.lxc_start.is_some(), "the start failed in LXC: {rep}");
+    let err = rep.error.as_deref().unwrap();
+    assert!(
+        err.starts_with("startup for container '990104' failed"),
+        "{err}"
+    );
+    assert!(rep.post_start.is_none());
 }
 
 #[test]

@@ -423,3 +423,29 @@ fn a_file_already_at_the_snippet_path_comes_back() {
         "#!/bin/sh\necho old\n"
     );
 }
+
+/// Proxmox's VMIDs have no leading zero (`^[1-9][0-9]{2,8}$`): `0105` is
+/// refused before anything changes, even after a valid VMID, and by
+/// uninstall.sh too.
+#[test]
+fn a_vmid_with_a_leading_zero_is_refused_before_any_change() {
+    let h = Host::new();
+    let before = h.snapshot();
+    for args in [
+        &["0105"][..],
+        &["105", "0105"],
+        &["--storage", "local", "00105"],
+    ] {
+        let out = h.install(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains("without a leading zero"), "{err}");
+        assert_eq!(h.snapshot(), before, "{args:?} changed a file");
+        assert!(h.pct_calls().is_empty(), "{args:?}");
+    }
+    let out = h.run("uninstall.sh", &["0105"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("invalid vmid '0105'"), "{err}");
+    assert_eq!(h.snapshot(), before);
+}

@@ -19,13 +19,9 @@ fn garbage(len: usize) -> Vec<u8> {
         .collect()
 }
 
-#[rstest]
-#[case::binary_garbage(garbage(4096), "not valid UTF-8")]
-#[case::fifty_mib(vec![b'a'; 50 << 20], "larger than the 1048576 bytes allowed")]
-#[case::invalid_utf8_line_3(b"arch: amd64\ncores: 1\nhostname: \xff\xfe\n".to_vec(), "line 3: not valid UTF-8")]
-#[case::one_mib_line(format!("arch: amd64\ndescription: {}\n", "x".repeat((1 << 20) - 100)).into_bytes(), "line 2: longer than")]
-#[case::nul_byte(b"arch: amd64\n\0\n".to_vec(), "line 2: contains a NUL byte")]
-fn bad_container_config(#[case] bytes: Vec<u8>, #[case] expect: &str) {
+#[test]
+fn oversized_container_config_is_refused() {
+    let bytes = vec![b'a'; 50 << 20];
     let root = TempRoot::new();
     let conf = root.write("/etc/pve/lxc/105.conf", &bytes);
     let out = root.run(&["105", "pre-start"]);
@@ -35,9 +31,30 @@ fn bad_container_config(#[case] bytes: Vec<u8>, #[case] expect: &str) {
         err.contains(&conf.display().to_string()),
         "names the file: {err}"
     );
-    assert!(err.contains(expect), "{err}");
+    assert!(
+        err.contains("larger than the 1048576 bytes allowed"),
+        "{err}"
+    );
     assert!(!err.contains("panicked"), "{err}");
     assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert_eq!(root.read("/etc/pve/lxc/105.conf"), bytes, "nothing written");
+}
+
+/// Proxmox reads a config as bytes and only warns about lines it cannot
+/// parse (issue 13): the tool does not refuse such a config for how it is
+/// written, and writes nothing when it has nothing to do.
+#[rstest]
+#[case::binary_garbage(garbage(4096))]
+#[case::invalid_utf8_line_3(b"arch: amd64\ncores: 1\nhostname: \xff\xfe\n".to_vec())]
+#[case::one_mib_line(format!("arch: amd64\ndescription: {}\n", "x".repeat((1 << 20) - 100)).into_bytes())]
+#[case::nul_byte(b"arch: amd64\n\0\n".to_vec())]
+fn odd_bytes_in_a_container_config_are_not_refused(#[case] bytes: Vec<u8>) {
+    let root = TempRoot::new();
+    root.write("/etc/pve/lxc/105.conf", &bytes);
+    let out = root.run(&["105", "pre-start"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
     assert_eq!(root.read("/etc/pve/lxc/105.conf"), bytes, "nothing written");
 }
 
@@ -86,4 +103,22 @@ fn bad_state_is_reported_and_ignored(#[case] bytes: Vec<u8>) {
     assert!(err.contains("105.json"), "{err}");
     assert!(err.contains("ignored"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
+}
+
+/// A `devN` Proxmox cannot parse is reported with its line and a fix, and
+/// never read as a device (issue 12 item 10).
+#[test]
+fn a_devn_line_that_does_not_parse_is_reported() {
+    let root = TempRoot::new();
+    let bytes = b"arch: amd64\nunprivileged: 1\ndev0: ,gid=abc\n";
+    let conf = root.write("/etc/pve/lxc/105.conf", bytes);
+    let out = root.run(&["105", "pre-start"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let want = format!(
+        "{} line 3: dev0: ',gid=abc': gid=abc is not a number; fix: write it as 'dev0: /dev/<node>",
+        conf.display()
+    );
+    assert!(err.contains(&want), "{err}");
+    assert_eq!(root.read("/etc/pve/lxc/105.conf"), bytes, "nothing written");
 }

@@ -95,14 +95,18 @@ fn used_host_ranges(paths: &Paths) -> [Vec<IdRange>; 2] {
         return out;
     };
     for e in entries.filter_map(Result::ok) {
-        let p = e.path();
-        if p.extension().is_none_or(|x| x != "conf") {
-            continue;
-        }
-        let Some(text) = read_text(paths, &p, Limits::PVE_CONFIG).ok().flatten() else {
+        let name = e.file_name();
+        let Some(vmid) = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(".conf"))
+            .and_then(Vmid::parse)
+        else {
             continue;
         };
-        if let Ok(Some(map)) = doctor::effective_map(&PveConfig::parse(&text)) {
+        let Ok(conf) = io::read_conf_main(paths, vmid) else {
+            continue;
+        };
+        if let Ok(Some(map)) = doctor::effective_map(&conf) {
             for m in map {
                 let i = usize::from(m.kind == IdKind::Gid);
                 out[i].push(m.host_range());
@@ -123,14 +127,10 @@ fn containers_using_us(paths: &Paths) -> Vec<Vmid> {
         .filter_map(|e| {
             let name = e.file_name();
             let vmid = Vmid::parse(name.to_str()?.strip_suffix(".conf")?)?;
-            let ours = read_text(paths, &paths.pve_conf(vmid), Limits::PVE_CONFIG)
-                .ok()
-                .flatten()
-                .is_some_and(|t| {
-                    PveConfig::parse(&t)
-                        .hookscript()
-                        .is_some_and(|h| h.rsplit('/').next() == Some("pct-passthrough"))
-                });
+            let ours = io::read_conf_main(paths, vmid).is_ok_and(|c| {
+                c.hookscript()
+                    .is_some_and(|h| h.rsplit('/').next() == Some("pct-passthrough"))
+            });
             (ours || paths.policy(vmid).exists()).then_some(vmid)
         })
         .collect();
@@ -215,11 +215,7 @@ fn container_checks(paths: &Paths, vmid: Vmid, subuid: &str, subgid: &str) -> Ve
         let Ok(Some((_, meta))) = devnode::resolve(paths, &dev.path) else {
             continue;
         };
-        let gid = dev
-            .gid
-            .as_deref()
-            .and_then(|g| g.parse().ok())
-            .unwrap_or(meta.gid());
+        let gid = dev.gid.unwrap_or(meta.gid());
         out.extend(doctor::render_group(&id, &dev.path, gid, state.as_ref()));
     }
     out.extend(doctor::group_collisions(&id, state.as_ref()));

@@ -39,7 +39,7 @@ fn device_groups(conf: &PveConfig) -> Vec<(u32, String)> {
         }
     }
     for d in conf.dev_entries() {
-        let gid = d.gid.as_deref().and_then(|g| g.parse::<u32>().ok());
+        let gid = d.gid;
         let name = if is_serial_path(&d.path) {
             "dialout"
         } else if d.path.starts_with("/dev/dri/render") {

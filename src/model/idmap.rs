@@ -117,7 +117,9 @@ impl IdmapEntry {
         let bad = || {
             format!("'{value}' is not an idmap entry; the form is 'u|g CT_ID HOST_ID COUNT', like 'g 20 20 1'")
         };
-        let mut f = value.split_ascii_whitespace();
+        // Perl's `\s`, vertical tab included (Rust's ASCII whitespace lacks it).
+        let space = |c: char| u8::try_from(c).is_ok_and(crate::model::pveconf::is_perl_space);
+        let mut f = value.split(space).filter(|s| !s.is_empty());
         let kind = match f.next() {
             Some("u") => IdKind::Uid,
             Some("g") => IdKind::Gid,
@@ -125,10 +127,10 @@ impl IdmapEntry {
         };
         // PVE's regex needs whitespace after the letter.
         if !value
-            .trim_start()
+            .trim_start_matches(space)
             .as_bytes()
             .get(1)
-            .is_some_and(u8::is_ascii_whitespace)
+            .is_some_and(|&b| crate::model::pveconf::is_perl_space(b))
         {
             return Err(bad());
         }
@@ -742,6 +744,15 @@ mod tests {
         assert!(m[0].reason.starts_with("policy line 0; policy line 1; "));
         assert!(m[0].reason.ends_with("; and more"), "{}", m[0].reason);
         assert!(m[0].reason.len() <= REASON_MAX + MORE.len());
+    }
+
+    #[test]
+    fn idmap_whitespace_is_perls() {
+        // pve-container: `^([ug])\s+(\d+)\s+(\d+)\s+(\d+)\s*$`; `\s` has the vertical tab.
+        let e = IdmapEntry::parse("g\x0b20\t20\x0c1").unwrap();
+        assert_eq!(e, IdmapEntry::new(IdKind::Gid, 20, 20, 1));
+        assert!(IdmapEntry::parse("g\u{a0}20 20 1").is_err());
+        assert!(IdmapEntry::parse("g 20 20 1\u{a0}").is_err());
     }
 
     #[test]

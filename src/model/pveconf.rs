@@ -1,8 +1,121 @@
 //! The Proxmox container config (`/etc/pve/lxc/<vmid>.conf`), read the way
-//! pve-container's `parse_pct_config` reads it, kept byte for byte so that
-//! `render(parse(s)) == s`. Edits touch the main section only.
+//! pve-container's `parse_pct_config` reads it: as bytes, split on `\n`,
+//! with Perl's `\s` and its header, key and value rules. Every line is kept
+//! byte for byte, so `render_bytes(parse_bytes(b)) == b`; edits touch the
+//! main section only.
+//!
+//! The `&str` API ([`PveConfig::parse`], [`PveConfig::render`] and every
+//! value it hands out) speaks the *text form* of the bytes
+//! ([`bytes_to_text`]): UTF-8 where the config is UTF-8, and each byte that
+//! is not as one character of U+10FF80..=U+10FFFF. The mapping is
+//! reversible ([`text_to_bytes`]), so a Latin-1 comment survives an edit.
 
+use std::borrow::Cow;
 use std::fmt;
+
+/// The first of the 128 characters that stand for the bytes 0x80..=0xFF in
+/// the text form (the end of Supplementary Private Use Area-B).
+const ESCAPE_BASE: u32 = 0x10_FF00;
+
+/// True for a character that stands for one byte in the text form.
+fn is_escape(c: char) -> bool {
+    (ESCAPE_BASE + 0x80..=ESCAPE_BASE + 0xFF).contains(&u32::from(c))
+}
+
+/// The text form of config bytes: valid UTF-8 stays as it is; every byte
+/// that is not part of valid UTF-8 (and every byte of a character that
+/// would read as an escape) becomes one escape character. Reversed by
+/// [`text_to_bytes`].
+pub fn bytes_to_text(bytes: &[u8]) -> Cow<'_, str> {
+    if let Ok(s) = std::str::from_utf8(bytes) {
+        if !s.chars().any(is_escape) {
+            return Cow::Borrowed(s);
+        }
+    }
+    let mut out = String::with_capacity(bytes.len() + 16);
+    let push_escaped = |out: &mut String, b: &[u8]| {
+        for &byte in b {
+            // Bytes below 0x80 are always valid UTF-8 on their own.
+            out.extend(char::from_u32(ESCAPE_BASE + u32::from(byte)));
+        }
+    };
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if is_escape(c) {
+                let mut buf = [0u8; 4];
+                push_escaped(&mut out, c.encode_utf8(&mut buf).as_bytes());
+            } else {
+                out.push(c);
+            }
+        }
+        push_escaped(&mut out, chunk.invalid());
+    }
+    Cow::Owned(out)
+}
+
+/// The bytes a text-form string stands for (see [`bytes_to_text`]).
+pub fn text_to_bytes(text: &str) -> Cow<'_, [u8]> {
+    if !text.chars().any(is_escape) {
+        return Cow::Borrowed(text.as_bytes());
+    }
+    let mut out = Vec::with_capacity(text.len());
+    for c in text.chars() {
+        if is_escape(c) {
+            // In range by is_escape: the byte is 0x80..=0xFF.
+            out.push(u8::try_from(u32::from(c) - ESCAPE_BASE).unwrap_or(b'?'));
+        } else {
+            let mut buf = [0u8; 4];
+            out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// Perl's `\s` on a byte string (pve-container reads configs as bytes):
+/// space, `\t`, `\n`, vertical tab, form feed, `\r`. Not NBSP, not U+0085.
+pub fn is_perl_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r')
+}
+
+fn trim_start_perl(b: &[u8]) -> &[u8] {
+    let n = b.iter().take_while(|&&c| is_perl_space(c)).count();
+    &b[n..]
+}
+
+fn trim_end_perl(b: &[u8]) -> &[u8] {
+    let n = b.iter().rev().take_while(|&&c| is_perl_space(c)).count();
+    &b[..b.len() - n]
+}
+
+fn trim_perl(b: &[u8]) -> &[u8] {
+    trim_end_perl(trim_start_perl(b))
+}
+
+/// A Proxmox boolean: `1|on|yes|true` and `0|off|no|false`, letters in any
+/// case (pve-common's `parse_boolean`, pve-container's `check_type`).
+/// `None` for anything else.
+pub fn parse_bool(value: &str) -> Option<bool> {
+    const TRUE: [&str; 4] = ["1", "on", "yes", "true"];
+    const FALSE: [&str; 4] = ["0", "off", "no", "false"];
+    if TRUE.iter().any(|t| value.eq_ignore_ascii_case(t)) {
+        Some(true)
+    } else if FALSE.iter().any(|f| value.eq_ignore_ascii_case(f)) {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+/// What a top-level boolean key means to Proxmox once its config is loaded.
+/// A value [`parse_bool`] refuses is only warned about at load and kept as
+/// written, and Perl then treats every string but `0` and `` as true:
+/// `unprivileged: 01` is an unprivileged container.
+pub fn pve_flag(value: Option<&str>) -> bool {
+    match value {
+        None => false,
+        Some(v) => parse_bool(v).unwrap_or(!v.is_empty() && v != "0"),
+    }
+}
 
 /// How a line ended in the original text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -14,16 +127,16 @@ pub enum Eol {
 }
 
 impl Eol {
-    fn as_str(self) -> &'static str {
+    fn as_bytes(self) -> &'static [u8] {
         match self {
-            Eol::Lf => "\n",
-            Eol::CrLf => "\r\n",
-            Eol::None => "",
+            Eol::Lf => b"\n",
+            Eol::CrLf => b"\r\n",
+            Eol::None => b"",
         }
     }
 }
 
-/// What a line means to pve-container.
+/// What a line means to pve-container. Values are in the text form.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LineKind {
     /// Empty or only whitespace: skipped by PVE.
@@ -38,25 +151,62 @@ pub enum LineKind {
     Key { key: String, value: String },
     /// `lxc.*: value` or `lxc.* = value`.
     Raw { key: String, value: String },
+    /// A line with `snapstate: prepare|delete` at its end (PVE's match is
+    /// not anchored at the start of the line).
+    Snapstate(String),
+    /// `delete: keys`: only meaningful in `[pve:pending]`.
+    Delete(String),
     /// Anything else: PVE warns and ignores it; we keep it verbatim.
     Unknown,
 }
 
-/// One line: its text without the line ending, and the ending.
+/// One line: its bytes without the line ending, and the ending.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Line {
-    pub text: String,
+    bytes: Vec<u8>,
     pub eol: Eol,
     pub kind: LineKind,
 }
 
 impl Line {
-    fn parse(text: &str, eol: Eol) -> Line {
+    /// A line from its bytes before the `\n` (a final `\r` included).
+    fn from_raw(raw: &[u8], last: bool) -> Line {
+        let (body, eol) = match raw.strip_suffix(b"\r") {
+            Some(b) if !last => (b, Eol::CrLf),
+            _ if last => (raw, Eol::None),
+            _ => (raw, Eol::Lf),
+        };
         Line {
-            kind: classify(text),
-            text: text.to_string(),
+            // Classified with its `\r`: Perl's `\s*$` sees it, and
+            // `unprivileged:\r` is a key whose value is `\r`.
+            kind: classify(raw),
+            bytes: body.to_vec(),
             eol,
         }
+    }
+
+    /// A new line the tool writes, from text-form `text`.
+    fn new(text: &str, eol: Eol) -> Line {
+        let bytes = text_to_bytes(text).into_owned();
+        let kind = match eol {
+            Eol::CrLf => {
+                let mut with_cr = bytes.clone();
+                with_cr.push(b'\r');
+                classify(&with_cr)
+            }
+            _ => classify(&bytes),
+        };
+        Line { bytes, eol, kind }
+    }
+
+    /// The line's bytes, without its ending.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The line in the text form, without its ending.
+    pub fn text(&self) -> Cow<'_, str> {
+        bytes_to_text(&self.bytes)
     }
 }
 
@@ -75,17 +225,43 @@ pub struct PveConfig {
     lines: Vec<Line>,
 }
 
-/// A `devN:` entry.
+/// pve-container's `$MAX_DEVICES`: `dev0` to `dev255`.
+pub const MAX_DEVICES: u32 = 256;
+
+/// A `devN:` entry, parsed as Proxmox parses it (`parse_device`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DevEntry {
     pub index: u32,
     pub path: String,
-    pub uid: Option<String>,
-    pub gid: Option<String>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    /// `0` and three octal digits, as Proxmox requires.
     pub mode: Option<String>,
     pub deny_write: bool,
     /// The whole value as written.
     pub value: String,
+}
+
+/// A `devN:` line Proxmox cannot parse: it warns when it loads the config
+/// and its start then fails in `update_lxc_config`. Shown with
+/// [`DevError::message`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DevError {
+    pub index: u32,
+    /// 1-based line number in the config.
+    pub line: usize,
+    pub value: String,
+    pub reason: String,
+}
+
+impl DevError {
+    /// `<conf> line N: devN: <why>; fix: ...`.
+    pub fn message(&self, conf: &str) -> String {
+        format!(
+            "{conf} line {}: dev{}: '{}': {}; fix: write it as 'dev{}: /dev/<node>[,gid=<number>][,uid=<number>][,mode=0<octal>][,deny-write=1]', or remove it with 'pct set <vmid> --delete dev{}'",
+            self.line, self.index, self.value, self.reason, self.index, self.index
+        )
+    }
 }
 
 /// An `mpN:` entry.
@@ -108,37 +284,184 @@ pub struct MountEntry {
     pub value: String,
 }
 
+/// What `is_valid_lxc_conf_key` says of a raw key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LxcKey {
+    /// Kept in the config's `lxc` list (some with a warning).
+    Valid,
+    /// `lxc.environment.runtime`: becomes the `env` key, not an `lxc` entry.
+    Environment,
+    /// Refused with this reason (only warned about by a normal load).
+    Refused(&'static str),
+    /// Unknown: "unable to parse config" (only warned about by a normal load).
+    Unknown,
+}
+
+/// pve-container's `$valid_lxc_conf_keys`.
+const VALID_LXC_KEYS: &[&str] = &[
+    "lxc.apparmor.profile",
+    "lxc.apparmor.allow_incomplete",
+    "lxc.apparmor.allow_nesting",
+    "lxc.apparmor.raw",
+    "lxc.selinux.context",
+    "lxc.include",
+    "lxc.arch",
+    "lxc.uts.name",
+    "lxc.signal.halt",
+    "lxc.signal.reboot",
+    "lxc.signal.stop",
+    "lxc.init.cmd",
+    "lxc.init.cwd",
+    "lxc.init.uid",
+    "lxc.init.gid",
+    "lxc.init.groups",
+    "lxc.pty.max",
+    "lxc.console.logfile",
+    "lxc.console.path",
+    "lxc.tty.max",
+    "lxc.devtty.dir",
+    "lxc.hook.autodev",
+    "lxc.autodev",
+    "lxc.kmsg",
+    "lxc.mount.fstab",
+    "lxc.mount.entry",
+    "lxc.mount.auto",
+    "lxc.rootfs.mount",
+    "lxc.cap.drop",
+    "lxc.cap.keep",
+    "lxc.seccomp.profile",
+    "lxc.seccomp.notify.proxy",
+    "lxc.seccomp.notify.cookie",
+    "lxc.idmap",
+    "lxc.hook.pre-start",
+    "lxc.hook.pre-mount",
+    "lxc.hook.mount",
+    "lxc.hook.start",
+    "lxc.hook.stop",
+    "lxc.hook.post-stop",
+    "lxc.hook.clone",
+    "lxc.hook.destroy",
+    "lxc.hook.version",
+    "lxc.log.level",
+    "lxc.log.file",
+    "lxc.start.auto",
+    "lxc.start.delay",
+    "lxc.start.order",
+    "lxc.group",
+    "lxc.environment",
+    "lxc.environment.hooks",
+    "lxc.sysctl.fs.mqueue",
+    "lxc.sysctl.kernel.msgmax",
+    "lxc.sysctl.kernel.msgmnb",
+    "lxc.sysctl.kernel.msgmni",
+    "lxc.sysctl.kernel.sem",
+    "lxc.sysctl.kernel.shmall",
+    "lxc.sysctl.kernel.shmmax",
+    "lxc.sysctl.kernel.shmmni",
+    "lxc.sysctl.kernel.shm_rmid_forced",
+];
+
+/// pve-container's `$deprecated_lxc_conf_keys` (kept, with a warning).
+const DEPRECATED_LXC_KEYS: &[&str] = &[
+    "lxc.aa_profile",
+    "lxc.aa_allow_incomplete",
+    "lxc.console",
+    "lxc.devttydir",
+    "lxc.haltsignal",
+    "lxc.rebootsignal",
+    "lxc.stopsignal",
+    "lxc.id_map",
+    "lxc.init_cmd",
+    "lxc.loglevel",
+    "lxc.logfile",
+    "lxc.mount",
+    "lxc.network.type",
+    "lxc.network.flags",
+    "lxc.network.link",
+    "lxc.network.mtu",
+    "lxc.network.name",
+    "lxc.network.hwaddr",
+    "lxc.network.ipv4",
+    "lxc.network.ipv4.gateway",
+    "lxc.network.ipv6",
+    "lxc.network.ipv6.gateway",
+    "lxc.network.script.up",
+    "lxc.network.script.down",
+    "lxc.pts",
+    "lxc.se_context",
+    "lxc.seccomp",
+    "lxc.tty",
+    "lxc.utsname",
+];
+
+/// pve-container's `is_valid_lxc_conf_key`, in its order.
+pub fn lxc_key(key: &str) -> LxcKey {
+    if key == "lxc.environment.runtime" {
+        return LxcKey::Environment;
+    }
+    if key.starts_with("lxc.limit.") || DEPRECATED_LXC_KEYS.contains(&key) {
+        return LxcKey::Valid;
+    }
+    match key {
+        "lxc.rootfs.path" => return LxcKey::Refused("lxc.rootfs.path is auto generated from rootfs"),
+        "lxc.rootfs.options" => return LxcKey::Refused("lxc.rootfs.options is not supported, please use mount point options in the \"rootfs\" key"),
+        _ => {}
+    }
+    if VALID_LXC_KEYS.contains(&key)
+        || key.starts_with("lxc.cgroup.")
+        || key.starts_with("lxc.cgroup2.")
+        || key.starts_with("lxc.prlimit.")
+        || key.starts_with("lxc.net.")
+    {
+        LxcKey::Valid
+    } else {
+        LxcKey::Unknown
+    }
+}
+
 impl PveConfig {
-    /// Parses config text. Never fails: lines PVE would not understand are
-    /// kept as [`LineKind::Unknown`].
+    /// Parses config text in the text form (see [`bytes_to_text`]). Never
+    /// fails: lines PVE would not understand are kept as
+    /// [`LineKind::Unknown`].
     pub fn parse(text: &str) -> PveConfig {
+        PveConfig::parse_bytes(&text_to_bytes(text))
+    }
+
+    /// Parses the config's bytes as read from disk. Never fails, whatever
+    /// the encoding or the length of a line.
+    pub fn parse_bytes(bytes: &[u8]) -> PveConfig {
         let mut lines = Vec::new();
-        let mut rest = text;
+        let mut rest = bytes;
         while !rest.is_empty() {
-            match rest.find('\n') {
+            match rest.iter().position(|&b| b == b'\n') {
                 Some(pos) => {
-                    let (body, eol) = match rest[..pos].strip_suffix('\r') {
-                        Some(b) => (b, Eol::CrLf),
-                        None => (&rest[..pos], Eol::Lf),
-                    };
-                    lines.push(Line::parse(body, eol));
+                    lines.push(Line::from_raw(&rest[..pos], false));
                     rest = &rest[pos + 1..];
                 }
                 None => {
-                    lines.push(Line::parse(rest, Eol::None));
-                    rest = "";
+                    lines.push(Line::from_raw(rest, true));
+                    rest = &[];
                 }
             }
         }
         PveConfig { lines }
     }
 
-    /// The config as text.
+    /// The config in the text form: exactly the input text for a config
+    /// that is UTF-8.
     pub fn render(&self) -> String {
-        let mut out = String::with_capacity(self.lines.iter().map(|l| l.text.len() + 2).sum());
+        match bytes_to_text(&self.render_bytes()) {
+            Cow::Borrowed(s) => s.to_string(),
+            Cow::Owned(s) => s,
+        }
+    }
+
+    /// The config's bytes, as they go to disk.
+    pub fn render_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.lines.iter().map(|l| l.bytes.len() + 2).sum());
         for line in &self.lines {
-            out.push_str(&line.text);
-            out.push_str(line.eol.as_str());
+            out.extend_from_slice(&line.bytes);
+            out.extend_from_slice(line.eol.as_bytes());
         }
         out
     }
@@ -193,6 +516,20 @@ impl PveConfig {
         })
     }
 
+    /// The main section's `lxc` list as Proxmox keeps it: valid raw keys,
+    /// in order (`lxc.environment.runtime` and refused keys are not in it).
+    pub fn lxc_entries(&self) -> Vec<(&str, &str)> {
+        self.main_lines()
+            .iter()
+            .filter_map(|l| match &l.kind {
+                LineKind::Raw { key, value } if lxc_key(key) == LxcKey::Valid => {
+                    Some((key.as_str(), value.as_str()))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
     /// `lxc.idmap` values of the main section.
     pub fn idmap_lines(&self) -> Vec<&str> {
         self.raw_values("lxc.idmap").collect()
@@ -210,9 +547,16 @@ impl PveConfig {
             .collect()
     }
 
-    /// `unprivileged: 1`. PVE's default is privileged.
+    /// The `unprivileged` flag as Proxmox reads it ([`pve_flag`]): `1`,
+    /// `yes`, `on`, `true` in any case. The default is privileged.
     pub fn unprivileged(&self) -> bool {
-        self.get("unprivileged").is_some_and(|v| v.trim() == "1")
+        pve_flag(self.get("unprivileged"))
+    }
+
+    /// User-namespaced as `update_lxc_config` decides it: unprivileged, or
+    /// any `lxc.idmap` line (`$unprivileged || $custom_idmap`).
+    pub fn userns(&self) -> bool {
+        self.unprivileged() || self.raw_values("lxc.idmap").next().is_some()
     }
 
     /// The registered hookscript volume, like `local:snippets/x`.
@@ -220,21 +564,52 @@ impl PveConfig {
         self.get("hookscript")
     }
 
-    /// `devN` entries of the main section, by index. The last of duplicates wins.
+    /// `devN` entries of the main section that parse, by index. The last of
+    /// duplicates wins; one that does not parse is in [`Self::dev_errors`].
     pub fn dev_entries(&self) -> Vec<DevEntry> {
-        let mut out: Vec<DevEntry> = Vec::new();
-        for (index, value) in self.indexed_keys("dev") {
-            out.retain(|d| d.index != index);
-            out.push(DevEntry::parse(index, value));
+        self.dev_results()
+            .into_iter()
+            .filter_map(Result::ok)
+            .collect()
+    }
+
+    /// The `devN` entries Proxmox cannot parse (so its start would fail).
+    pub fn dev_errors(&self) -> Vec<DevError> {
+        self.dev_results()
+            .into_iter()
+            .filter_map(Result::err)
+            .collect()
+    }
+
+    /// Each `devN` of the main section (the last line of an index), parsed.
+    pub fn dev_results(&self) -> Vec<Result<DevEntry, DevError>> {
+        let mut last: Vec<(u32, usize, &str)> = Vec::new();
+        for (line, index, value) in self.indexed_keys("dev") {
+            last.retain(|(i, _, _)| *i != index);
+            last.push((index, line, value));
         }
-        out.sort_by_key(|d| d.index);
-        out
+        last.sort_by_key(|(i, _, _)| *i);
+        last.into_iter()
+            .map(|(index, line, value)| {
+                let parsed = if index < MAX_DEVICES {
+                    DevEntry::parse(index, value)
+                } else {
+                    Err(format!("Proxmox knows dev0 to dev{} only (it warns 'unknown setting' and never writes it)", MAX_DEVICES - 1))
+                };
+                parsed.map_err(|reason| DevError {
+                    index,
+                    line,
+                    value: value.to_string(),
+                    reason,
+                })
+            })
+            .collect()
     }
 
     /// `mpN` entries of the main section, by index.
     pub fn mp_entries(&self) -> Vec<MpEntry> {
         let mut out: Vec<MpEntry> = Vec::new();
-        for (index, value) in self.indexed_keys("mp") {
+        for (_, index, value) in self.indexed_keys("mp") {
             out.retain(|d| d.index != index);
             out.push(MpEntry::parse(index, value));
         }
@@ -242,17 +617,93 @@ impl PveConfig {
         out
     }
 
-    fn indexed_keys<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = (u32, &'a str)> + 'a {
-        self.main_lines().iter().filter_map(move |l| match &l.kind {
-            LineKind::Key { key, value } => {
-                let digits = key.strip_prefix(prefix)?;
-                if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-                    return None;
+    /// `(1-based line, index, value)` of each main-section key `<prefix>N`.
+    fn indexed_keys<'a>(
+        &'a self,
+        prefix: &'a str,
+    ) -> impl Iterator<Item = (usize, u32, &'a str)> + 'a {
+        self.main_lines()
+            .iter()
+            .enumerate()
+            .filter_map(move |(n, l)| match &l.kind {
+                LineKind::Key { key, value } => {
+                    let digits = key.strip_prefix(prefix)?;
+                    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                        return None;
+                    }
+                    Some((n + 1, digits.parse().ok()?, value.as_str()))
                 }
-                Some((digits.parse().ok()?, value.as_str()))
+                _ => None,
+            })
+    }
+
+    /// The keys of a section as Proxmox's loader stores them: the last
+    /// value of each key, `description` from the `#` lines and
+    /// `description:` lines, `env` from `lxc.environment.runtime`, and
+    /// `delete` only in `[pve:pending]`. Values in the text form.
+    pub fn section_keys(&self, section: &Section) -> std::collections::BTreeMap<String, String> {
+        let mut keys = std::collections::BTreeMap::new();
+        let mut descr = String::new();
+        for (s, line) in self.lines_with_sections() {
+            if s != *section {
+                continue;
             }
-            _ => None,
-        })
+            match &line.kind {
+                // A second header of the same section starts it afresh
+                // (`$conf = $res->{$section} = {}`).
+                LineKind::PendingHeader | LineKind::SnapshotHeader(_) => {
+                    keys.clear();
+                    descr.clear();
+                }
+                LineKind::Comment => {
+                    descr.push_str(&line.text()[1..]);
+                    if line.eol == Eol::CrLf {
+                        // Perl's `^#(.*)$` keeps the `\r` of a CRLF line.
+                        descr.push('\r');
+                    }
+                    descr.push('\n');
+                }
+                LineKind::Key { key, value } if key == "description" => {
+                    // Proxmox's own regex for `description:` takes priority.
+                    match description_value(&line.bytes) {
+                        Some(v) => descr.push_str(&v),
+                        None => {
+                            keys.insert(key.clone(), value.clone());
+                        }
+                    }
+                }
+                LineKind::Key { key, value } => {
+                    keys.insert(key.clone(), value.clone());
+                }
+                LineKind::Raw { key, value } if lxc_key(key) == LxcKey::Environment => {
+                    keys.entry("env".to_string())
+                        .and_modify(|e: &mut String| {
+                            e.push('\0');
+                            e.push_str(value);
+                        })
+                        .or_insert_with(|| value.clone());
+                }
+                LineKind::Delete(value) if *section == Section::Pending => {
+                    keys.insert("delete".into(), value.clone());
+                }
+                _ => {}
+            }
+        }
+        if !descr.is_empty() {
+            keys.insert("description".into(), descr);
+        }
+        keys
+    }
+
+    /// The snapshot names, in the order of their headers.
+    pub fn snapshot_names(&self) -> Vec<&str> {
+        self.lines
+            .iter()
+            .filter_map(|l| match &l.kind {
+                LineKind::SnapshotHeader(n) => Some(n.as_str()),
+                _ => None,
+            })
+            .collect()
     }
 
     /// The line ending new lines get: CRLF if the file already uses it.
@@ -267,10 +718,22 @@ impl PveConfig {
     /// Inserts `text` as a line at `at`, repairing a missing newline before it.
     fn insert_at(&mut self, at: usize, text: &str) {
         let eol = self.new_eol();
+        self.end_line_before(at, eol);
+        self.lines.insert(at, Line::new(text, eol));
+    }
+
+    /// Gives the line before `at` a line ending if it is the file's last
+    /// line without one. Its meaning stays: a final `\r` without `\n` is
+    /// part of the line's text either way.
+    fn end_line_before(&mut self, at: usize, eol: Eol) {
         if at > 0 && self.lines[at - 1].eol == Eol::None {
-            self.lines[at - 1].eol = eol;
+            let prev = &mut self.lines[at - 1];
+            prev.eol = if prev.bytes.ends_with(b"\r") {
+                Eol::Lf
+            } else {
+                eol
+            };
         }
-        self.lines.insert(at, Line::parse(text, eol));
     }
 
     /// Where a new line goes in the main section: after its last non-blank
@@ -297,14 +760,12 @@ impl PveConfig {
         let eol = self.new_eol();
         let new: Vec<Line> = values
             .into_iter()
-            .map(|v| Line::parse(&format!("{key}: {v}"), eol))
+            .map(|v| Line::new(&format!("{key}: {v}"), eol))
             .collect();
         if new.is_empty() {
             return;
         }
-        if at > 0 && self.lines[at - 1].eol == Eol::None {
-            self.lines[at - 1].eol = eol;
-        }
+        self.end_line_before(at, eol);
         self.lines.splice(at..at, new);
     }
 
@@ -318,7 +779,7 @@ impl PveConfig {
             .rposition(|l| matches!(&l.kind, LineKind::Key { key: k, .. } if k == key));
         if let Some(i) = existing {
             let eol = self.lines[i].eol;
-            self.lines[i] = Line::parse(&text, eol);
+            self.lines[i] = Line::new(&text, eol);
             return;
         }
         let at = self.lines[..end]
@@ -344,7 +805,10 @@ impl PveConfig {
     /// Removes every main-section raw line `key` whose value is `value`
     /// (compared after trimming).
     pub fn remove_raw(&mut self, key: &str, value: &str) -> usize {
-        self.remove_main_where(|l| matches!(&l.kind, LineKind::Raw { key: k, value: v } if k == key && v == value.trim()))
+        let value = bytes_to_text(trim_perl(&text_to_bytes(value))).into_owned();
+        self.remove_main_where(
+            |l| matches!(&l.kind, LineKind::Raw { key: k, value: v } if k == key && *v == value),
+        )
     }
 }
 
@@ -359,15 +823,16 @@ impl fmt::Display for PveConfig {
 /// [`PveConfig::parse`] does. Enough to tell whether a container has
 /// anything for the tool, without parsing its snapshots.
 pub fn main_section(text: &str) -> &str {
+    let bytes = text.as_bytes();
     let mut start = 0;
-    while start < text.len() {
-        let end = text[start..].find('\n').map_or(text.len(), |i| start + i);
-        let line = &text[start..end];
-        let body = line.strip_suffix('\r').unwrap_or(line);
-        if matches!(
-            section_header(body),
-            Some(LineKind::PendingHeader | LineKind::SnapshotHeader(_))
-        ) {
+    while start < bytes.len() {
+        let end = bytes[start..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(bytes.len(), |i| start + i);
+        let line = &bytes[start..end];
+        if is_pending_header(line) || snapshot_header(line).is_some() {
+            // A header starts with `[`, so `start` is a char boundary.
             return &text[..start];
         }
         start = end + 1;
@@ -375,92 +840,137 @@ pub fn main_section(text: &str) -> &str {
     text
 }
 
-/// The header a line is, if it is one.
-fn section_header(text: &str) -> Option<LineKind> {
-    let t = text.trim_end_matches(|c: char| c.is_ascii_whitespace());
-    let inner = t.strip_prefix('[')?.strip_suffix(']')?;
-    if inner.eq_ignore_ascii_case("pve:pending") {
-        Some(LineKind::PendingHeader)
-    } else if is_snapshot_name(inner) {
-        Some(LineKind::SnapshotHeader(inner.to_string()))
-    } else {
-        None
-    }
+/// `^\[pve:pending\]\s*$`, case-insensitive.
+fn is_pending_header(raw: &[u8]) -> bool {
+    const H: &[u8] = b"[pve:pending]";
+    raw.len() >= H.len()
+        && raw[..H.len()].eq_ignore_ascii_case(H)
+        && raw[H.len()..].iter().all(|&b| is_perl_space(b))
 }
 
-fn classify(text: &str) -> LineKind {
-    let t = text.trim_end_matches(|c: char| c.is_ascii_whitespace());
-    if t.trim_start().is_empty() {
+/// `^\[([a-z][a-z0-9_\-]+)\]\s*$`, case-insensitive: the snapshot's name.
+fn snapshot_header(raw: &[u8]) -> Option<&str> {
+    let inner = raw.strip_prefix(b"[")?;
+    let len = inner
+        .iter()
+        .take_while(|c| c.is_ascii_alphanumeric() || **c == b'_' || **c == b'-')
+        .count();
+    let (name, rest) = inner.split_at(len);
+    let rest = rest.strip_prefix(b"]")?;
+    if name.len() < 2 || !name[0].is_ascii_alphabetic() || !rest.iter().all(|&b| is_perl_space(b)) {
+        return None;
+    }
+    std::str::from_utf8(name).ok()
+}
+
+fn classify(raw: &[u8]) -> LineKind {
+    if raw.iter().all(|&b| is_perl_space(b)) {
         return LineKind::Blank;
     }
-    if let Some(header) = section_header(t) {
-        return header;
+    if is_pending_header(raw) {
+        return LineKind::PendingHeader;
     }
-    if t.starts_with('#') {
+    if let Some(name) = snapshot_header(raw) {
+        return LineKind::SnapshotHeader(name.to_string());
+    }
+    if raw.starts_with(b"#") {
         return LineKind::Comment;
     }
-    if let Some((key, value)) = parse_raw(t) {
+    if let Some((key, value)) = parse_raw(raw) {
         return LineKind::Raw { key, value };
     }
-    if let Some((key, value)) = parse_key(t) {
+    if let Some(value) = description_value(raw) {
+        return LineKind::Key {
+            key: "description".into(),
+            value,
+        };
+    }
+    if let Some(state) = snapstate(raw) {
+        return LineKind::Snapstate(state.into());
+    }
+    if let Some(value) = prefixed_value(raw, b"delete:") {
+        return LineKind::Delete(value);
+    }
+    if let Some((key, value)) = parse_key(raw) {
         return LineKind::Key { key, value };
     }
     LineKind::Unknown
 }
 
-/// `[a-z][a-z0-9_\-]+`, case-insensitive, as PVE matches snapshot headers.
-fn is_snapshot_name(s: &str) -> bool {
-    let b = s.as_bytes();
-    b.len() >= 2
-        && b[0].is_ascii_alphabetic()
-        && b[1..]
-            .iter()
-            .all(|c| c.is_ascii_alphanumeric() || *c == b'_' || *c == b'-')
+fn text(b: &[u8]) -> String {
+    bytes_to_text(b).into_owned()
 }
 
 /// `^(lxc\.[a-z0-9_\-\.]+)(:|\s*=)\s*(.*?)\s*$`
-fn parse_raw(t: &str) -> Option<(String, String)> {
-    if !t.starts_with("lxc.") {
+fn parse_raw(raw: &[u8]) -> Option<(String, String)> {
+    let after = raw.strip_prefix(b"lxc.")?;
+    let len = after
+        .iter()
+        .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"_-.".contains(c))
+        .count();
+    if len == 0 {
         return None;
     }
-    let key_len = t
-        .bytes()
-        .position(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || b"_-.".contains(&c)))
-        .unwrap_or(t.len());
-    if key_len <= 4 {
-        return None;
-    }
-    let key = &t[..key_len];
-    let rest = &t[key_len..];
-    let value = if let Some(v) = rest.strip_prefix(':') {
-        v
-    } else {
-        rest.trim_start_matches(|c: char| c.is_ascii_whitespace())
-            .strip_prefix('=')?
+    let key = &raw[..4 + len];
+    let rest = &after[len..];
+    let value = match rest.strip_prefix(b":") {
+        Some(v) => v,
+        None => trim_start_perl(rest).strip_prefix(b"=")?,
     };
-    Some((key.to_string(), value.trim().to_string()))
+    Some((text(key), text(trim_perl(value))))
+}
+
+/// `^<prefix>\s*(.*\S)\s*$`: the value, if it has a non-space byte.
+fn prefixed_value(raw: &[u8], prefix: &[u8]) -> Option<String> {
+    let value = trim_perl(raw.strip_prefix(prefix)?);
+    (!value.is_empty()).then(|| text(value))
+}
+
+/// `^(description):\s*(.*\S)\s*$`
+fn description_value(raw: &[u8]) -> Option<String> {
+    prefixed_value(raw, b"description:")
+}
+
+/// `snapstate:\s*(prepare|delete)\s*$`, anywhere in the line (PVE's match
+/// is not anchored at the start).
+fn snapstate(raw: &[u8]) -> Option<&'static str> {
+    const S: &[u8] = b"snapstate:";
+    (0..raw.len().saturating_sub(S.len() - 1))
+        .filter(|&i| raw[i..].starts_with(S))
+        .find_map(|i| {
+            let rest = trim_end_perl(trim_start_perl(&raw[i + S.len()..]));
+            match rest {
+                b"prepare" => Some("prepare"),
+                b"delete" => Some("delete"),
+                _ => None,
+            }
+        })
 }
 
 /// `^([a-z][a-z_]*\d*):\s*(.+?)\s*$`
-fn parse_key(t: &str) -> Option<(String, String)> {
-    let colon = t.find(':')?;
-    let key = &t[..colon];
-    let b = key.as_bytes();
-    if b.is_empty() || !b[0].is_ascii_lowercase() {
+fn parse_key(raw: &[u8]) -> Option<(String, String)> {
+    let colon = raw.iter().position(|&b| b == b':')?;
+    let key = &raw[..colon];
+    if key.is_empty() || !key[0].is_ascii_lowercase() {
         return None;
     }
-    let alpha_end = b
+    let alpha_end = key
         .iter()
         .position(|c| !(c.is_ascii_lowercase() || *c == b'_'))
-        .unwrap_or(b.len());
-    if !b[alpha_end..].iter().all(|c| c.is_ascii_digit()) {
+        .unwrap_or(key.len());
+    if !key[alpha_end..].iter().all(u8::is_ascii_digit) {
         return None;
     }
-    let value = t[colon + 1..].trim();
-    if value.is_empty() {
-        return None;
-    }
-    Some((key.to_string(), value.to_string()))
+    let rest = &raw[colon + 1..];
+    let trimmed = trim_perl(rest);
+    let value = if !trimmed.is_empty() {
+        trimmed
+    } else {
+        // Only spaces: `\s*` gives back one so `.+?` can match it, as Perl
+        // backtracks (`swap:  ` has the value ` `).
+        rest.last_chunk::<1>()?.as_slice()
+    };
+    Some((text(key), text(value)))
 }
 
 /// Splits a PVE property string `first,k=v,k2=v2` into its default value
@@ -481,25 +991,98 @@ fn split_props<'a>(value: &'a str, default_key: &str) -> (String, Vec<(&'a str, 
     (first, props)
 }
 
+/// `^[+-]?\d+$` with `minimum => 0`, as a `u32`.
+fn parse_dev_id(key: &str, v: &str) -> Result<u32, String> {
+    let digits = v.strip_prefix(['+', '-']).unwrap_or(v);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("{key}={v} is not a number"));
+    }
+    if v.starts_with('-') && digits.bytes().any(|b| b != b'0') {
+        return Err(format!("{key}={v} is below 0"));
+    }
+    digits
+        .parse::<u32>()
+        .map_err(|_| format!("{key}={v} is larger than 4294967295"))
+}
+
 impl DevEntry {
-    pub fn parse(index: u32, value: &str) -> DevEntry {
-        let (path, props) = split_props(value, "path");
-        let get = |k: &str| {
-            props
-                .iter()
-                .rev()
-                .find(|(pk, _)| *pk == k)
-                .map(|(_, v)| v.to_string())
-        };
+    /// A new entry for `path` with no options.
+    pub fn new(index: u32, path: &str) -> DevEntry {
         DevEntry {
             index,
-            uid: get("uid"),
-            gid: get("gid"),
-            mode: get("mode"),
-            deny_write: get("deny-write").is_some_and(|v| v == "1"),
-            path,
-            value: value.to_string(),
+            path: path.to_string(),
+            uid: None,
+            gid: None,
+            mode: None,
+            deny_write: false,
+            value: path.to_string(),
         }
+    }
+
+    /// Parses a `devN` value as pve-container's `parse_device` does (with
+    /// pve-common's `parse_property_string`): the path is required and
+    /// starts with `/dev/` without `.` or `..` components, `uid` and `gid`
+    /// are integers of at least 0, `mode` is `0` and three octal digits,
+    /// `deny-write` is a boolean. The error says what is wrong.
+    pub fn parse(index: u32, value: &str) -> Result<DevEntry, String> {
+        let mut path: Option<&str> = None;
+        let mut seen: Vec<&str> = Vec::new();
+        let mut entry = DevEntry::new(index, "");
+        entry.value = value.to_string();
+        for part in value.split(',') {
+            if part.bytes().all(is_perl_space) {
+                continue;
+            }
+            let Some((k, v)) = part.split_once('=') else {
+                if path.is_some() {
+                    return Err("the path is given twice".into());
+                }
+                path = Some(part);
+                continue;
+            };
+            if k.is_empty() || v.is_empty() {
+                return Err(format!("'{part}' has no key or no value"));
+            }
+            if seen.contains(&k) || (k == "path" && path.is_some()) {
+                return Err(format!("{k} is given twice"));
+            }
+            seen.push(k);
+            match k {
+                "path" => path = Some(v),
+                "uid" => entry.uid = Some(parse_dev_id(k, v)?),
+                "gid" => entry.gid = Some(parse_dev_id(k, v)?),
+                "mode" => {
+                    let b = v.as_bytes();
+                    if b.len() != 4
+                        || b[0] != b'0'
+                        || !b[1..].iter().all(|c| (b'0'..=b'7').contains(c))
+                    {
+                        return Err(format!("mode={v} is not 0 and three octal digits"));
+                    }
+                    entry.mode = Some(v.to_string());
+                }
+                "deny-write" => {
+                    entry.deny_write = parse_bool(v)
+                        .ok_or_else(|| format!("deny-write={v} is not a boolean (1 or 0)"))?;
+                }
+                _ => return Err(format!("unknown option '{k}'")),
+            }
+        }
+        let path = path.ok_or("no device path")?;
+        let bytes = path.as_bytes();
+        let dot_component = bytes.windows(2).enumerate().any(|(i, w)| {
+            // `/.` or `/..`, followed by `/` or the end.
+            w[0] == b'/' && w[1] == b'.' && {
+                let after = &bytes[i + 2..];
+                let after = after.strip_prefix(b".").unwrap_or(after);
+                after.is_empty() || after[0] == b'/'
+            }
+        });
+        if !path.starts_with("/dev/") || dot_component {
+            return Err(format!("{path} is not a valid device path (it must start with /dev/ and have no . or .. component)"));
+        }
+        entry.path = path.to_string();
+        Ok(entry)
     }
 
     /// The value as PVE writes it.
@@ -508,10 +1091,14 @@ impl DevEntry {
         if self.deny_write {
             out.push_str(",deny-write=1");
         }
-        for (k, v) in [("gid", &self.gid), ("mode", &self.mode), ("uid", &self.uid)] {
-            if let Some(v) = v {
-                out.push_str(&format!(",{k}={v}"));
-            }
+        if let Some(gid) = self.gid {
+            out.push_str(&format!(",gid={gid}"));
+        }
+        if let Some(mode) = &self.mode {
+            out.push_str(&format!(",mode={mode}"));
+        }
+        if let Some(uid) = self.uid {
+            out.push_str(&format!(",uid={uid}"));
         }
         out
     }
@@ -566,43 +1153,44 @@ impl MountEntry {
 mod tests {
     use super::*;
 
+    fn kind(s: &str) -> LineKind {
+        classify(s.as_bytes())
+    }
+
     #[test]
     fn classifies_like_pve() {
-        assert_eq!(classify(""), LineKind::Blank);
-        assert_eq!(classify(" \t"), LineKind::Blank);
-        assert_eq!(classify("#x"), LineKind::Comment);
-        assert_eq!(classify("[pve:pending]"), LineKind::PendingHeader);
-        assert_eq!(classify("[PVE:Pending] "), LineKind::PendingHeader);
+        assert_eq!(kind(""), LineKind::Blank);
+        assert_eq!(kind(" \t"), LineKind::Blank);
+        assert_eq!(kind("#x"), LineKind::Comment);
+        assert_eq!(kind("[pve:pending]"), LineKind::PendingHeader);
+        assert_eq!(kind("[PVE:Pending] "), LineKind::PendingHeader);
+        assert_eq!(kind("[snap1]"), LineKind::SnapshotHeader("snap1".into()));
+        assert_eq!(kind("[1snap]"), LineKind::Unknown);
         assert_eq!(
-            classify("[snap1]"),
-            LineKind::SnapshotHeader("snap1".into())
-        );
-        assert_eq!(classify("[1snap]"), LineKind::Unknown);
-        assert_eq!(
-            classify("lxc.idmap = u 0 100000 65536 "),
+            kind("lxc.idmap = u 0 100000 65536 "),
             LineKind::Raw {
                 key: "lxc.idmap".into(),
                 value: "u 0 100000 65536".into()
             }
         );
         assert_eq!(
-            classify("lxc.idmap:g 20 20 1"),
+            kind("lxc.idmap:g 20 20 1"),
             LineKind::Raw {
                 key: "lxc.idmap".into(),
                 value: "g 20 20 1".into()
             }
         );
         assert_eq!(
-            classify("dev0:\t/dev/ttyUSB0,gid=20\r"),
+            kind("dev0:\t/dev/ttyUSB0,gid=20\r"),
             LineKind::Key {
                 key: "dev0".into(),
                 value: "/dev/ttyUSB0,gid=20".into()
             }
         );
-        assert_eq!(classify("Dev0: x"), LineKind::Unknown);
-        assert_eq!(classify("dev0a: x"), LineKind::Unknown);
-        assert_eq!(classify("memory:"), LineKind::Unknown);
-        assert_eq!(classify("lxc.: x"), LineKind::Unknown);
+        assert_eq!(kind("Dev0: x"), LineKind::Unknown);
+        assert_eq!(kind("dev0a: x"), LineKind::Unknown);
+        assert_eq!(kind("memory:"), LineKind::Unknown);
+        assert_eq!(kind("lxc.: x"), LineKind::Unknown);
     }
 
     #[test]
@@ -614,7 +1202,7 @@ mod tests {
         assert_eq!(c.idmap_lines(), vec!["u 0 100000 65536"]);
         let d = &c.dev_entries()[0];
         assert_eq!((d.index, d.path.as_str()), (0, "/dev/ttyUSB0"));
-        assert_eq!(d.gid.as_deref(), Some("20"));
+        assert_eq!(d.gid, Some(20));
         assert_eq!(d.mode.as_deref(), Some("0660"));
         let mp = &c.mp_entries()[0];
         assert_eq!(mp.volume, "/tank");
@@ -626,7 +1214,7 @@ mod tests {
 
     #[test]
     fn dev_entry_renders_like_pve() {
-        let d = DevEntry::parse(1, "path=/dev/dri/renderD128,uid=0,gid=104");
+        let d = DevEntry::parse(1, "path=/dev/dri/renderD128,uid=0,gid=104").unwrap();
         assert_eq!(d.path, "/dev/dri/renderD128");
         assert_eq!(d.render(), "/dev/dri/renderD128,gid=104,uid=0");
     }
@@ -693,5 +1281,215 @@ mod tests {
         let mut c = PveConfig::parse("lxc.idmap: g 20 20 1\na: 1\n[sn]\nlxc.idmap: g 20 20 1\n");
         assert_eq!(c.remove_raw("lxc.idmap", "g 20 20 1"), 1);
         assert_eq!(c.render(), "a: 1\n[sn]\nlxc.idmap: g 20 20 1\n");
+    }
+
+    #[test]
+    fn booleans_are_proxmox_booleans() {
+        for v in ["1", "on", "yes", "true", "True", "YES", "On", "TRUE"] {
+            assert_eq!(parse_bool(v), Some(true), "{v}");
+            let c = PveConfig::parse(&format!("unprivileged: {v}\n"));
+            assert!(c.unprivileged(), "{v}");
+        }
+        for v in ["0", "off", "no", "false", "False", "NO"] {
+            assert_eq!(parse_bool(v), Some(false), "{v}");
+            assert!(!PveConfig::parse(&format!("unprivileged: {v}\n")).unprivileged());
+        }
+        // Refused by the type check, kept as written, true to Perl.
+        assert_eq!(parse_bool("01"), None);
+        assert!(PveConfig::parse("unprivileged: 01\n").unprivileged());
+        assert!(PveConfig::parse("unprivileged:     1    \n").unprivileged());
+        assert!(!PveConfig::parse("arch: amd64\n").unprivileged());
+        let d = DevEntry::parse(0, "/dev/ttyUSB0,deny-write=true").unwrap();
+        assert!(d.deny_write);
+        assert!(
+            !DevEntry::parse(0, "/dev/ttyUSB0,deny-write=Off")
+                .unwrap()
+                .deny_write
+        );
+    }
+
+    #[test]
+    fn user_namespaced_is_unprivileged_or_any_idmap_line() {
+        assert!(!PveConfig::parse("arch: amd64\n").userns());
+        assert!(PveConfig::parse("unprivileged: yes\n").userns());
+        let c = PveConfig::parse("lxc.idmap: u 0 100000 65536\nlxc.idmap: g 0 100000 65536\n");
+        assert!(!c.unprivileged());
+        assert!(c.userns());
+        // Only the main section's lines count.
+        assert!(!PveConfig::parse("arch: amd64\n[s1]\nlxc.idmap: u 0 1 1\n").userns());
+    }
+
+    #[test]
+    fn whitespace_is_perls() {
+        // A vertical tab or form feed after a header still makes it a header.
+        assert_eq!(
+            kind("[snap1]\x0b"),
+            LineKind::SnapshotHeader("snap1".into())
+        );
+        assert_eq!(kind("[pve:pending]\x0c"), LineKind::PendingHeader);
+        assert_eq!(kind(" [snap1]"), LineKind::Unknown);
+        assert_eq!(kind("[s]"), LineKind::Unknown);
+        assert_eq!(kind("\x0b\x0c"), LineKind::Blank);
+        // NBSP is not `\s`: it stays in the value.
+        assert_eq!(
+            kind("lxc.idmap: u 0 100000 65536\u{a0}"),
+            LineKind::Raw {
+                key: "lxc.idmap".into(),
+                value: "u 0 100000 65536\u{a0}".into()
+            }
+        );
+        assert_eq!(
+            kind("lxc.idmap\x0b= u 0 1 1\x0c"),
+            LineKind::Raw {
+                key: "lxc.idmap".into(),
+                value: "u 0 1 1".into()
+            }
+        );
+        assert_eq!(kind("lxc.mount.entry : /a b"), LineKind::Unknown);
+        assert_eq!(kind("lxc.Mount.entry: /a b"), LineKind::Unknown);
+        // `\s*` gives back a space so `.+?` matches: Perl's backtracking.
+        assert_eq!(
+            kind("swap:  "),
+            LineKind::Key {
+                key: "swap".into(),
+                value: " ".into()
+            }
+        );
+        assert_eq!(
+            kind("snapstate: prepare"),
+            LineKind::Snapstate("prepare".into())
+        );
+        assert_eq!(kind("delete: swap"), LineKind::Delete("swap".into()));
+        let c = PveConfig::parse(
+            "unprivileged: 1\n\n[snap1]\x0b\nunprivileged: 0\nlxc.idmap: u 0 1 1\n",
+        );
+        assert!(c.unprivileged());
+        assert!(c.idmap_lines().is_empty());
+        assert_eq!(c.snapshot_names(), vec!["snap1"]);
+        // `unprivileged:\r` on a CRLF line: the value is the `\r` itself.
+        let c = PveConfig::parse_bytes(b"unprivileged:\r\n");
+        assert_eq!(c.get("unprivileged"), Some("\r"));
+        assert!(c.unprivileged());
+    }
+
+    #[test]
+    fn any_bytes_round_trip_and_survive_an_edit() {
+        let mut input = b"arch: amd64\n#caf\xe9\n".to_vec();
+        input.extend(std::iter::repeat_n(b'x', 70_001));
+        input.extend_from_slice(b"\nunprivileged: 1\n\n[snap1]\n#\xff\xfe\0\n");
+        let mut c = PveConfig::parse_bytes(&input);
+        assert_eq!(c.render_bytes(), input);
+        assert!(c.unprivileged());
+        assert_eq!(PveConfig::parse(&c.render()).render_bytes(), input);
+        c.push_raw("lxc.idmap", "g 20 20 1");
+        let mut want = b"arch: amd64\n#caf\xe9\n".to_vec();
+        want.extend(std::iter::repeat_n(b'x', 70_001));
+        want.extend_from_slice(
+            b"\nunprivileged: 1\nlxc.idmap: g 20 20 1\n\n[snap1]\n#\xff\xfe\0\n",
+        );
+        assert_eq!(c.render_bytes(), want);
+        assert_eq!(text_to_bytes(&c.render()).as_ref(), want.as_slice());
+    }
+
+    #[test]
+    fn the_text_form_is_reversible() {
+        for b in [
+            &b""[..],
+            b"plain",
+            b"caf\xc3\xa9",
+            b"caf\xe9",
+            b"\xf4\x8f\xbe\x80 is U+10FF80",
+            b"\xf4\x8f\xbf\xbf\xff",
+            b"\xc3",
+        ] {
+            let t = bytes_to_text(b);
+            assert_eq!(text_to_bytes(&t).as_ref(), b, "{b:?}");
+        }
+        assert!(matches!(bytes_to_text(b"caf\xc3\xa9"), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn dev_entries_parse_like_proxmox() {
+        let ok = |v: &str| DevEntry::parse(0, v).unwrap();
+        let d = ok("/dev/ttyUSB0,gid=+20,uid=-0,mode=0660,deny-write=yes");
+        assert_eq!(
+            (d.uid, d.gid, d.mode.as_deref(), d.deny_write),
+            (Some(0), Some(20), Some("0660"), true)
+        );
+        assert_eq!(ok("path=/dev/ttyUSB0, ").path, "/dev/ttyUSB0");
+        assert_eq!(ok("gid=5,/dev/x").path, "/dev/x");
+        for (v, why) in [
+            (",gid=abc", "gid=abc is not a number"),
+            ("gid=20", "no device path"),
+            ("/tmp/ttyUSB0", "is not a valid device path"),
+            ("/dev/../etc/shadow", "is not a valid device path"),
+            ("/dev/x/.", "is not a valid device path"),
+            ("/dev/x,gid=-1", "below 0"),
+            ("/dev/x,uid=4294967296", "larger than"),
+            ("/dev/x,mode=660", "octal"),
+            ("/dev/x,mode=0680", "octal"),
+            ("/dev/x,deny-write=2", "not a boolean"),
+            ("/dev/x,foo=1", "unknown option 'foo'"),
+            ("/dev/x,gid=1,gid=2", "gid is given twice"),
+            ("/dev/x,/dev/y", "path is given twice"),
+            ("path=/dev/x,/dev/y", "path is given twice"),
+            ("/dev/x,gid=", "no key or no value"),
+        ] {
+            let e = DevEntry::parse(0, v).unwrap_err();
+            assert!(e.contains(why), "{v}: {e}");
+        }
+        assert!(ok("/dev/.hidden/x").path.starts_with("/dev/"));
+    }
+
+    #[test]
+    fn a_bad_dev_line_is_an_error_not_an_entry() {
+        let c = PveConfig::parse("arch: amd64\ndev0: ,gid=abc\ndev1: /dev/ttyUSB1\n");
+        let devs = c.dev_entries();
+        assert_eq!(devs.len(), 1);
+        assert_eq!(devs[0].path, "/dev/ttyUSB1");
+        let errs = c.dev_errors();
+        assert_eq!(errs.len(), 1);
+        let m = errs[0].message("/etc/pve/lxc/105.conf");
+        assert!(
+            m.starts_with(
+                "/etc/pve/lxc/105.conf line 2: dev0: ',gid=abc': gid=abc is not a number; fix: "
+            ),
+            "{m}"
+        );
+        let c = PveConfig::parse("dev255: /dev/ttyUSB0\ndev256: /dev/ttyUSB1\n");
+        assert_eq!(c.dev_entries().len(), 1);
+        assert!(c.dev_errors()[0].reason.contains("dev0 to dev255 only"));
+        // The last line of an index decides, as in Proxmox.
+        let c = PveConfig::parse("dev0: ,gid=abc\ndev0: /dev/ttyUSB1,gid=20\n");
+        assert!(c.dev_errors().is_empty());
+        assert_eq!(c.dev_entries()[0].gid, Some(20));
+    }
+
+    #[test]
+    fn lxc_entries_and_section_keys_are_proxmoxs() {
+        let c = PveConfig::parse("#a\nunprivileged: 1\nlxc.rootfs.path: /x\nlxc.foo: 1\nlxc.environment.runtime: A=1\nlxc.environment.runtime = B=2\nlxc.idmap: u 0 1 1\nlxc.cgroup2.x: 1\ndelete: swap\ndescription: d\n[pve:pending]\nmemory: 2\ndelete: swap\n");
+        assert_eq!(
+            c.lxc_entries(),
+            vec![("lxc.idmap", "u 0 1 1"), ("lxc.cgroup2.x", "1")]
+        );
+        let main = c.section_keys(&Section::Main);
+        assert_eq!(main.get("env").map(String::as_str), Some("A=1\0B=2"));
+        assert_eq!(main.get("description").map(String::as_str), Some("a\nd"));
+        assert!(!main.contains_key("delete"));
+        let pending = c.section_keys(&Section::Pending);
+        assert_eq!(pending.get("delete").map(String::as_str), Some("swap"));
+        let c = PveConfig::parse("a: 1\n[pve:pending]\nmemory: 1\n[pve:pending]\ncores: 3\n");
+        let pending = c.section_keys(&Section::Pending);
+        assert_eq!(pending.keys().collect::<Vec<_>>(), vec!["cores"]);
+        assert_eq!(lxc_key("lxc.id_map"), LxcKey::Valid);
+        assert_eq!(lxc_key("lxc.limit.nofile"), LxcKey::Valid);
+        assert!(matches!(lxc_key("lxc.rootfs.options"), LxcKey::Refused(_)));
+    }
+
+    #[test]
+    fn a_final_cr_without_newline_keeps_its_meaning() {
+        let mut c = PveConfig::parse_bytes(b"arch: amd64\r");
+        c.push_raw("lxc.idmap", "g 20 20 1");
+        assert_eq!(c.render_bytes(), b"arch: amd64\r\nlxc.idmap: g 20 20 1\n");
     }
 }

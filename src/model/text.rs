@@ -89,6 +89,21 @@ impl Limits {
     };
 }
 
+/// Checks only the size of `bytes`: for files kept as bytes, whose lines
+/// are judged one by one when they are needed (the container config).
+pub fn check_size(file: &str, bytes: &[u8], limits: Limits) -> Result<(), FileTextError> {
+    if bytes.len() > limits.max_bytes {
+        return Err(FileTextError {
+            file: file.to_string(),
+            error: TextError::TooLarge {
+                size: Some(bytes.len() as u64),
+                max: limits.max_bytes,
+            },
+        });
+    }
+    Ok(())
+}
+
 /// Checks `bytes` against `limits` and returns it as `&str`.
 pub fn decode<'a>(file: &str, bytes: &'a [u8], limits: Limits) -> Result<&'a str, FileTextError> {
     let err = |error| FileTextError {
@@ -186,5 +201,18 @@ mod tests {
             "{unknown}"
         );
         assert!(!unknown.contains("1048577"), "{unknown}");
+    }
+
+    #[test]
+    fn check_size_judges_only_the_size() {
+        assert!(check_size("f", b"caf\xe9\n\0", SMALL).is_ok());
+        assert!(check_size("f", &[b'x'; 100], SMALL).is_ok());
+        assert_eq!(
+            check_size("f", &[b'x'; 101], SMALL).unwrap_err().error,
+            TextError::TooLarge {
+                size: Some(101),
+                max: 100
+            }
+        );
     }
 }

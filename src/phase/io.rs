@@ -8,11 +8,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{anyhow, Context, Result};
 
 use crate::model::policy::Policy;
-use crate::model::pveconf::{main_section, PveConfig};
+use crate::model::pveconf::{self, main_section, PveConfig};
 use crate::model::state::{LastRun, Outcome, PhaseName, State};
-use crate::model::text::Limits;
+use crate::model::text::{check_size, Limits};
 use crate::paths::{Paths, Vmid};
-use crate::sys::fs::{read_text, replace_file, Durability};
+use crate::sys::fs::{read_bytes, read_text, replace_file, Durability};
 use crate::sys::lock::flock_exclusive;
 
 /// Seconds since the epoch.
@@ -22,15 +22,19 @@ pub fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// The container config's text; a missing config is an error naming it.
+/// The container config in its text form, read as bytes as Proxmox reads
+/// it (any encoding and line length; only its size is checked; see
+/// [`pveconf::bytes_to_text`]); a missing config is an error naming it.
 pub fn read_conf_text(paths: &Paths, vmid: Vmid) -> Result<String> {
     let path = paths.pve_conf(vmid);
-    read_text(paths, &path, Limits::PVE_CONFIG)?.ok_or_else(|| {
+    let bytes = read_bytes(paths, &path, Limits::PVE_CONFIG)?.ok_or_else(|| {
         anyhow!(
             "{}: not found; is {vmid} a container on this node? (pct list)",
             path.display()
         )
-    })
+    })?;
+    check_size(&path.display().to_string(), &bytes, Limits::PVE_CONFIG)?;
+    Ok(pveconf::bytes_to_text(&bytes).into_owned())
 }
 
 /// The whole container config, snapshots and pending section included.

@@ -12,7 +12,7 @@ use crate::model::device;
 use crate::model::idmap::IdKind;
 use crate::model::policy::Policy;
 use crate::model::prestart::{self, Decision, DeviceFact, Facts, HostFile, Refusal, Target};
-use crate::model::pveconf::{main_section, PveConfig};
+use crate::model::pveconf::{self, main_section, PveConfig};
 use crate::model::state::{Outcome, PhaseName, State};
 use crate::model::subid::SubidNeed;
 use crate::model::text::Limits;
@@ -67,7 +67,8 @@ fn gather(
         Some((text, p)) => (HostFile::new(policy_path, Some(text)), Some(p)),
         None => (HostFile::new(policy_path, None), None),
     };
-    let unprivileged = conf.unprivileged();
+    // The mount hook runs as the container's root when it is user-namespaced.
+    let unprivileged = conf.userns();
     let declared = device::declared(&conf, policy.as_ref());
     let devices = device::declared_paths(&declared)
         .into_iter()
@@ -255,7 +256,7 @@ pub fn apply(ctx: &mut Ctx, decision: &Decision) -> Result<()> {
                 replace_file(
                     ctx.paths,
                     &ctx.paths.pve_conf(ctx.vmid),
-                    c.new.as_bytes(),
+                    &pveconf::text_to_bytes(&c.new),
                     0o640,
                     Durability::Flush,
                 )

@@ -599,6 +599,7 @@ impl Ct<'_> {
             "post-stop.stderr",
             "post-stop.rc",
             "devices.spec",
+            "prestart.error",
         ] {
             let _ = fs::remove_file(self.dir.join(f));
         }
@@ -1049,10 +1050,18 @@ fn stat_devs(conf: &PveConf) -> Result<Vec<(DevSpec, DevNode)>, String> {
 }
 
 /// The devN list for the bed's LXC pre-start and autodev hooks, with
-/// owners mapped through the container's idmap.
+/// owners mapped through the container's idmap. A malformed `lxc.idmap`
+/// fails PVE's LXC pre-start hook (`parse_id_maps` dies): the bed leaves
+/// the message for its own hook, which then fails the start in LXC.
 fn write_device_spec(dir: &Path, conf: &PveConf) -> Result<(), String> {
     let devs = stat_devs(conf)?;
-    let map = conf.effective_idmap()?;
+    let map = match conf.effective_idmap() {
+        Ok(map) => map,
+        Err(e) => {
+            write_replace(dir.join("prestart.error"), e.as_bytes(), 0o644);
+            return Ok(());
+        }
+    };
     let text: String = devs
         .iter()
         .map(|(s, n)| genconf::device_spec_line(s, n, &map))

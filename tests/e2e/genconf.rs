@@ -8,26 +8,64 @@
 pub struct PveConf {
     /// Normal `key: value` lines, in file order (the last one wins).
     pub keys: Vec<(String, String)>,
-    /// Raw `lxc.*` lines, in file order, duplicates kept.
+    /// Raw `lxc.*` lines, in file order, duplicates kept
+    /// (`lxc.environment.runtime` is in `env` instead, as in PVE).
     pub raw: Vec<(String, String)>,
+    /// `lxc.environment.runtime` values, in file order.
+    pub env: Vec<String>,
+}
+
+/// Perl's `\s` on bytes: space, `\t`, `\n`, vertical tab, form feed, `\r`.
+fn perl_space(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '\n' | '\x0b' | '\x0c' | '\r')
+}
+
+/// `^\[pve:pending\]\s*$`/i or `^\[([a-z][a-z0-9_\-]+)\]\s*$`/i.
+fn is_header(line: &str) -> bool {
+    let Some(inner) = line
+        .trim_end_matches(perl_space)
+        .strip_prefix('[')
+        .and_then(|l| l.strip_suffix(']'))
+    else {
+        return false;
+    };
+    inner.eq_ignore_ascii_case("pve:pending")
+        || (inner.len() >= 2
+            && inner.starts_with(|c: char| c.is_ascii_alphabetic())
+            && inner
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+}
+
+/// A PVE boolean: `1|on|yes|true`, `0|off|no|false`, any case.
+pub fn pve_bool(v: &str) -> Option<bool> {
+    let v = v.to_ascii_lowercase();
+    match v.as_str() {
+        "1" | "on" | "yes" | "true" => Some(true),
+        "0" | "off" | "no" | "false" => Some(false),
+        _ => None,
+    }
 }
 
 impl PveConf {
-    /// Parses the main section: lines before the first `[section]` header.
-    /// Blank and `#` lines are skipped; anything else unknown is ignored.
+    /// Parses the main section as `parse_pct_config` does: lines (split on
+    /// `\n`) before the first section header. Blank and `#` lines are
+    /// skipped; anything else unknown is ignored.
     pub fn parse(text: &str) -> PveConf {
         let mut conf = PveConf::default();
         for line in text.split('\n') {
-            let line = line.trim_end_matches('\r');
-            let t = line.trim();
-            if t.is_empty() || t.starts_with('#') {
+            if line.chars().all(perl_space) || line.starts_with('#') {
                 continue;
             }
-            if t.starts_with('[') && t.ends_with(']') {
+            if is_header(line) {
                 break;
             }
             if let Some((k, v)) = raw_key(line) {
-                conf.raw.push((k, v));
+                if k == "lxc.environment.runtime" {
+                    conf.env.push(v);
+                } else {
+                    conf.raw.push((k, v));
+                }
             } else if let Some((k, v)) = normal_key(line) {
                 conf.keys.push((k, v));
             }
@@ -43,12 +81,20 @@ impl PveConf {
             .map(|(_, v)| v.as_str())
     }
 
+    /// PVE's booleans; a value they refuse is kept, and Perl reads every
+    /// string but `0` as true.
     pub fn unprivileged(&self) -> bool {
         self.get("unprivileged")
-            .is_some_and(|v| v.trim() == "1" || v.trim() == "true")
+            .is_some_and(|v| pve_bool(v).unwrap_or(v != "0"))
     }
 
-    /// The `lxc.idmap` lines; a malformed one fails the start, as in PVE.
+    /// `update_lxc_config`'s `$unprivileged || $custom_idmap`.
+    pub fn userns(&self) -> bool {
+        self.unprivileged() || self.raw.iter().any(|(k, _)| k == "lxc.idmap")
+    }
+
+    /// The `lxc.idmap` lines; a malformed one fails the start in the LXC
+    /// pre-start hook, as in PVE.
     pub fn idmap(&self) -> Result<Vec<IdMap>, String> {
         self.raw
             .iter()
@@ -57,30 +103,28 @@ impl PveConf {
             .collect()
     }
 
-    /// The map in force for this container: the `lxc.idmap` lines, the
-    /// default for unprivileged containers without any, none for privileged.
+    /// The map in force for this container (`parse_id_maps`): the
+    /// `lxc.idmap` lines whatever the flag, else the default for an
+    /// unprivileged container, else none.
     pub fn effective_idmap(&self) -> Result<Vec<IdMap>, String> {
         let lines = self.idmap()?;
-        if !self.unprivileged() {
-            return Ok(Vec::new());
+        if !lines.is_empty() || !self.unprivileged() {
+            return Ok(lines);
         }
-        if lines.is_empty() {
-            return Ok(vec![
-                IdMap {
-                    kind: 'u',
-                    ct: 0,
-                    host: 100_000,
-                    len: 65_536,
-                },
-                IdMap {
-                    kind: 'g',
-                    ct: 0,
-                    host: 100_000,
-                    len: 65_536,
-                },
-            ]);
-        }
-        Ok(lines)
+        Ok(vec![
+            IdMap {
+                kind: 'u',
+                ct: 0,
+                host: 100_000,
+                len: 65_536,
+            },
+            IdMap {
+                kind: 'g',
+                ct: 0,
+                host: 100_000,
+                len: 65_536,
+            },
+        ])
     }
 
     /// `devN:` entries in file order.
@@ -120,12 +164,12 @@ fn raw_key(line: &str) -> Option<(String, String)> {
     let rest = if let Some(r) = rest.strip_prefix(':') {
         r
     } else {
-        rest.trim_start().strip_prefix('=')?
+        rest.trim_start_matches(perl_space).strip_prefix('=')?
     };
-    Some((key.to_string(), rest.trim().to_string()))
+    Some((key.to_string(), rest.trim_matches(perl_space).to_string()))
 }
 
-/// `^([a-z][a-z_]*\d*):\s*(.+?)\s*$`
+/// `^([a-z][a-z_]*\d*):\s*(.+?)\s*$` (values trimmed of Perl's `\s`).
 fn normal_key(line: &str) -> Option<(String, String)> {
     let (k, v) = line.split_once(':')?;
     let mut chars = k.chars();
@@ -136,7 +180,7 @@ fn normal_key(line: &str) -> Option<(String, String)> {
         let tail = k.trim_end_matches(|c: char| c.is_ascii_digit());
         tail.chars().all(|c| c.is_ascii_lowercase() || c == '_')
     };
-    let v = v.trim();
+    let v = v.trim_matches(perl_space);
     (letters_then_digits && !v.is_empty()).then(|| (k.to_string(), v.to_string()))
 }
 
@@ -152,7 +196,7 @@ pub struct IdMap {
 impl IdMap {
     /// `^([ug])\s+(\d+)\s+(\d+)\s+(\d+)\s*$`
     pub fn parse(v: &str) -> Option<IdMap> {
-        let f: Vec<&str> = v.split_whitespace().collect();
+        let f: Vec<&str> = v.split(perl_space).filter(|s| !s.is_empty()).collect();
         let [kind, ct, host, len] = f.as_slice() else {
             return None;
         };
@@ -223,7 +267,10 @@ impl DevSpec {
                 }
                 "uid" => spec.uid = num(val)?,
                 "gid" => spec.gid = num(val)?,
-                "deny-write" => spec.deny_write = val == "1",
+                "deny-write" => {
+                    spec.deny_write =
+                        pve_bool(val).ok_or_else(|| format!("invalid deny-write '{val}'"))?
+                }
                 _ => return Err(format!("unknown option '{k}'")),
             }
         }
@@ -297,7 +344,7 @@ pub fn lxc_config(
     };
     line("lxc.arch", "amd64");
     // The include of PVE's common config: device policy and PVE's hooks.
-    if conf.unprivileged() {
+    if conf.userns() {
         line("lxc.cgroup2.devices.allow", "a");
     } else {
         line("lxc.cgroup2.devices.deny", "a");
@@ -322,15 +369,14 @@ pub fn lxc_config(
     if let Some(ep) = conf.get("entrypoint") {
         line("lxc.init.cmd", ep);
     }
-    let idmap = conf.idmap()?;
-    if conf.unprivileged() && idmap.is_empty() {
-        line("lxc.idmap", "u 0 100000 65536");
-        line("lxc.idmap", "g 0 100000 65536");
-    }
+    // PVE's order: devN rules, then the default map, then (after the
+    // console, tty, memory and network keys) lxc.environment.runtime, then
+    // the raw keys. A malformed lxc.idmap is only warned about here.
     for (spec, node) in devs {
+        let perms = if spec.deny_write { "r" } else { "rw" };
         line(
             "lxc.cgroup2.devices.allow",
-            &format!("{} {}:{} rw", node.kind, node.major, node.minor),
+            &format!("{} {}:{} {perms}", node.kind, node.major, node.minor),
         );
         if spec.deny_write {
             line(
@@ -338,6 +384,14 @@ pub fn lxc_config(
                 &format!("{} {}:{} w", node.kind, node.major, node.minor),
             );
         }
+    }
+    let custom_idmap = conf.raw.iter().any(|(k, _)| k == "lxc.idmap");
+    if conf.unprivileged() && !custom_idmap {
+        line("lxc.idmap", "u 0 100000 65536");
+        line("lxc.idmap", "g 0 100000 65536");
+    }
+    for v in &conf.env {
+        line("lxc.environment.runtime", v);
     }
     for (k, v) in &conf.raw {
         line(k, v);

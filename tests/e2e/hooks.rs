@@ -10,6 +10,11 @@ pub const PRE_START: &str = r#"#!/bin/sh
 set -eu
 d="/var/lib/lxc/$LXC_NAME"
 list="$d/devices.spec"
+# PVE's hook dies here on an lxc.idmap line parse_id_maps cannot read.
+if [ -s "$d/prestart.error" ]; then
+    cat "$d/prestart.error" >&2
+    exit 1
+fi
 [ -s "$list" ] || exit 0
 mkdir -p "$d/passthrough"
 mount -t tmpfs -o mode=0755,size=64k,nosuid,noexec none "$d/passthrough"

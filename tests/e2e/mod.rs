@@ -37,19 +37,26 @@
 //! (10 s timeout, as `lock_config`):
 //! 1. read `/etc/pve/lxc/<vmid>.conf` (main section);
 //! 2. `update_lxc_config`: write `/var/lib/lxc/<vmid>/config`: device policy
-//!    (unprivileged: allow `a`; privileged: deny `a` plus the common allow
-//!    list), the default map `u/g 0 100000 65536` only when unprivileged and
-//!    without `lxc.idmap` lines, per `devN` the exact rule `c M:m rw` (a
-//!    missing device fails the start here), then the raw `lxc.*` keys;
+//!    (user-namespaced, that is unprivileged or with any `lxc.idmap` line:
+//!    allow `a`; otherwise deny `a` plus the common allow list), per `devN`
+//!    the exact rule `c|b M:m rw`, or `r` plus a deny `w` with `deny-write`
+//!    (a missing device or a `devN` PVE cannot parse fails the start here),
+//!    then the default map `u/g 0 100000 65536` only when unprivileged and
+//!    without `lxc.idmap` lines, then `lxc.environment.runtime`, then the raw
+//!    `lxc.*` keys. Booleans (`unprivileged`, `deny-write`) are PVE's
+//!    `1|on|yes|true` / `0|off|no|false` in any case; a malformed
+//!    `lxc.idmap` is written as it is (PVE only warns here);
 //! 3. the hookscript (`check_hookscript`: `local:snippets/<file>`, `-f`,
 //!    `-x`), `<script> <vmid> pre-start`, no shell, `PATH` of PVE plus
 //!    `LC_ALL=C`, stdin at EOF, stdout and stderr read until both close;
 //!    non-zero aborts with `hookscript error for <vmid> on pre-start: ...`;
 //! 4. `lxc-start -n <vmid> -d`, then `lxc-wait -s RUNNING`. LXC runs the
 //!    bed's pre-start hook (tmpfs on `/var/lib/lxc/<vmid>/passthrough`, one
-//!    private node per `devN` with mapped owner and mode, from the config as
-//!    re-read after the hookscript) and autodev hook (binds each node onto
-//!    the same path in the container's /dev);
+//!    private node per `devN` with owner and mode mapped through
+//!    `parse_id_maps`' map, the `lxc.idmap` lines whatever the flag, from the
+//!    config as re-read after the hookscript; an `lxc.idmap` line it cannot
+//!    parse fails the start here, as PVE's hook dies) and autodev hook (binds
+//!    each node onto the same path in the container's /dev);
 //! 5. `<script> <vmid> post-start`; non-zero is a warning only.
 //!
 //! `Ct::stop`: under the lock, `pre-stop` (warning only), `lxc-stop --kill`;
@@ -65,8 +72,12 @@
 //!   common/userns configs, no seccomp profile, no capability drops, no
 //!   generated AppArmor profile (`lxc.apparmor.profile = unconfined`), no
 //!   network (`lxc.net.0.type = empty`), `lxc.autodev = 1`, no ttys. Raw
-//!   `lxc.*` keys are not checked against PVE's whitelist; `[pve:pending]`
-//!   is not applied; `validate_id_maps` warnings are not emitted.
+//!   `lxc.*` keys are not checked against PVE's whitelist (scenarios write
+//!   only valid ones); `[pve:pending]` is not applied (PVE applies it before
+//!   the hookscript runs; no scenario has one); `validate_id_maps` warnings
+//!   are not emitted (they are only warnings). `devN` rules come in file
+//!   order (PVE: Perl hash order, which is random), so tests can compare.
+//!   The config is read as UTF-8 text (scenarios write only UTF-8).
 //! - The rootfs is a directory of busybox-static, owned by host 100000+id
 //!   (0+id when privileged); no storage, volume activation or mount points.
 //!   `/sbin/init` is a shell loop unless the test sets one.

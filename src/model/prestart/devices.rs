@@ -28,7 +28,7 @@ pub const ENTRY_FINDINGS: &[&str] = &[
 
 /// Event names for entries a person wrote that must not be passed through
 /// as they are (a dangerous node, a directory); `doctor` fails on them.
-pub const ENTRY_DANGERS: &[&str] = &["device-dangerous"];
+pub const ENTRY_DANGERS: &[&str] = &["device-dangerous", "dev-parse"];
 
 const MOUNT_KEY: &str = "lxc.mount.entry";
 const RULE_KEY: &str = "lxc.cgroup2.devices.allow";
@@ -122,7 +122,9 @@ impl Owned {
     fn dev_path(&self, path: &str) -> Option<u32> {
         self.devs.iter().find_map(|l| {
             let i = l.dev_index()?;
-            (DevEntry::parse(i, &l.value).path == path).then_some(i)
+            DevEntry::parse(i, &l.value)
+                .is_ok_and(|e| e.path == path)
+                .then_some(i)
         })
     }
 
@@ -166,6 +168,11 @@ impl Want {
 /// The devices step: per declared device, check its node, then want what
 /// its form needs; then bring the config and this boot's LXC config there.
 pub fn plan_devices(facts: &Facts, d: &mut Draft) -> Result<(), Refusal> {
+    // Proxmox fails the start on a devN it cannot parse; the tool skips it.
+    for e in d.conf.dev_errors() {
+        d.events
+            .push(Event::warn("dev-parse", e.message(&facts.conf_path)));
+    }
     let owned = Owned::of(d);
     let person_rules = person_rules(d, &owned);
     let mut want = Want::default();
@@ -409,7 +416,7 @@ fn want_policy_dev(
         }
     };
     used_indexes.push(index);
-    let mut entry = DevEntry::parse(index, &dev.path);
+    let mut entry = DevEntry::new(index, &dev.path);
     fill_dev_owner(
         &mut entry,
         device::classify(&dev.path, Some(node)),
@@ -506,14 +513,12 @@ fn want_dev_entry(
     let mut base = e.clone();
     if base
         .uid
-        .as_deref()
         .is_some_and(|u| tools.contains(&format!("uid={u}").as_str()))
     {
         base.uid = None;
     }
     if base
         .gid
-        .as_deref()
         .is_some_and(|g| tools.contains(&format!("gid={g}").as_str()))
     {
         base.gid = None;
@@ -570,8 +575,8 @@ fn fill_dev_owner(entry: &mut DevEntry, class: DeviceClass, node: &Node, facts: 
     let state = facts.state.as_ref();
     let group_gid = |name: &str| state.and_then(|s| s.container_groups.get(name).copied());
     if let Some(fb) = state.and_then(|s| s.dev_fallback_for(&entry.path)) {
-        entry.uid = Some(fb.uid.to_string());
-        entry.gid = Some(fb.gid.to_string());
+        entry.uid = Some(fb.uid);
+        entry.gid = Some(fb.gid);
         return;
     }
     let gid = match class {
@@ -579,7 +584,7 @@ fn fill_dev_owner(entry: &mut DevEntry, class: DeviceClass, node: &Node, facts: 
         DeviceClass::Other if node.gid == DIALOUT_GID => Some(DIALOUT_GID),
         other => device::container_gid(other, group_gid),
     };
-    entry.gid = gid.map(|g| g.to_string());
+    entry.gid = gid;
     if gid.is_some()
         && entry
             .mode
@@ -606,18 +611,14 @@ fn warn_unusable_dev(e: &DevEntry, facts: &Facts, d: &mut Draft) {
     if user.uid == 0 {
         return;
     }
-    let owner_ok = e.uid.as_deref() == Some(user.uid.to_string().as_str());
-    let gid_ok = e
-        .gid
-        .as_deref()
-        .and_then(|g| g.parse::<u32>().ok())
-        .is_some_and(|g| {
-            g == user.gid || (user.keeps_supplementary_groups && user.groups.contains(&g))
-        });
+    let owner_ok = e.uid == Some(user.uid);
+    let gid_ok = e.gid.is_some_and(|g| {
+        g == user.gid || (user.keeps_supplementary_groups && user.groups.contains(&g))
+    });
     if !owner_ok && !gid_ok {
         let mut fixed = e.clone();
-        fixed.uid = Some(user.uid.to_string());
-        fixed.gid = Some(user.gid.to_string());
+        fixed.uid = Some(user.uid);
+        fixed.gid = Some(user.gid);
         d.events.push(
             Event::warn(
                 "dev-unusable",
@@ -625,7 +626,7 @@ fn warn_unusable_dev(e: &DevEntry, facts: &Facts, d: &mut Draft) {
                     "dev{} {}: gid={} is not a group of the service (uid {} gid {} groups {:?}), so it cannot open the node",
                     e.index,
                     e.path,
-                    e.gid.as_deref().unwrap_or("0"),
+                    e.gid.unwrap_or(0),
                     user.uid,
                     user.gid,
                     user.groups,

@@ -16,15 +16,13 @@ pub fn plan_dev_fallback(facts: &Facts, d: &mut Draft) -> Result<(), Refusal> {
     let vmid = facts.vmid;
     let entries = d.conf.dev_entries();
     for fb in &state.dev_fallback {
-        let (uid, gid) = (fb.uid.to_string(), fb.gid.to_string());
+        let (uid, gid) = (fb.uid, fb.gid);
         let why = format!(
             "{}: the service (uid {} gid {}) runs without supplementary groups, so group access cannot help",
             fb.path, fb.uid, fb.gid
         );
         match entries.iter().find(|e| e.path == fb.path) {
-            Some(e)
-                if e.uid.as_deref() == Some(uid.as_str())
-                    && e.gid.as_deref() == Some(gid.as_str()) => {}
+            Some(e) if e.uid == Some(uid) && e.gid == Some(gid) => {}
             Some(e) => {
                 let mut fixed = e.clone();
                 fixed.uid = Some(uid);
@@ -45,7 +43,7 @@ pub fn plan_dev_fallback(facts: &Facts, d: &mut Draft) -> Result<(), Refusal> {
                 let Some(free) = device::free_dev_index(entries.iter().map(|e| e.index)) else {
                     continue;
                 };
-                let mut entry = DevEntry::parse(free, &fb.path);
+                let mut entry = DevEntry::new(free, &fb.path);
                 entry.uid = Some(uid);
                 entry.gid = Some(gid);
                 d.events.push(

@@ -194,8 +194,7 @@ struct MapLines {
 pub fn plan_idmap(facts: &Facts, d: &mut Draft) -> Result<(), Refusal> {
     let lines = read_map_lines(facts, d)?;
     let passthroughs = collect_passthroughs(facts)?;
-    if facts.conf.unprivileged()
-        && !passthroughs.is_empty()
+    if !passthroughs.is_empty()
         && is_default_copy(&lines.theirs)
         && !idmap::unmet(&lines.theirs, &passthroughs).is_empty()
     {
@@ -289,8 +288,12 @@ fn choose_map(
     passthroughs: &[Passthrough],
 ) -> Result<Option<Vec<IdmapEntry>>, Refusal> {
     // A privileged container with a person's lxc.idmap lines still runs in
-    // a user namespace: those lines are checked and covered like any other.
-    if !facts.conf.unprivileged() && lines.theirs.is_empty() {
+    // a user namespace (Proxmox: unprivileged or any lxc.idmap line): those
+    // lines are checked and covered like any other, and so is the tool's
+    // map standing in for an adopted copy of the default.
+    let userns =
+        facts.conf.unprivileged() || !lines.theirs.is_empty() || !d.state.owned.adopted.is_empty();
+    if !userns {
         if !passthroughs.is_empty() {
             d.events.push(Event::info(
                 "idmap-privileged",

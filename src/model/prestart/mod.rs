@@ -147,7 +147,7 @@ impl std::fmt::Display for Refusal {
         if self.fix.is_empty() {
             f.write_str(&self.what)
         } else {
-            write!(f, "{}; {}", self.what, self.fix)
+            write!(f, "{}; fix: {}", self.what, self.fix)
         }
     }
 }
@@ -173,7 +173,9 @@ impl Decision {
 /// device nodes). Without it, and without policy or state, every phase
 /// returns at once.
 pub fn config_has_work(conf: &PveConfig) -> bool {
-    !conf.idmap_lines().is_empty() || !crate::model::device::declared(conf, None).is_empty()
+    !conf.idmap_lines().is_empty()
+        || !crate::model::device::declared(conf, None).is_empty()
+        || !conf.dev_errors().is_empty()
 }
 
 /// The plan under construction. Steps edit copies of the files; `finish`
