@@ -82,7 +82,6 @@ fn bad_state_is_reported_and_ignored(#[case] bytes: Vec<u8>) {
 }
 
 #[path = "../benches/support/shapes.rs"]
-#[allow(dead_code)]
 mod shapes;
 
 /// Issue 12 item 9: IDs at the top of the range passed validation and the
