@@ -122,3 +122,83 @@ fn a_devn_line_that_does_not_parse_is_reported() {
     assert!(err.contains(&want), "{err}");
     assert_eq!(root.read("/etc/pve/lxc/105.conf"), bytes, "nothing written");
 }
+
+#[path = "../benches/support/shapes.rs"]
+mod shapes;
+
+/// Issue 12 item 9: IDs at the top of the range passed validation and the
+/// tool wrote a map and `root:4294967295:1` the kernel refuses (EINVAL: a
+/// range needs first + count <= 4294967295 on both sides). On the typical
+/// host (a serial stick: GID 20 through), with a person's map lines or a
+/// policy at the boundary. Needs root (the sample host has a device node).
+#[rstest]
+#[case::policy_reserved_id(
+    "",
+    "idmap = [\"uid 4294967295 4294967295\"]\n",
+    Err("4294967295 is too large; the largest ID a map may use is 4294967294")
+)]
+#[case::policy_range_reaching_it(
+    "",
+    "idmap = [\"both 4294967290-4294967295 0-5\"]\n",
+    Err("4294967295 is too large")
+)]
+#[case::policy_runtime_uid(
+    "",
+    "runtime_uid = 4294967295\n",
+    Err("runtime_uid 4294967295 is not a user ID")
+)]
+#[case::person_map_reserved_id(
+    "lxc.idmap: u 0 100000 65536\nlxc.idmap: g 0 100000 65536\nlxc.idmap: u 4294967295 4294967295 1\n",
+    "",
+    Err("invalid map entry 'u 4294967295 4294967295 1': container uids reach 4294967295")
+)]
+#[case::person_map_host_side(
+    "lxc.idmap: u 0 100000 65536\nlxc.idmap: g 0 100000 65536\nlxc.idmap: u 70000 4294967294 2\n",
+    "",
+    Err("host uids reach 4294967295")
+)]
+#[case::policy_last_id(
+    "",
+    "idmap = [\"uid 4294967294 4294967294\"]\n",
+    Ok("root:4294967294:1\n")
+)]
+fn ids_at_the_top_of_the_range(
+    #[case] conf_lines: &str,
+    #[case] policy: &str,
+    #[case] want: Result<&str, &str>,
+) {
+    let root = TempRoot::new();
+    shapes::typical(root.path()).expect("build the shape (needs root)");
+    let mut conf = root.read("/etc/pve/lxc/105.conf");
+    conf.extend_from_slice(conf_lines.as_bytes());
+    root.write("/etc/pve/lxc/105.conf", conf);
+    if !policy.is_empty() {
+        root.write("/etc/pve/pct-passthrough/105.toml", policy);
+    }
+    let before = root.snapshot();
+    let out = root.run(&["105", "pre-start"]);
+    let err = stderr(&out);
+    match want {
+        Err(msg) => {
+            assert_eq!(out.status.code(), Some(1), "{err}");
+            assert!(err.contains(msg), "{err}");
+            // Nothing written but the state recording the refusal.
+            let mut after = root.snapshot();
+            after.retain(|(p, ..)| {
+                !p.ends_with("var/lib/pct-passthrough/105.json")
+                    && !p.starts_with(root.at("/run/lock"))
+            });
+            assert!(after == before, "nothing written: {err}");
+        }
+        Ok(subuid_tail) => {
+            assert_eq!(out.status.code(), Some(0), "{err}");
+            let subuid = String::from_utf8(root.read("/etc/subuid")).unwrap();
+            assert!(subuid.ends_with(subuid_tail), "{subuid}");
+            let lxc = String::from_utf8(root.read("/var/lib/lxc/105/config")).unwrap();
+            assert!(
+                lxc.contains("lxc.idmap = u 4294967294 4294967294 1"),
+                "{lxc}"
+            );
+        }
+    }
+}

@@ -54,7 +54,7 @@ const READ_FLAGS: OFlag = OFlag::O_RDONLY
     .union(OFlag::O_CLOEXEC)
     .union(OFlag::O_NOCTTY);
 
-fn errno_context(e: Errno) -> std::io::Error {
+fn io_err(e: Errno) -> std::io::Error {
     std::io::Error::from(e)
 }
 
@@ -82,7 +82,7 @@ fn open_root(paths: &Paths) -> Result<OwnedFd> {
         OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
         Mode::empty(),
     )
-    .map_err(errno_context)
+    .map_err(io_err)
     .with_context(|| {
         format!(
             "PCT_PASSTHROUGH_ROOT {}: cannot open the directory",
@@ -130,10 +130,9 @@ pub fn open_host(paths: &Paths, path: &Path, flags: OFlag, mode: Mode) -> Result
                 .and_then(|fd| nix::sys::stat::fstat(&fd));
             let mode = st.map_or(SFlag::S_IFSOCK.bits(), |st| st.st_mode);
             require_regular(path, mode)?;
-            Err(errno_context(Errno::ENXIO))
-                .with_context(|| format!("{}: cannot open", path.display()))
+            Err(io_err(Errno::ENXIO)).with_context(|| format!("{}: cannot open", path.display()))
         }
-        Err(e) => Err(errno_context(e)).with_context(|| format!("{}: cannot open", path.display())),
+        Err(e) => Err(io_err(e)).with_context(|| format!("{}: cannot open", path.display())),
     }
 }
 
@@ -175,7 +174,7 @@ pub fn read_bytes(paths: &Paths, path: &Path, limits: Limits) -> Result<Option<V
         return Ok(None);
     };
     let st = nix::sys::stat::fstat(&file)
-        .map_err(errno_context)
+        .map_err(io_err)
         .with_context(|| format!("{}: cannot stat", path.display()))?;
     require_regular(path, st.st_mode)?;
     let size = usize::try_from(st.st_size).unwrap_or(usize::MAX);
@@ -252,7 +251,7 @@ impl DirEntry {
         match fstatat(&self.dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
             Ok(st) => Ok(Some(st)),
             Err(Errno::ENOENT) => Ok(None),
-            Err(e) => Err(errno_context(e))
+            Err(e) => Err(io_err(e))
                 .with_context(|| format!("{}: cannot stat", self.sibling_path(name).display())),
         }
     }
@@ -261,7 +260,7 @@ impl DirEntry {
     pub fn remove(&self, name: &OsStr) -> Result<()> {
         match unlinkat(&self.dir, name, UnlinkatFlags::NoRemoveDir) {
             Ok(()) | Err(Errno::ENOENT) => Ok(()),
-            Err(e) => Err(errno_context(e))
+            Err(e) => Err(io_err(e))
                 .with_context(|| format!("{}: cannot remove", self.sibling_path(name).display())),
         }
     }
@@ -269,7 +268,7 @@ impl DirEntry {
     /// Renames `from` over `to`, both in the directory.
     pub fn rename(&self, from: &OsStr, to: &OsStr) -> Result<()> {
         renameat(&self.dir, from, &self.dir, to)
-            .map_err(errno_context)
+            .map_err(io_err)
             .with_context(|| {
                 format!(
                     "{}: cannot rename into place",
@@ -288,7 +287,7 @@ impl DirEntry {
             Mode::from_bits_truncate(mode),
         )
         .map(File::from)
-        .map_err(errno_context)
+        .map_err(io_err)
         .with_context(|| format!("{}: cannot create", self.sibling_path(name).display()))
     }
 
@@ -303,7 +302,7 @@ impl DirEntry {
         ) {
             Ok(fd) => Ok(Some(File::from(fd))),
             Err(Errno::ENOENT) => Ok(None),
-            Err(e) => Err(errno_context(e))
+            Err(e) => Err(io_err(e))
                 .with_context(|| format!("{}: cannot open", self.sibling_path(name).display())),
         }
     }
@@ -334,7 +333,7 @@ pub fn open_parent(paths: &Paths, path: &Path) -> Result<DirEntry> {
             }
         ),
         Err(e) => {
-            return Err(errno_context(e))
+            return Err(io_err(e))
                 .with_context(|| format!("{}: cannot open the directory", parent.display()))
         }
     };
@@ -361,7 +360,7 @@ pub fn resolve_write_target(paths: &Paths, path: &Path) -> Result<DirEntry> {
         }
         let target = PathBuf::from(
             readlinkat(&entry.dir, entry.name.as_os_str())
-                .map_err(errno_context)
+                .map_err(io_err)
                 .with_context(|| format!("{}: cannot read the link", current.display()))?,
         );
         current = if target.is_absolute() {
@@ -396,14 +395,14 @@ pub fn create_dir_all(paths: &Paths, dir: &Path) -> Result<()> {
         match c {
             Component::Normal(n) => {
                 let parent = openat2(&root, &done, how())
-                    .map_err(errno_context)
+                    .map_err(io_err)
                     .with_context(|| {
                         format!("{}: cannot open", paths.root().join(&done).display())
                     })?;
                 match mkdirat(&parent, n, Mode::from_bits_truncate(0o755)) {
                     Ok(()) | Err(Errno::EEXIST) => {}
                     Err(e) => {
-                        return Err(errno_context(e)).with_context(|| {
+                        return Err(io_err(e)).with_context(|| {
                             format!(
                                 "{}: cannot create",
                                 paths.root().join(&done).join(n).display()
@@ -419,7 +418,7 @@ pub fn create_dir_all(paths: &Paths, dir: &Path) -> Result<()> {
     }
     openat2(&root, &done, how())
         .map(drop)
-        .map_err(errno_context)
+        .map_err(io_err)
         .with_context(|| format!("{}: not a directory", dir.display()))
 }
 
@@ -435,9 +434,7 @@ fn sync_tolerant(fd: impl AsFd, what: &Path) -> Result<()> {
     match nix::unistd::fsync(fd) {
         Ok(()) => Ok(()),
         Err(e) if fsync_unsupported(e) => Ok(()),
-        Err(e) => {
-            Err(errno_context(e)).with_context(|| format!("{}: fsync failed", what.display()))
-        }
+        Err(e) => Err(io_err(e)).with_context(|| format!("{}: fsync failed", what.display())),
     }
 }
 
@@ -510,7 +507,7 @@ fn write_temp_and_rename(
         .with_context(|| format!("{}: write failed", tmp_path.display()))?;
     if let Some(st) = old {
         let now = nix::sys::stat::fstat(&file)
-            .map_err(errno_context)
+            .map_err(io_err)
             .with_context(|| format!("{}: cannot stat", tmp_path.display()))?;
         if now.st_uid != st.st_uid || now.st_gid != st.st_gid {
             fchown(
@@ -518,7 +515,7 @@ fn write_temp_and_rename(
                 Some(Uid::from_raw(st.st_uid)),
                 Some(Gid::from_raw(st.st_gid)),
             )
-            .map_err(errno_context)
+            .map_err(io_err)
             .with_context(|| {
                 format!(
                     "{}: cannot keep owner {}:{}",
@@ -531,7 +528,7 @@ fn write_temp_and_rename(
     }
     if mode != 0o600 {
         fchmod(&file, Mode::from_bits_truncate(mode))
-            .map_err(errno_context)
+            .map_err(io_err)
             .with_context(|| format!("{}: cannot set mode {mode:o}", tmp_path.display()))?;
     }
     if durability == Durability::Flush {
