@@ -198,7 +198,7 @@ fn group_fix_creates_dialout_and_the_service_gets_it_after_a_restart() {
     assert!(v["changes"][0]
         .as_str()
         .unwrap()
-        .contains("created group dialout gid 20"));
+        .contains("created group dialout (gid 20)"));
     ct.stop();
 
     // Next boot: the service starts with the group and can open the node.
