@@ -21,4 +21,5 @@ pub mod state;
 pub mod status;
 pub mod storage;
 pub mod subid;
+pub mod tasklog;
 pub mod text;
