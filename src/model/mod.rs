@@ -6,6 +6,7 @@ pub mod device;
 pub mod devplan;
 pub mod diff;
 pub mod doctor;
+pub mod escape;
 pub mod event;
 pub mod firstboot;
 pub mod group;

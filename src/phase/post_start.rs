@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::pre_start::{read_conf_main, read_policy};
 use super::Ctx;
 use crate::model::access::{self, Creds, NodeStat, OVERFLOW_ID};
+use crate::model::escape::name_refusal;
 use crate::model::group::{self, GroupOutcome, GroupWant};
 use crate::model::passwd;
 use crate::model::prestart;
@@ -303,7 +304,13 @@ pub(crate) fn ct_job(req: &CtRequest) -> Result<CtReport, String> {
     let mut r = CtReport::default();
     match read_untrusted(None, "/etc/passwd", Resolve::NoSymlinks, max) {
         Ok(Some(b)) => match group::check_text("/etc/passwd", &b) {
-            Ok(t) => r.name = passwd::by_uid(&passwd::parse(t), req.uid).map(|e| e.name.clone()),
+            Ok(t) => {
+                r.name = passwd::by_uid(&passwd::parse(t), req.uid).map(|e| e.name.clone());
+                if let Some(why) = r.name.as_deref().and_then(|n| name_refusal("user", n)) {
+                    r.problems.push(format!("/etc/passwd: {why}"));
+                    r.name = None;
+                }
+            }
             Err(e) => r.problems.push(e),
         },
         Ok(None) => r.problems.push("/etc/passwd: not found".into()),
