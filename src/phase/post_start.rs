@@ -317,13 +317,16 @@ pub(crate) fn ct_job(req: &CtRequest) -> Result<CtReport, String> {
         Err(e) => r.problems.push(e),
     }
     for p in &req.ct_paths {
-        r.nodes
-            .push(nix::sys::stat::stat(p.as_str()).ok().map(|st| NodeStat {
-                uid: st.st_uid,
-                gid: st.st_gid,
-                mode: st.st_mode,
-                is_char_device: st.st_mode & libc::S_IFMT == libc::S_IFCHR,
-            }));
+        let st = ns::stat_untrusted(p).unwrap_or_else(|e| {
+            r.problems.push(e);
+            None
+        });
+        r.nodes.push(st.map(|st| NodeStat {
+            uid: st.st_uid,
+            gid: st.st_gid,
+            mode: st.st_mode,
+            is_char_device: st.st_mode & libc::S_IFMT == libc::S_IFCHR,
+        }));
     }
     let mut wants: Vec<GroupWant> = Vec::new();
     let node_gids = r.nodes.iter().flatten().map(|n| n.gid);
@@ -338,13 +341,27 @@ pub(crate) fn ct_job(req: &CtRequest) -> Result<CtReport, String> {
             .unwrap_or_else(|| format!("pctdev{gid}"));
         wants.push(GroupWant { gid, name });
     }
-    let read = |path: &str| -> Result<Option<String>, String> {
-        match read_untrusted(None, path, Resolve::NoSymlinks, max)? {
-            None => Ok(None),
-            Some(b) => Ok(Some(group::check_text(path, &b)?.to_string())),
+    // Every read and write below is relative to this one checked directory.
+    let etc = match ns::CheckedDir::open("/etc") {
+        Ok(Some(d)) => d,
+        Ok(None) => {
+            r.problems.push("/etc: not found".into());
+            return Ok(r);
+        }
+        Err(e) => {
+            r.problems.push(format!("gave up editing groups: {e}"));
+            return Ok(r);
         }
     };
-    let group_text = match read("/etc/group") {
+    let read = |name: &str| -> Result<Option<String>, String> {
+        match etc.read(name, max)? {
+            None => Ok(None),
+            Some(b) => Ok(Some(
+                group::check_text(&format!("/etc/{name}"), &b)?.to_string(),
+            )),
+        }
+    };
+    let group_text = match read("group") {
         Ok(Some(t)) => t,
         Ok(None) => {
             r.problems
@@ -356,7 +373,7 @@ pub(crate) fn ct_job(req: &CtRequest) -> Result<CtReport, String> {
             return Ok(r);
         }
     };
-    let gshadow = match read("/etc/gshadow") {
+    let gshadow = match read("gshadow") {
         Ok(t) => t,
         Err(e) => {
             r.problems.push(format!("gave up editing groups: {e}"));
@@ -385,25 +402,23 @@ pub(crate) fn ct_job(req: &CtRequest) -> Result<CtReport, String> {
     let mut written = group_text.as_str();
     let mut gshadow_failed = false;
     if let Some(t) = &edit.gshadow {
-        match replace_file(std::path::Path::new("/etc/gshadow"), t.as_bytes(), 0o640) {
+        match etc.replace("gshadow", t.as_bytes(), 0o640) {
             Ok(()) => r.wrote.push("/etc/gshadow".into()),
             Err(e) => {
-                r.problems
-                    .push(format!("gave up editing groups: /etc/gshadow: {e:#}"));
+                r.problems.push(format!("gave up editing groups: {e}"));
                 r.outcomes.clear();
                 gshadow_failed = true;
             }
         }
     }
     if let (Some(t), false) = (&edit.group, gshadow_failed) {
-        match replace_file(std::path::Path::new("/etc/group"), t.as_bytes(), 0o644) {
+        match etc.replace("group", t.as_bytes(), 0o644) {
             Ok(()) => {
                 r.wrote.push("/etc/group".into());
                 written = t.as_str();
             }
             Err(e) => {
-                r.problems
-                    .push(format!("gave up editing groups: /etc/group: {e:#}"));
+                r.problems.push(format!("gave up editing groups: {e}"));
                 r.outcomes.clear();
             }
         }

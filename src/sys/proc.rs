@@ -83,6 +83,56 @@ pub fn pidfd_alive(pidfd: &OwnedFd) -> bool {
     r == 0
 }
 
+/// Proof that this process has one thread, which [`fork`] requires: after a
+/// fork only the calling thread exists in the child, so a lock another
+/// thread held (malloc's, stdio's, std's) stays locked there forever.
+#[derive(Debug)]
+pub struct SingleThreaded(());
+
+impl SingleThreaded {
+    /// Checks `/proc/self/status` (`Threads: 1`) at run time.
+    pub fn check() -> Result<SingleThreaded, String> {
+        let s = read_small(Path::new("/proc/self/status"))
+            .ok_or("/proc/self/status: cannot read it to count this process's threads")?;
+        match threads_of(&s) {
+            Some(1) => Ok(SingleThreaded(())),
+            Some(n) => Err(format!(
+                "this process has {n} threads (/proc/self/status); forking it is only safe with one; this is a bug in pct-passthrough"
+            )),
+            None => Err("/proc/self/status: no Threads: line".into()),
+        }
+    }
+
+    /// For a caller that knows better than the thread count, such as a
+    /// test under the multi-threaded test harness.
+    ///
+    /// # Safety
+    ///
+    /// Until the child `_exit`s or `exec`s, it must not need a lock that
+    /// another thread of this process may hold at the fork: no stdio through
+    /// std's locked handles; allocation is fine (glibc resets malloc's locks
+    /// in the child).
+    pub unsafe fn assume() -> SingleThreaded {
+        SingleThreaded(())
+    }
+}
+
+/// The `Threads:` count of a `/proc/<pid>/status` text.
+fn threads_of(status: &str) -> Option<u32> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// `fork(2)` for a process proven single-threaded.
+pub fn fork(_proof: &SingleThreaded) -> nix::Result<nix::unistd::ForkResult> {
+    // SAFETY: with one thread (checked by `SingleThreaded::check`, or
+    // vouched for by the caller of `SingleThreaded::assume`) no lock can be
+    // held by a thread that does not exist in the child.
+    unsafe { nix::unistd::fork() }
+}
+
 /// The container's init, pinned.
 #[derive(Debug)]
 pub struct Pinned {
@@ -325,6 +375,34 @@ mod tests {
         assert!(!cgroup_is_container("/lxc/1050/ns", v));
         assert!(!cgroup_is_container("/lxc.payload.1051", v));
         assert!(!cgroup_is_container("/", v));
+    }
+
+    #[test]
+    fn fork_refuses_a_multi_threaded_process() {
+        assert_eq!(threads_of("Name:\tx\nThreads:\t1\nVmRSS: 1\n"), Some(1));
+        assert_eq!(threads_of("Threads:\t17\n"), Some(17));
+        assert_eq!(threads_of("Name:\tx\n"), None);
+        // The test harness runs this on a thread of its own: two at least.
+        let _other = std::thread::spawn(|| std::thread::sleep(Duration::from_secs(2)));
+        let e = SingleThreaded::check().unwrap_err();
+        assert!(
+            e.contains("threads") && e.contains("only safe with one"),
+            "{e}"
+        );
+        // A single-threaded child passes the check.
+        // SAFETY: the child only reads /proc and `_exit`s.
+        let proof = unsafe { SingleThreaded::assume() };
+        match fork(&proof).unwrap() {
+            nix::unistd::ForkResult::Child => {
+                let ok = SingleThreaded::check().is_ok();
+                // SAFETY: leave without running the harness's code.
+                unsafe { libc::_exit(i32::from(!ok)) }
+            }
+            nix::unistd::ForkResult::Parent { child } => {
+                let st = nix::sys::wait::waitpid(child, None).unwrap();
+                assert_eq!(st, nix::sys::wait::WaitStatus::Exited(child, 0));
+            }
+        }
     }
 
     #[test]
