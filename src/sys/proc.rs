@@ -438,7 +438,10 @@ mod tests {
         let decoy = status("init", &[3332, 50, 1]);
         assert!(!is_ns_init(&decoy));
         let why = not_init_reason(3332, &decoy);
-        assert!(why.contains("NSpid 3332 50 1") && why.contains("nested"), "{why}");
+        assert!(
+            why.contains("NSpid 3332 50 1") && why.contains("nested"),
+            "{why}"
+        );
         assert!(!is_ns_init(&status("sh", &[3340, 7])));
         assert!(!is_ns_init(&status("systemd", &[1])));
         // A comm set with prctl is escaped in the reason.
