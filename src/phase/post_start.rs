@@ -434,7 +434,12 @@ pub(crate) fn ct_job(req: &CtRequest) -> Result<CtReport, String> {
     }
     for g in &req.lookup_gids {
         if let Some(n) = after.by_gid.get(g) {
-            r.names_by_gid.insert(*g, n.clone());
+            match name_refusal("group", n) {
+                None => {
+                    r.names_by_gid.insert(*g, n.clone());
+                }
+                Some(why) => r.problems.push(format!("/etc/group: {why}")),
+            }
         }
     }
     Ok(r)

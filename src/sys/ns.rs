@@ -173,7 +173,7 @@ impl std::fmt::Display for TimedOut {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "timed out after {} s inside the container; the child {}",
+            "timed out after {} s; the container child {}",
             self.secs, self.child
         )
     }
@@ -1019,7 +1019,7 @@ mod tests {
         assert_eq!(t.child, "was killed (sent SIGKILL)");
         assert!(
             e.to_string()
-                .starts_with("timed out after 1 s inside the container"),
+                .starts_with("timed out after 1 s; the container child was killed"),
             "{e}"
         );
         // A job's error comes back as the error.
