@@ -371,7 +371,8 @@ fn control_characters_in_names_never_reach_a_log_raw() {
     let mut ct = bed
         .container(vmid)
         .etc_passwd("root:x:0:0::/root:/bin/sh\nev\x1b[31mil\x07\r:x:1000:1000::/:/bin/sh\n")
-        .etc_group("root:x:0:\ndialout:x:20:\n")
+        // gid 44 is the host's video: its container name is looked up.
+        .etc_group("root:x:0:\ndialout:x:20:\nvi\x1b[8mdeo:x:44:\n")
         .file("/bin/evilcomm", static_c("evilcomm", EVILCOMM), 0o755)
         .conf(&pty_entry(&pty))
         .init("/bin/evilcomm &\nwhile :; do sleep 3600; done\n")
@@ -398,6 +399,11 @@ fn control_characters_in_names_never_reach_a_log_raw() {
     let log = bed.syslog_for(vmid);
     let all = log.join("\n");
     assert!(all.contains("would refuse"), "{all}");
+    assert!(
+        changes.contains("group name \\\"vi\\\\x1b[8mdeo\\\" is one shadow"),
+        "{v:#}"
+    );
+    assert!(!v.to_string().contains("vi\\u001b"), "{v:#}");
     for l in &log {
         assert!(
             !l.chars().any(char::is_control),
