@@ -333,7 +333,13 @@ fn reap(child: Pid, deadline: Instant) -> ChildEnd {
     // Our own unreaped child: its PID cannot be reused, so the pidfd is its.
     let pidfd = match pidfd_open(pid) {
         Ok(fd) => fd,
-        Err(e) => return ChildEnd::Killed(format!("could not be watched (pidfd_open: {e})")),
+        Err(e) => {
+            // Not watchable: end it now rather than leave it unbounded.
+            let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+            return ChildEnd::Killed(format!(
+                "could not be watched (pidfd_open: {e}); sent SIGKILL and not waited for"
+            ));
+        }
     };
     if wait_exit(&pidfd, deadline) {
         return ChildEnd::Exited(exit_status(child));
