@@ -616,29 +616,31 @@ impl CheckedDir {
 
     /// Opens `path`, relative to `dirfd` unless absolute.
     fn open_at(dirfd: RawFd, path: &str) -> Result<Option<CheckedDir>, String> {
-        let (start, shown) = if path.starts_with('/') {
+        // `shown` is the path so far, for messages: "" stands for "/".
+        let (start, mut shown) = if path.starts_with('/') {
             ("/", String::new())
         } else {
             (".", String::from("."))
         };
-        let mut dir = match step(dirfd, start, if shown.is_empty() { "/" } else { "." })? {
-            Some(d) => d,
-            None => return Ok(None),
+        let Some(mut dir) = step(dirfd, start, start)? else {
+            return Ok(None);
         };
-        let mut shown = shown;
         for comp in path.split('/').filter(|c| !c.is_empty() && *c != ".") {
             if comp == ".." {
                 return Err(format!("{path}: \"..\" in the path; refused"));
             }
             shown = format!("{shown}/{comp}");
-            dir = match step(dir.as_raw_fd(), comp, &shown)? {
-                Some(d) => d,
-                None => return Ok(None),
+            let Some(next) = step(dir.as_raw_fd(), comp, &shown)? else {
+                return Ok(None);
             };
+            dir = next;
+        }
+        if shown.is_empty() {
+            shown.push('/');
         }
         Ok(Some(CheckedDir {
             fd: dir,
-            path: if shown.is_empty() { "/".into() } else { shown },
+            path: shown,
         }))
     }
 
