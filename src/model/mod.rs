@@ -5,6 +5,7 @@ pub mod access;
 pub mod device;
 pub mod diff;
 pub mod doctor;
+pub mod escape;
 pub mod event;
 pub mod firstboot;
 pub mod group;
