@@ -197,7 +197,7 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
         for c in &decision.changes {
             ctx.log.info(
                 "dry-run",
-                format!("dry run: would write {}: {}", c.path, c.reasons.join("; ")),
+                format!("dry run: would write {}\n{}", c.path, c.reasons.join("\n")),
             );
         }
         if decision.changes.is_empty() {
@@ -263,7 +263,7 @@ pub fn apply(ctx: &mut Ctx, decision: &Decision) -> Result<()> {
                 .context("writing the container config")?;
                 ctx.log.info(
                     "conf-write",
-                    format!("{}: {}", c.path, c.reasons.join("; ")),
+                    format!("changed {}\n{}", c.path, c.reasons.join("\n")),
                 );
             }
             FileTarget::LxcConfig => {
@@ -275,8 +275,10 @@ pub fn apply(ctx: &mut Ctx, decision: &Decision) -> Result<()> {
                     Durability::Volatile,
                 )
                 .context("patching the LXC config for this start")?;
-                ctx.log
-                    .info("lxc-write", format!("{}: {}", c.path, c.reasons.join("; ")));
+                ctx.log.info(
+                    "lxc-write",
+                    format!("changed {}\n{}", c.path, c.reasons.join("\n")),
+                );
             }
         }
     }

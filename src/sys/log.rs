@@ -8,6 +8,7 @@ use std::io::Write;
 
 use crate::model::escape::{escape, quoted};
 use crate::model::event::{Event, Level};
+use crate::model::tasklog;
 
 type SyslogWriter = syslog::Logger<syslog::LoggerBackend, syslog::Formatter3164>;
 
@@ -47,9 +48,26 @@ impl Log {
         }
     }
 
-    /// The task-log line for `event`: one line, escaped.
+    /// The task-log lines for `event` (`model::tasklog`'s style: a
+    /// headline, then indented parts and the fix), each part escaped.
     pub fn task_line(&self, event: &Event) -> String {
-        format!("{}: {}\n", self.prefix(), escape(&event.to_string()))
+        let level = match event.level {
+            Level::Info => "",
+            Level::Warn => "warning: ",
+            Level::Error => "error: ",
+        };
+        let prefix = format!("{}: {level}", self.prefix());
+        let mut text: Vec<String> = event
+            .message
+            .split('\n')
+            .map(|part| escape(part).into_owned())
+            .collect();
+        if let Some(fix) = &event.fix {
+            text.push(format!("fix: {}", escape(fix)));
+        }
+        let mut out = tasklog::lines(&prefix, &text.join("\n")).join("\n");
+        out.push('\n');
+        out
     }
 
     /// The syslog record for `event`: `key=value` fields, the message quoted
@@ -60,7 +78,10 @@ impl Log {
             escape(&self.vmid),
             escape(&self.phase),
             event.name,
-            quoted(&event.message)
+            quoted(&match &event.fix {
+                Some(fix) => format!("{} / fix: {fix}", event.message.replace('\n', " / ")),
+                None => event.message.replace('\n', " / "),
+            })
         )
     }
 
