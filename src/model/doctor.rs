@@ -81,7 +81,7 @@ impl fmt::Display for Check {
         if let Some(fix) = &self.fix {
             parts.push(format!("fix: {}", escape(fix)));
         }
-        let lines = tasklog::lines(&prefix, &parts.join("\n"));
+        let lines = tasklog::lines_within(&prefix, &parts.join("\n"), tasklog::WIDTH - 4);
         for (i, line) in lines.iter().enumerate() {
             if i == 0 {
                 f.write_str(line)?;

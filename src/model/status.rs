@@ -334,7 +334,13 @@ impl Status {
                     "unknown" => "not checked yet (post-start checks it)",
                     v => v,
                 };
-                let _ = writeln!(o, "  {} {}{node}: {verdict}", d.source, d.path);
+                let one = format!("  {} {}{node}: {verdict}", d.source, d.path);
+                if one.chars().count() <= tasklog::WIDTH {
+                    let _ = writeln!(o, "{one}");
+                } else {
+                    let _ = writeln!(o, "  {} {}", d.source, d.path);
+                    let _ = writeln!(o, "     {node}: {verdict}");
+                }
                 let detail = detail.trim_start_matches(": ");
                 if !detail.is_empty() {
                     for l in tasklog::wrap(&escape(detail), tasklog::WIDTH - 6, tasklog::WIDTH - 6)

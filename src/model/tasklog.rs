@@ -12,6 +12,12 @@ pub const WIDTH: usize = 160;
 /// `pct-passthrough 105 pre-start: warning: `): the first carries the
 /// prefix, the others are indented by two spaces (wrapped parts by four).
 pub fn lines(prefix: &str, message: &str) -> Vec<String> {
+    lines_within(prefix, message, WIDTH)
+}
+
+/// [`lines`] for a total width of `width` (a caller that indents the
+/// continuation lines further passes less).
+pub fn lines_within(prefix: &str, message: &str, width: usize) -> Vec<String> {
     let mut out = Vec::new();
     for (i, part) in message.split('\n').enumerate() {
         let (lead, more) = if i == 0 {
@@ -24,8 +30,8 @@ pub fn lines(prefix: &str, message: &str) -> Vec<String> {
             out.push(format!("{lead}{part}"));
             continue;
         }
-        let first = WIDTH.saturating_sub(lead.chars().count());
-        let rest = WIDTH.saturating_sub(more.len());
+        let first = width.saturating_sub(lead.chars().count());
+        let rest = width.saturating_sub(more.len());
         for (j, p) in wrap(part, first, rest).into_iter().enumerate() {
             out.push(format!("{}{p}", if j == 0 { lead } else { more }));
         }
