@@ -562,7 +562,13 @@ fn conflict_message(
     unmet: &[(&Passthrough, String)],
     passthroughs: &[Passthrough],
 ) -> Refusal {
-    let what: Vec<String> = unmet.iter().map(|(p, why)| format!("{p}: {why}")).collect();
+    // One line per mapping, however many sources want it.
+    let mut what: Vec<String> = Vec::new();
+    for (i, (p, why)) in unmet.iter().enumerate() {
+        if !unmet[..i].iter().any(|(q, _)| q.entry() == p.entry()) {
+            what.push(format!("{p}: {why}"));
+        }
+    }
     let lines: Vec<String> = theirs.iter().map(|e| format!("'{e}'")).collect();
     let delete = "or delete them and pct-passthrough writes the whole map (lines it wrote on another node count as a person's after a migration)";
     let fix = match suggested_replacement(theirs, passthroughs) {
