@@ -88,12 +88,11 @@ pub fn run(paths: &Paths, vmid: Vmid, phase: &str, log: &mut Log, dry_run: bool)
     let Some(chain) = find(paths, vmid)? else {
         return Ok(());
     };
-    run_resolved(paths, vmid, &chain, phase, log, dry_run)
+    run_resolved(vmid, &chain, phase, log, dry_run)
 }
 
 /// Runs a resolved chained hookscript for `phase`.
 pub fn run_resolved(
-    paths: &Paths,
     vmid: Vmid,
     chain: &Chain,
     phase: &str,

@@ -196,8 +196,7 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
         Ok(None) => {}
         Ok(Some(c)) => {
             let dry = ctx.mode.dry_run();
-            if let Err(e) = chain::run_resolved(ctx.paths, ctx.vmid, &c, "pre-start", ctx.log, dry)
-            {
+            if let Err(e) = chain::run_resolved(ctx.vmid, &c, "pre-start", ctx.log, dry) {
                 let fix = format!(
                     "fix it, or remove 'chain' from {}",
                     ctx.paths.policy(ctx.vmid).display()
