@@ -2,6 +2,8 @@
 //! broken fixture per check: the expected verdict line, its fix, and the
 //! exit code (1 only when something fails).
 
+mod common;
+
 use std::fs;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::PathBuf;
@@ -37,7 +39,7 @@ impl Host {
         );
         fs::create_dir_all(h.root.join("var/lib/vz/snippets")).unwrap();
         symlink(BIN, h.root.join("var/lib/vz/snippets/pct-passthrough")).unwrap();
-        serial_node(&h.root.join("dev/ttyUSB0"));
+        common::device_node(&h.root.join("dev/ttyUSB0"), false, 188, 0, 20);
         fs::create_dir_all(h.root.join("dev/serial/by-id")).unwrap();
         symlink("../../ttyUSB0", h.root.join(&BY_ID[1..])).unwrap();
         h.write(
@@ -154,7 +156,7 @@ fn device_kernel_name_no_link(h: &Host) {
     fs::remove_file(h.root.join(&BY_ID[1..])).unwrap();
 }
 fn render_collision(h: &Host) {
-    char_node(&h.root.join("dev/dri/renderD128"), 226, 128, 104);
+    common::device_node(&h.root.join("dev/dri/renderD128"), false, 226, 128, 104);
     h.edit_conf(
         "hookscript:",
         "dev1: /dev/dri/renderD128,gid=104\nhookscript:",
@@ -352,26 +354,6 @@ fn person_written_device_entries_that_cannot_work_are_warned_about() {
         out.contains("lxc.mount.entry of /dev/ttyACM0 lacks optional,create=file"),
         "{out}"
     );
-}
-
-/// The stick's node as udev makes it: char 188:0, root:dialout 0660 (needs
-/// root, as every test run here has).
-fn serial_node(path: &std::path::Path) {
-    char_node(path, 188, 0, 20);
-}
-
-/// A char node `major:minor`, `root:<gid>` 0660 (needs root).
-fn char_node(path: &std::path::Path, major: u64, minor: u64, gid: u32) {
-    use nix::sys::stat::{mknod, Mode, SFlag};
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    mknod(
-        path,
-        SFlag::S_IFCHR,
-        Mode::from_bits_truncate(0o660),
-        nix::sys::stat::makedev(major, minor),
-    )
-    .unwrap_or_else(|e| panic!("mknod {}: {e} (the tests need root)", path.display()));
-    std::os::unix::fs::chown(path, Some(0), Some(gid)).unwrap();
 }
 
 /// doctor's report as (message, fix) per check: a check starts with its

@@ -5,6 +5,8 @@
 //! must be exactly what it was, and no temp or lock file exists anywhere
 //! under the root. Needs root (mount, mknod).
 
+mod common;
+
 #[path = "../benches/support/shapes.rs"]
 mod shapes;
 
@@ -145,19 +147,7 @@ fn pre_start(root: &Path) -> (Option<i32>, String) {
         .output()
         .expect("run pct-passthrough");
     // Each task-log message on one line (its indented parts joined).
-    let joined = String::from_utf8_lossy(&o.stderr)
-        .lines()
-        .fold(String::new(), |mut acc, l| {
-            if l.starts_with("  ") && !acc.is_empty() {
-                acc.pop();
-                acc.push(' ');
-                acc.push_str(l.trim_start());
-            } else {
-                acc.push_str(l);
-            }
-            acc.push('\n');
-            acc
-        });
+    let joined = common::joined(&String::from_utf8_lossy(&o.stderr));
     (o.status.code(), joined)
 }
 
