@@ -8,6 +8,7 @@ pub mod doctor;
 pub mod event;
 pub mod firstboot;
 pub mod group;
+pub mod hotplug;
 pub mod idmap;
 pub mod idset;
 pub mod lxcconf;
