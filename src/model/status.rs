@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::model::idmap::{self, IdKind, IdmapEntry};
 use crate::model::pveconf::PveConfig;
-use crate::model::state::{LastRun, State};
+use crate::model::state::{HotplugRecord, LastRun, State};
 use crate::model::subid::SubidFile;
 
 /// The JSON object of `status --json`. `vmid`, `idmap` and `runtime_user`
@@ -72,6 +72,8 @@ pub struct DeviceStatus {
     /// or `unknown` before the first start with the hook.
     pub verdict: String,
     pub detail: String,
+    /// The last udev event hotplug handled for this device, or null.
+    pub hotplug: Option<HotplugRecord>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -170,6 +172,9 @@ pub fn build(f: &StatusFacts) -> Status {
                     (None, Some(_)) => "unknown".into(),
                 },
                 detail: v.map(|v| v.detail.clone()).unwrap_or_default(),
+                hotplug: state
+                    .and_then(|s| s.hotplug.iter().rev().find(|r| r.path == *path))
+                    .cloned(),
             }
         })
         .collect();
@@ -324,6 +329,22 @@ impl Status {
                     v => v,
                 };
                 let _ = writeln!(o, "  {} {}{node}: {verdict}{detail}", d.source, d.path);
+                if let Some(h) = &d.hotplug {
+                    let _ = writeln!(
+                        o,
+                        "    last hotplug: {} {}{} at {}, {} ({}): {}",
+                        h.action,
+                        h.node,
+                        h.rule_id
+                            .as_deref()
+                            .map(|r| format!(" [{r}]"))
+                            .unwrap_or_default(),
+                        h.container_path,
+                        h.outcome,
+                        utc(h.at),
+                        h.detail
+                    );
+                }
             }
         }
         match &self.runtime_user {
