@@ -187,7 +187,11 @@ fn apply_container(paths: &Paths, ev: &UdevEvent, w: &Wanted) {
         let result = if p.refusal.is_some() {
             Ok(())
         } else {
-            apply(w.vmid, paths, &pinned.pidfd, &p)
+            let root_ids = (
+                uid_map.to_host(0).unwrap_or(0),
+                gid_map.to_host(0).unwrap_or(0),
+            );
+            apply(w.vmid, paths, &pinned.pidfd, root_ids, &p)
         };
         log.audit(&hotplug::event_for(w.vmid.get(), &p, &result));
         let (outcome, detail) = match (&p.refusal, &result) {
@@ -227,16 +231,16 @@ fn apply(
     vmid: Vmid,
     paths: &Paths,
     pidfd: &std::os::fd::OwnedFd,
+    root_ids: (u32, u32),
     p: &DevicePlan,
 ) -> Result<(), String> {
     for step in &p.steps {
         let r = match step {
             Step::Allow(rule) => hp::lxc_cgroup(vmid, "devices.allow", rule),
             Step::Deny(rule) => hp::lxc_cgroup(vmid, "devices.deny", rule),
-            Step::Place { ct_path, source } => {
-                hp::source_mount(paths, source).and_then(|fd| hp::place(pidfd, ct_path, &fd))
-            }
-            Step::Remove { ct_path } => hp::remove(pidfd, ct_path),
+            Step::Place { ct_path, source } => hp::source_mount(paths, source)
+                .and_then(|fd| hp::place(pidfd, root_ids, ct_path, &fd)),
+            Step::Remove { ct_path } => hp::remove(pidfd, root_ids, ct_path),
         };
         r.map_err(|e| format!("{e:#}"))?;
     }

@@ -207,10 +207,11 @@ pub fn source_mount(paths: &Paths, source: &Source) -> Result<OwnedFd> {
 
 /// Puts `src` (from [`source_mount`]) at `ct_path` in the container whose
 /// init `pidfd` pins: whatever is mounted there is detached first, a
-/// missing mount point is made (an empty file, parents 0755).
-pub fn place(pidfd: &OwnedFd, ct_path: &str, src: &OwnedFd) -> Result<()> {
+/// missing mount point is made (an empty file, parents 0755, owned by
+/// `root_ids`: the host IDs of the container's root).
+pub fn place(pidfd: &OwnedFd, root_ids: (u32, u32), ct_path: &str, src: &OwnedFd) -> Result<()> {
     let src = src.as_raw_fd();
-    in_mount_ns(pidfd, &[src], ct_path, move |parent, leaf| {
+    in_mount_ns(pidfd, root_ids, &[src], ct_path, move |parent, leaf| {
         detach_all(ct_path)?;
         ensure_leaf(parent, leaf)?;
         let to = CString::new(leaf).map_err(|_| "NUL in the path".to_string())?;
@@ -240,8 +241,8 @@ pub fn place(pidfd: &OwnedFd, ct_path: &str, src: &OwnedFd) -> Result<()> {
 /// Detaches whatever is mounted at `ct_path` in the container and unlinks
 /// the leaf when it is a file or a device node: nothing stays that could
 /// open a device by the old numbers.
-pub fn remove(pidfd: &OwnedFd, ct_path: &str) -> Result<()> {
-    in_mount_ns(pidfd, &[], ct_path, move |parent, leaf| {
+pub fn remove(pidfd: &OwnedFd, root_ids: (u32, u32), ct_path: &str) -> Result<()> {
+    in_mount_ns(pidfd, root_ids, &[], ct_path, move |parent, leaf| {
         detach_all(ct_path)?;
         let name = CString::new(leaf).map_err(|_| "NUL in the path".to_string())?;
         match nix::sys::stat::fstatat(
@@ -350,10 +351,18 @@ fn open_parent(ct_path: &str) -> Result<(OwnedFd, String), String> {
 }
 
 /// Forks a child that enters the container's mount namespace only (it
-/// stays host root: the mounts it moves are the host's), opens the
+/// stays host root: the mounts it moves are the host's), takes the
+/// container root's host IDs as its filesystem IDs (a file made in an
+/// unprivileged container's `/dev` must be owned by a mapped ID), opens the
 /// parent of `ct_path` without following symlinks, and runs `job`. The
 /// child is killed at 5 s.
-fn in_mount_ns<F>(pidfd: &OwnedFd, keep: &[RawFd], ct_path: &str, job: F) -> Result<()>
+fn in_mount_ns<F>(
+    pidfd: &OwnedFd,
+    root_ids: (u32, u32),
+    keep: &[RawFd],
+    ct_path: &str,
+    job: F,
+) -> Result<()>
 where
     F: FnOnce(&OwnedFd, &str) -> Result<(), String>,
 {
@@ -374,6 +383,13 @@ where
                 nix::sched::setns(pidfd.as_fd(), CloneFlags::CLONE_NEWNS)
                     .map_err(|e| format!("setns into the container's mount namespace: {e}"))?;
                 nix::unistd::chdir("/").map_err(|e| format!("chdir /: {e}"))?;
+                // SAFETY: setfsgid/setfsuid only change this process's
+                // filesystem IDs; they cannot fail in a way that matters
+                // here (a wrong ID shows as EOVERFLOW on create).
+                unsafe {
+                    libc::setfsgid(root_ids.1);
+                    libc::setfsuid(root_ids.0);
+                }
                 let (parent, leaf) = open_parent(ct_path)?;
                 job(&parent, &leaf)
             })();
