@@ -130,12 +130,18 @@ fn package_builds_with_the_expected_contents() {
         .find_map(|l| l.strip_prefix("RUN+=\""))
         .and_then(|l| l.strip_suffix('"'))
         .unwrap();
-    assert_eq!(run, "/usr/bin/pct-passthrough udev $env{ACTION} $env{DEVNAME}");
+    assert_eq!(
+        run,
+        "/usr/bin/pct-passthrough udev $env{ACTION} $env{DEVNAME}"
+    );
     let r = Command::new(&packaged)
         .args(["udev", "change", "/dev/ttyUSB0"])
         .output()
         .unwrap();
-    assert!(r.status.success() && r.stdout.is_empty() && r.stderr.is_empty(), "{r:?}");
+    assert!(
+        r.status.success() && r.stdout.is_empty() && r.stderr.is_empty(),
+        "{r:?}"
+    );
     // The copyright file carries the whole license: Debian 12 has no
     // /usr/share/common-licenses/AGPL-3 to point at.
     let copyright =
