@@ -590,7 +590,7 @@ mod tests {
                 }
             }]
         );
-        let inside = p.inside.clone().unwrap();
+        let inside = p.inside.unwrap();
         assert_eq!(
             (inside.uid, inside.gid, inside.mode & 0o777),
             (0, 20, 0o640)

@@ -126,7 +126,7 @@ fn work(paths: &Paths, ev: &UdevEvent) {
         }) {
         Ok(g) => g,
         Err(e) => {
-            Log::new("-", "udev").warn("hotplug-failed", format!("{e}"));
+            Log::new("-", "udev").warn("hotplug-failed", e);
             return;
         }
     };
