@@ -69,6 +69,19 @@ fn status(bed: &Bed, vmid: u32) -> serde_json::Value {
     serde_json::from_str(s.ok()).unwrap()
 }
 
+/// `status --json` once the worker recorded a hotplug `action` (it records
+/// after acting).
+#[track_caller]
+fn status_after(bed: &Bed, vmid: u32, action: &str) -> serde_json::Value {
+    let mut st = serde_json::Value::Null;
+    let done = wait_until(Duration::from_secs(5), || {
+        st = status(bed, vmid);
+        hotplug_of(&st)["action"] == action
+    });
+    assert!(done, "no hotplug {action} recorded: {st}");
+    st
+}
+
 #[test]
 fn bind_form_replug_under_another_minor_works_again_without_a_restart() {
     let bed = Bed::new();
@@ -132,8 +145,7 @@ fn bind_form_replug_under_another_minor_works_again_without_a_restart() {
         device_rules(990_124)
     );
     assert!(ct.is_running());
-    let st = status(&bed, 990_124);
-    assert_eq!(hotplug_of(&st)["action"], "remove", "{st}");
+    let st = status_after(&bed, 990_124, "remove");
     assert_eq!(st["devices"][0]["verdict"], "missing", "{st}");
     let text = bed.cli(&["status", "990124"]);
     assert!(
@@ -171,8 +183,7 @@ fn bind_form_replug_under_another_minor_works_again_without_a_restart() {
         "{}",
         device_rules(990_124)
     );
-    let st = status(&bed, 990_124);
-    assert_eq!(hotplug_of(&st)["action"], "add", "{st}");
+    let st = status_after(&bed, 990_124, "add");
     assert_eq!(
         hotplug_of(&st)["rule_id"],
         format!("c {}:{}", new.major, new.minor)
@@ -295,8 +306,7 @@ fn devn_form_unplug_keeps_the_container_running_and_replug_gives_the_starts_owne
         "no stale node with the old numbers stays inside"
     );
     assert!(ct.is_running());
-    let st = status(&bed, 990_126);
-    assert_eq!(hotplug_of(&st)["action"], "remove", "{st}");
+    let st = status_after(&bed, 990_126, "remove");
     assert_eq!(st["devices"][0]["verdict"], "missing", "{st}");
     assert!(wait_until(Duration::from_secs(5), || ct
         .rootfs_file("/tmp/svc.log")
@@ -334,8 +344,7 @@ fn devn_form_unplug_keeps_the_container_running_and_replug_gives_the_starts_owne
         "0 20 660 1:b",
         "the start's owner and mode, new numbers"
     );
-    let st = status(&bed, 990_126);
-    assert_eq!(hotplug_of(&st)["action"], "add", "{st}");
+    let st = status_after(&bed, 990_126, "add");
     assert_eq!(hotplug_of(&st)["outcome"], "changed", "{st}");
     ct.stop();
     let _ = std::fs::remove_file(&by_id);

@@ -211,38 +211,45 @@ pub fn source_mount(paths: &Paths, source: &Source) -> Result<OwnedFd> {
 /// `root_ids`: the host IDs of the container's root).
 pub fn place(pidfd: &OwnedFd, root_ids: (u32, u32), ct_path: &str, src: &OwnedFd) -> Result<()> {
     let src = src.as_raw_fd();
-    in_mount_ns(pidfd, root_ids, &[src], ct_path, move |parent, leaf| {
-        detach_all(ct_path)?;
-        ensure_leaf(parent, leaf)?;
-        let to = CString::new(leaf).map_err(|_| "NUL in the path".to_string())?;
-        let empty = CString::default();
-        // SAFETY: a detached mount fd with an empty path, and a checked
-        // directory fd with a plain name in it.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_move_mount,
-                src,
-                empty.as_ptr(),
-                parent.as_raw_fd(),
-                to.as_ptr(),
-                MOVE_MOUNT_F_EMPTY_PATH,
-            )
-        };
-        if r != 0 {
-            return Err(format!(
-                "move_mount onto {ct_path}: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
-        Ok(())
-    })
+    in_mount_ns(
+        pidfd,
+        root_ids,
+        &[src],
+        ct_path,
+        true,
+        move |parent, leaf| {
+            detach_all(ct_path)?;
+            ensure_leaf(parent, leaf)?;
+            let to = CString::new(leaf).map_err(|_| "NUL in the path".to_string())?;
+            let empty = CString::default();
+            // SAFETY: a detached mount fd with an empty path, and a checked
+            // directory fd with a plain name in it.
+            let r = unsafe {
+                libc::syscall(
+                    libc::SYS_move_mount,
+                    src,
+                    empty.as_ptr(),
+                    parent.as_raw_fd(),
+                    to.as_ptr(),
+                    MOVE_MOUNT_F_EMPTY_PATH,
+                )
+            };
+            if r != 0 {
+                return Err(format!(
+                    "move_mount onto {ct_path}: {}",
+                    std::io::Error::last_os_error()
+                ));
+            }
+            Ok(())
+        },
+    )
 }
 
 /// Detaches whatever is mounted at `ct_path` in the container and unlinks
 /// the leaf when it is a file or a device node: nothing stays that could
 /// open a device by the old numbers.
 pub fn remove(pidfd: &OwnedFd, root_ids: (u32, u32), ct_path: &str) -> Result<()> {
-    in_mount_ns(pidfd, root_ids, &[], ct_path, move |parent, leaf| {
+    in_mount_ns(pidfd, root_ids, &[], ct_path, false, move |parent, leaf| {
         detach_all(ct_path)?;
         let name = CString::new(leaf).map_err(|_| "NUL in the path".to_string())?;
         match nix::sys::stat::fstatat(
@@ -319,8 +326,9 @@ fn ensure_leaf(parent: &OwnedFd, leaf: &str) -> Result<(), String> {
 }
 
 /// Opens the parent directory of `ct_path` from `/` one component at a
-/// time, never following a symlink, making missing directories (0755).
-fn open_parent(ct_path: &str) -> Result<(OwnedFd, String), String> {
+/// time, never following a symlink, making missing directories (0755)
+/// when `make_dirs`, else `None` when one is missing.
+fn open_parent(ct_path: &str, make_dirs: bool) -> Result<Option<(OwnedFd, String)>, String> {
     let rest = ct_path
         .strip_prefix('/')
         .ok_or_else(|| format!("{ct_path} is not absolute"))?;
@@ -336,18 +344,23 @@ fn open_parent(ct_path: &str) -> Result<(OwnedFd, String), String> {
         if p.is_empty() || p == "." || p == ".." {
             return Err(format!("{ct_path} has '.', '..' or empty parts"));
         }
-        match nix::sys::stat::mkdirat(
-            dir.as_fd(),
-            p,
-            nix::sys::stat::Mode::from_bits_truncate(0o755),
-        ) {
-            Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
-            Err(e) => return Err(format!("mkdir {p} in {ct_path}: {e}")),
+        if make_dirs {
+            match nix::sys::stat::mkdirat(
+                dir.as_fd(),
+                p,
+                nix::sys::stat::Mode::from_bits_truncate(0o755),
+            ) {
+                Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+                Err(e) => return Err(format!("mkdir {p} in {ct_path}: {e}")),
+            }
         }
-        dir = nix::fcntl::openat(dir.as_fd(), p, dir_flags, nix::sys::stat::Mode::empty())
-            .map_err(|e| format!("{ct_path}: {p} is not a plain directory ({e})"))?;
+        dir = match nix::fcntl::openat(dir.as_fd(), p, dir_flags, nix::sys::stat::Mode::empty()) {
+            Ok(d) => d,
+            Err(nix::errno::Errno::ENOENT) if !make_dirs => return Ok(None),
+            Err(e) => return Err(format!("{ct_path}: {p} is not a plain directory ({e})")),
+        };
     }
-    Ok((dir, leaf.to_string()))
+    Ok(Some((dir, leaf.to_string())))
 }
 
 /// Forks a child that enters the container's mount namespace only (it
@@ -361,6 +374,7 @@ fn in_mount_ns<F>(
     root_ids: (u32, u32),
     keep: &[RawFd],
     ct_path: &str,
+    make_dirs: bool,
     job: F,
 ) -> Result<()>
 where
@@ -390,8 +404,11 @@ where
                     libc::setfsgid(root_ids.1);
                     libc::setfsuid(root_ids.0);
                 }
-                let (parent, leaf) = open_parent(ct_path)?;
-                job(&parent, &leaf)
+                match open_parent(ct_path, make_dirs)? {
+                    Some((parent, leaf)) => job(&parent, &leaf),
+                    // Removing from a directory that is not there: done.
+                    None => Ok(()),
+                }
             })();
             let mut pipe = File::from(wr);
             let code = match result {
