@@ -4,7 +4,7 @@
 
 use similar::{ChangeTag, TextDiff};
 
-use crate::model::prestart::{FileChange, Target};
+use crate::model::prestart::{FileChange, FileTarget};
 
 /// One hunk: its `@@ -a,b +c,d @@` header and its lines, each with its
 /// ` `/`-`/`+` prefix and its own line ending.
@@ -124,16 +124,16 @@ pub fn render(path: &str, old: Option<&str>, new: &str, reasons: &[String]) -> S
 /// own state is left out), paths shown relative to `root`. Empty when
 /// nothing would change.
 pub fn render_changes(root: &str, changes: &[FileChange]) -> String {
-    let order = |t: Target| match t {
-        Target::PveConf => 0,
-        Target::Subuid => 1,
-        Target::Subgid => 2,
-        Target::LxcConfig => 3,
-        Target::State | Target::StateInterim => 4,
+    let order = |t: FileTarget| match t {
+        FileTarget::PveConf => 0,
+        FileTarget::Subuid => 1,
+        FileTarget::Subgid => 2,
+        FileTarget::LxcConfig => 3,
+        FileTarget::State | FileTarget::StateInterim => 4,
     };
     let mut shown: Vec<&FileChange> = changes
         .iter()
-        .filter(|c| !matches!(c.target, Target::State | Target::StateInterim))
+        .filter(|c| !matches!(c.target, FileTarget::State | FileTarget::StateInterim))
         .collect();
     shown.sort_by_key(|c| order(c.target));
     let root = root.trim_end_matches('/');
@@ -199,24 +199,29 @@ mod tests {
             "/tmp/r/",
             &[
                 ch(
-                    Target::Subgid,
+                    FileTarget::Subgid,
                     "/tmp/r/etc/subgid",
                     Some("a\n"),
                     "a\nroot:20:1\n",
                 ),
                 ch(
-                    Target::StateInterim,
+                    FileTarget::StateInterim,
                     "/tmp/r/var/lib/pct-passthrough/105.json",
                     None,
                     "{}",
                 ),
                 ch(
-                    Target::PveConf,
+                    FileTarget::PveConf,
                     "/tmp/r/etc/pve/lxc/105.conf",
                     Some("x\n"),
                     "x\ny\n",
                 ),
-                ch(Target::LxcConfig, "/elsewhere/config", Some("c\n"), "c\n"),
+                ch(
+                    FileTarget::LxcConfig,
+                    "/elsewhere/config",
+                    Some("c\n"),
+                    "c\n",
+                ),
             ],
         );
         assert_eq!(

@@ -11,7 +11,7 @@ use super::{chain, io, Ctx};
 use crate::model::device;
 use crate::model::idmap::IdKind;
 use crate::model::policy::Policy;
-use crate::model::prestart::{self, Decision, DeviceFact, Facts, HostFile, Refusal, Target};
+use crate::model::prestart::{self, Decision, DeviceFact, Facts, FileTarget, HostFile, Refusal};
 use crate::model::pveconf::{self, main_section, PveConfig};
 use crate::model::state::{Outcome, PhaseName, State};
 use crate::model::subid::SubidNeed;
@@ -232,7 +232,7 @@ fn refuse(ctx: &mut Ctx, r: &Refusal) -> anyhow::Error {
 fn changed_files(decision: &Decision) -> String {
     let mut names: Vec<&str> = Vec::new();
     for c in &decision.changes {
-        if !matches!(c.target, Target::State | Target::StateInterim)
+        if !matches!(c.target, FileTarget::State | FileTarget::StateInterim)
             && !names.contains(&c.path.as_str())
         {
             names.push(&c.path);
@@ -246,13 +246,13 @@ pub fn apply(ctx: &mut Ctx, decision: &Decision) -> Result<()> {
     let mut subid_done = false;
     for c in &decision.changes {
         match c.target {
-            Target::Subuid | Target::Subgid if !subid_done => {
+            FileTarget::Subuid | FileTarget::Subgid if !subid_done => {
                 subid_done = true;
                 apply_subids(ctx, decision)?;
             }
-            Target::Subuid | Target::Subgid => {}
-            Target::StateInterim | Target::State => apply_state(ctx, decision, c)?,
-            Target::PveConf => {
+            FileTarget::Subuid | FileTarget::Subgid => {}
+            FileTarget::StateInterim | FileTarget::State => apply_state(ctx, decision, c)?,
+            FileTarget::PveConf => {
                 replace_file(
                     ctx.paths,
                     &ctx.paths.pve_conf(ctx.vmid),
@@ -266,7 +266,7 @@ pub fn apply(ctx: &mut Ctx, decision: &Decision) -> Result<()> {
                     format!("{}: {}", c.path, c.reasons.join("; ")),
                 );
             }
-            Target::LxcConfig => {
+            FileTarget::LxcConfig => {
                 replace_file(
                     ctx.paths,
                     &ctx.paths.lxc_config(ctx.vmid),
@@ -291,8 +291,8 @@ fn apply_subids(ctx: &mut Ctx, decision: &Decision) -> Result<()> {
         .iter()
         .filter(|n| {
             let t = match n.kind {
-                IdKind::Uid => Target::Subuid,
-                IdKind::Gid => Target::Subgid,
+                IdKind::Uid => FileTarget::Subuid,
+                IdKind::Gid => FileTarget::Subgid,
             };
             decision.change(t).is_some()
         })
@@ -317,7 +317,7 @@ fn apply_subids(ctx: &mut Ctx, decision: &Decision) -> Result<()> {
 /// by a post-start worker since it was read.
 fn apply_state(ctx: &mut Ctx, decision: &Decision, c: &prestart::FileChange) -> Result<()> {
     let decided = State::parse(&c.new).map_err(|e| anyhow!("{}: {e}", c.path))?;
-    let last = (c.target == Target::State).then(|| crate::model::state::LastRun {
+    let last = (c.target == FileTarget::State).then(|| crate::model::state::LastRun {
         phase: PhaseName::PreStart,
         outcome: Outcome::Changed,
         message: changed_files(decision),

@@ -816,7 +816,7 @@ mod tests {
     use crate::model::device::NodeKind;
     use crate::model::policy::Policy;
     use crate::model::prestart::tests::apply;
-    use crate::model::prestart::{decide, Decision, HostFile, Target};
+    use crate::model::prestart::{decide, Decision, FileTarget, HostFile};
     use crate::model::pveconf::PveConfig;
     use crate::model::state::{DevFallback, RuntimeUser, State};
 
@@ -862,7 +862,7 @@ mod tests {
     }
 
     fn conf_of(d: &Decision) -> String {
-        d.change(Target::PveConf)
+        d.change(FileTarget::PveConf)
             .map(|c| c.new.clone())
             .unwrap_or_default()
     }
@@ -890,12 +890,12 @@ mod tests {
         assert_eq!(d.refusal, None);
         let conf = conf_of(&d);
         assert_eq!(conf, format!("arch: amd64\ndev0: {BYID},gid=20\n"));
-        let lxc = &d.change(Target::LxcConfig).unwrap().new;
+        let lxc = &d.change(FileTarget::LxcConfig).unwrap().new;
         assert!(
             lxc.ends_with("lxc.cgroup.devices.allow = c 188:0 rw\n"),
             "v1 dialect, PVE's devN rule: {lxc}"
         );
-        let state = State::parse(&d.change(Target::State).unwrap().new).unwrap();
+        let state = State::parse(&d.change(FileTarget::State).unwrap().new).unwrap();
         assert_eq!(
             state.owned.dev_entries,
             vec![OwnedLine::new("dev0", format!("{BYID},gid=20"))]
@@ -1015,7 +1015,7 @@ mod tests {
             "{w}"
         );
         assert!(w.contains("lacks optional,create=file"), "{w}");
-        let lxc = &d.change(Target::LxcConfig).unwrap().new;
+        let lxc = &d.change(FileTarget::LxcConfig).unwrap().new;
         assert!(
             lxc.contains(
                 "lxc.cgroup.devices.allow = c 166:0 rwm\nlxc.cgroup.devices.allow = c 188:0 rwm\n"
@@ -1042,7 +1042,7 @@ mod tests {
         assert!(c.contains("lxc.idmap: g 104 104 1\n"), "{c}");
         assert!(d.subid.iter().any(|n| n.kind == IdKind::Gid));
         // Unprivileged: PVE allows all devices, so no same-boot rule is needed.
-        let lxc = d.change(Target::LxcConfig).unwrap().new.clone();
+        let lxc = d.change(FileTarget::LxcConfig).unwrap().new.clone();
         assert!(!lxc.contains("226:128"), "{lxc}");
     }
 
@@ -1124,7 +1124,7 @@ mod tests {
             "{c}"
         );
         assert!(c.contains("lxc.idmap: g 20 20 1\n"), "{c}");
-        let lxc = &d.change(Target::LxcConfig).unwrap().new;
+        let lxc = &d.change(FileTarget::LxcConfig).unwrap().new;
         assert!(
             lxc.contains(
                 "lxc.mount.entry = /dev/ttyUSB0 dev/zigbee none bind,optional,create=file\n"
