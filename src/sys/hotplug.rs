@@ -17,11 +17,12 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use nix::sched::CloneFlags;
 use nix::sys::wait::waitpid;
-use nix::unistd::{fork, ForkResult};
+use nix::unistd::ForkResult;
 
 use crate::model::hotplug::Source;
 use crate::paths::{Paths, Vmid};
 use crate::sys::ns::close_fds_except;
+use crate::sys::proc::{fork, SingleThreaded};
 
 /// True while LXC has a cgroup for the container (it exists from the start
 /// until the container stopped): a `stat`, nothing opened.
@@ -380,10 +381,10 @@ fn in_mount_ns<F>(
 where
     F: FnOnce(&OwnedFd, &str) -> Result<(), String>,
 {
+    let proof = SingleThreaded::check().map_err(|e| anyhow!(e))?;
     let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe2")?;
-    // SAFETY: the hotplug worker is single-threaded; the child runs only
-    // our own code and leaves with `_exit`.
-    match unsafe { fork() }.context("fork")? {
+    // The child runs only our own code and leaves with `_exit`.
+    match fork(&proof).context("fork")? {
         ForkResult::Child => {
             drop(rd);
             let mut k = keep.to_vec();
