@@ -45,6 +45,60 @@ pub struct State {
     /// the Group rules before init (`model::firstboot`).
     #[serde(default)]
     pub first_boot_groups: bool,
+    /// The last hotplug event per device (`udev add|remove`), newest
+    /// handling only: one entry per host path and container path.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hotplug: Vec<HotplugRecord>,
+}
+
+/// What the last udev event did for one device of the running container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HotplugRecord {
+    /// The device path as declared (host side, a by-id link usually).
+    pub path: String,
+    pub container_path: String,
+    pub action: HotplugAction,
+    /// The kernel's node the event named (`/dev/ttyUSB1`).
+    pub node: String,
+    /// `c 188:1`: the numbers put in place or taken away.
+    #[serde(default)]
+    pub rule_id: Option<String>,
+    pub outcome: Outcome,
+    #[serde(default)]
+    pub detail: String,
+    /// Seconds since the epoch.
+    pub at: u64,
+}
+
+/// A udev event's action, as far as hotplug acts on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HotplugAction {
+    Add,
+    Remove,
+}
+
+impl HotplugAction {
+    pub fn parse(s: &str) -> Option<HotplugAction> {
+        match s {
+            "add" => Some(HotplugAction::Add),
+            "remove" => Some(HotplugAction::Remove),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HotplugAction::Add => "add",
+            HotplugAction::Remove => "remove",
+        }
+    }
+}
+
+impl std::fmt::Display for HotplugAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -301,6 +355,20 @@ impl State {
     /// (host path as the config names it), for the devices step.
     pub fn dev_fallback_for(&self, path: &str) -> Option<&DevFallback> {
         self.dev_fallback.iter().find(|f| f.path == path)
+    }
+
+    /// The last hotplug record for a device.
+    pub fn hotplug_for(&self, path: &str, container_path: &str) -> Option<&HotplugRecord> {
+        self.hotplug
+            .iter()
+            .find(|r| r.path == path && r.container_path == container_path)
+    }
+
+    /// Keeps `rec` as the last hotplug record of its device.
+    pub fn record_hotplug(&mut self, rec: HotplugRecord) {
+        self.hotplug
+            .retain(|r| !(r.path == rec.path && r.container_path == rec.container_path));
+        self.hotplug.push(rec);
     }
 
     pub fn new(vmid: u32) -> State {

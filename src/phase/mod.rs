@@ -9,6 +9,7 @@ pub mod mount_hook;
 pub mod post_start;
 pub mod pre_start;
 pub mod stop;
+pub mod udev;
 
 use std::time::Duration;
 
