@@ -190,7 +190,9 @@ fn symlink_swapped_in_after_the_read_is_never_written_through() {
     let target_text = "not a group file\n";
     let mut outcomes = Vec::new();
     let mut hit = 0;
-    for vmid in 990_170..990_174 {
+    // The race is the container's: under load it may take a few tries to
+    // land between the read and the write; stop at the first that does.
+    for vmid in 990_170..990_178 {
         let pty = bed.pty_serial();
         let mut ct = bed
             .container(vmid)
@@ -229,6 +231,9 @@ fn symlink_swapped_in_after_the_read_is_never_written_through() {
             .collect();
         assert!(temps.is_empty(), "{vmid}: temp files left: {temps:?}");
         ct.stop();
+        if hit > 0 && outcomes.len() >= 2 {
+            break;
+        }
     }
     eprintln!("{}", outcomes.join("\n"));
     assert!(
