@@ -84,7 +84,7 @@ fn gather(
         policy,
         policy_file,
         state,
-        state_path: paths.state(vmid).display().to_string(),
+        state_path: paths.cluster_state(vmid).display().to_string(),
         subuid: host_file(paths, paths.subuid())?,
         subgid: host_file(paths, paths.subgid())?,
         // Only matters when there is a map to cover.
@@ -127,7 +127,7 @@ pub fn plan(paths: &Paths, vmid: Vmid, state_problem: &mut Option<String>) -> Pl
     // the tool leaves alone does not get its snapshots parsed, nor its state
     // opened.
     if policy.is_none()
-        && !paths.state(vmid).exists()
+        && !io::state_exists(paths, vmid)
         && !prestart::config_has_work(&PveConfig::parse(main_section(&conf_text)))
     {
         return Planned::Idle;

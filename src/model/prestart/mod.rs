@@ -73,7 +73,7 @@ impl Facts {
             policy: None,
             policy_file: HostFile::default(),
             state: None,
-            state_path: format!("/var/lib/pct-passthrough/{vmid}.json"),
+            state_path: format!("/etc/pve/pct-passthrough/{vmid}.state.json"),
             subuid: HostFile::new("/etc/subuid", None),
             subgid: HostFile::new("/etc/subgid", None),
             nsswitch: None,
@@ -227,7 +227,7 @@ impl Draft {
         let new_conf = self.conf.render();
         let conf_changes = new_conf != old_conf;
         let old_state = facts.state.clone();
-        let old_state_text = old_state.as_ref().map(State::render);
+        let old_state_text = old_state.as_ref().map(State::render_cluster);
         let state_changes = old_state.as_ref() != Some(&self.state)
             && !(old_state.is_none() && self.state == State::new(facts.vmid));
         let mut changes = Vec::new();
@@ -243,7 +243,7 @@ impl Draft {
                 },
                 path: facts.state_path.clone(),
                 old: old_state_text.clone(),
-                new: first.render(),
+                new: first.render_cluster(),
                 reasons: vec!["record the lines the tool owns before writing them".into()],
             });
         }
@@ -274,7 +274,7 @@ impl Draft {
                 target: FileTarget::State,
                 path: facts.state_path.clone(),
                 old: old_state_text,
-                new: self.state.render(),
+                new: self.state.render_cluster(),
                 reasons: vec!["record the lines the tool owns in the container config".into()],
             });
         }
