@@ -420,7 +420,9 @@ mod tests {
     #[test]
     fn splits_into_cluster_and_node_files_and_joins_back() {
         let mut s = State::new(105);
-        s.owned.conf_lines.push(OwnedLine::new("lxc.idmap", "g 20 20 1"));
+        s.owned
+            .conf_lines
+            .push(OwnedLine::new("lxc.idmap", "g 20 20 1"));
         s.runtime_user = Some(RuntimeUser {
             uid: 1000,
             ..RuntimeUser::default()

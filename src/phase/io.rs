@@ -83,8 +83,12 @@ pub struct StateRead {
 /// One state file as read.
 enum StateFile {
     Absent,
-    Usable(String, State),
+    Usable(String, Box<State>),
+    /// Parsed but unusable (corrupt, unknown version): set aside on write.
     Unusable(String),
+    /// Not readable as a file (a FIFO, a directory, an I/O error): never
+    /// replaced, a write fails naming it.
+    Unreadable(String),
 }
 
 impl StateFile {
@@ -92,16 +96,16 @@ impl StateFile {
         match read_text(paths, path, Limits::HOST_FILE) {
             Ok(None) => StateFile::Absent,
             Ok(Some(t)) => match State::parse(&t) {
-                Ok(s) => StateFile::Usable(t, s),
+                Ok(s) => StateFile::Usable(t, Box::new(s)),
                 Err(p) => StateFile::Unusable(format!("{}: {p}", path.display())),
             },
-            Err(e) => StateFile::Unusable(format!("{e:#}; ignored, treated as no state")),
+            Err(e) => StateFile::Unreadable(format!("{e:#}; ignored, treated as no state")),
         }
     }
 
     fn state(&self) -> Option<State> {
         match self {
-            StateFile::Usable(_, s) => Some(s.clone()),
+            StateFile::Usable(_, s) => Some((**s).clone()),
             _ => None,
         }
     }
@@ -115,7 +119,7 @@ impl StateFile {
 
     fn problem(&self) -> Option<&str> {
         match self {
-            StateFile::Unusable(p) => Some(p),
+            StateFile::Unusable(p) | StateFile::Unreadable(p) => Some(p),
             _ => None,
         }
     }
@@ -140,10 +144,7 @@ fn joined(vmid: Vmid, cluster: &StateFile, node: &StateFile) -> StateRead {
         .into_iter()
         .flatten()
         .collect();
-    let exists = !matches!(
-        (cluster, node),
-        (StateFile::Absent, StateFile::Absent)
-    );
+    let exists = !matches!((cluster, node), (StateFile::Absent, StateFile::Absent));
     let (c, n) = (cluster.state(), node.state());
     let migrates = matches!(cluster, StateFile::Absent)
         && n.as_ref()
@@ -204,12 +205,22 @@ fn set_aside(path: &Path, problem: &str) -> Result<String> {
 /// fsync (it has neither), at most 1 MiB.
 fn write_cluster_state(paths: &Paths, vmid: Vmid, text: &str) -> Result<()> {
     let path = paths.cluster_state(vmid);
-    check_size(&path.display().to_string(), text.as_bytes(), Limits::PVE_CONFIG)?;
+    check_size(
+        &path.display().to_string(),
+        text.as_bytes(),
+        Limits::PVE_CONFIG,
+    )?;
     if let Some(why) = cluster_read_only(paths) {
         return Err(anyhow!("{}: cannot write: {why}", path.display()));
     }
-    crate::sys::fs::create_dir_all(paths, &paths.host("/etc/pve/pct-passthrough"))?;
-    replace_file(paths, &path, text.as_bytes(), 0o600, Durability::Volatile)
+    let dir = paths.host("/etc/pve/pct-passthrough");
+    let made = !dir.exists();
+    crate::sys::fs::create_dir_all(paths, &dir)?;
+    let written = replace_file(paths, &path, text.as_bytes(), 0o600, Durability::Volatile);
+    if written.is_err() && made {
+        let _ = std::fs::remove_dir(&dir);
+    }
+    written
 }
 
 /// Read-modify-write of the state under the tool's own (node-local) lock.
@@ -232,9 +243,13 @@ pub fn update_state(
     let mut node = StateFile::read(paths, &node_path);
     let mut notes = Vec::new();
     for (file, path) in [(&mut cluster, &cluster_path), (&mut node, &node_path)] {
-        if let StateFile::Unusable(p) = file {
-            notes.push(set_aside(path, p)?);
-            *file = StateFile::Absent;
+        match file {
+            StateFile::Unusable(p) => {
+                notes.push(set_aside(path, p)?);
+                *file = StateFile::Absent;
+            }
+            StateFile::Unreadable(p) => return Err(anyhow!("{p}; nothing written")),
+            _ => {}
         }
     }
     let mut state = joined(vmid, &cluster, &node)
@@ -249,7 +264,7 @@ pub fn update_state(
     let mut node_text = state.render_node();
     if cluster_changes {
         if let Err(e) = write_cluster_state(paths, vmid, &new_cluster) {
-            if cluster.text().is_some() {
+            if cluster.text().is_some() || cluster_read_only(paths).is_none() {
                 return Err(e.context("recording what the tool owns; nothing written"));
             }
             notes.push(format!(

@@ -258,7 +258,8 @@ pub fn apply(ctx: &mut Ctx, decision: &Decision) -> Result<()> {
                     &ctx.paths.pve_conf(ctx.vmid),
                     &pveconf::text_to_bytes(&c.new),
                     0o640,
-                    Durability::Flush,
+                    // pmxcfs has no fsync: it commits each write itself.
+                    Durability::Volatile,
                 )
                 .context("writing the container config")?;
                 ctx.log.info(

@@ -429,11 +429,7 @@ pub fn is_read_only(path: &Path) -> Result<bool> {
     let mut at = path;
     loop {
         match nix::sys::statvfs::statvfs(at) {
-            Ok(st) => {
-                return Ok(st
-                    .flags()
-                    .contains(nix::sys::statvfs::FsFlags::ST_RDONLY))
-            }
+            Ok(st) => return Ok(st.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY)),
             Err(Errno::ENOENT) => match at.parent() {
                 Some(p) => at = p,
                 None => return Ok(false),

@@ -541,19 +541,40 @@ impl Ct<'_> {
         fs::read_to_string(self.dir.join("lxc.log")).unwrap_or_default()
     }
 
+    /// The node-local part of the state.
     pub fn state_path(&self) -> PathBuf {
         PathBuf::from(format!("/var/lib/pct-passthrough/{}.json", self.vmid))
     }
 
-    /// `/var/lib/pct-passthrough/<vmid>.json` parsed, if present.
+    /// The part of the state that follows the container (on `/etc/pve`).
+    pub fn cluster_state_path(&self) -> PathBuf {
+        PathBuf::from(format!("/etc/pve/pct-passthrough/{}.state.json", self.vmid))
+    }
+
+    /// Both state files, removed: the container forgets what it learned.
+    pub fn remove_state(&self) {
+        for p in [self.state_path(), self.cluster_state_path()] {
+            let _ = fs::remove_file(p);
+        }
+    }
+
+    /// The state as the tool sees it: both files' fields in one object
+    /// (`None` if neither exists).
     pub fn state(&self) -> Option<serde_json::Value> {
-        let text = fs::read_to_string(self.state_path()).ok()?;
-        Some(serde_json::from_str(&text).unwrap_or_else(|e| {
-            panic!(
-                "e2e: {}: not JSON: {e}\n{text}",
-                self.state_path().display()
-            )
-        }))
+        let mut merged = serde_json::Map::new();
+        let mut any = false;
+        for path in [self.state_path(), self.cluster_state_path()] {
+            let Ok(text) = fs::read_to_string(&path) else {
+                continue;
+            };
+            any = true;
+            let v: serde_json::Value = serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("e2e: {}: not JSON: {e}\n{text}", path.display()));
+            if let serde_json::Value::Object(m) = v {
+                merged.extend(m);
+            }
+        }
+        any.then_some(serde_json::Value::Object(merged))
     }
 
     /// A file of the rootfs, read from the host (test inspection only).
