@@ -285,6 +285,30 @@ pub fn update_state(
     Ok((!notes.is_empty()).then(|| notes.join("; ")))
 }
 
+/// Moves what follows the container out of a version-1 node file onto
+/// `/etc/pve` (the first run of this release that reads it); the note says
+/// what happened, `None` when there was nothing to move.
+pub fn migrate_state(paths: &Paths, vmid: Vmid) -> Result<Option<String>> {
+    if !load_state(paths, vmid).migrates {
+        return Ok(None);
+    }
+    if let Some(why) = cluster_read_only(paths) {
+        return Ok(Some(format!(
+            "{} stays where it is until /etc/pve can be written: {why}",
+            paths.state(vmid).display()
+        )));
+    }
+    let note = update_state(paths, vmid, |_| {})?;
+    let moved = format!(
+        "state of release 0.1 migrated: what follows the container is now in {}",
+        paths.cluster_state(vmid).display()
+    );
+    Ok(Some(match note {
+        Some(n) => format!("{moved}; {n}"),
+        None => moved,
+    }))
+}
+
 /// Records how a phase ended in the state's `last_run`.
 pub fn record_last_run(
     paths: &Paths,
