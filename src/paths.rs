@@ -103,6 +103,11 @@ impl Paths {
         self.host(format!("/etc/pve/pct-passthrough/{vmid}.state.json"))
     }
 
+    /// `install.sh`'s record of what it changed (node-local).
+    pub fn install_manifest(&self) -> PathBuf {
+        self.host("/var/lib/pct-passthrough/install/manifest")
+    }
+
     pub fn storage_cfg(&self) -> PathBuf {
         self.host("/etc/pve/storage.cfg")
     }
