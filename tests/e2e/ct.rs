@@ -541,6 +541,29 @@ impl Ct<'_> {
         fs::read_to_string(self.dir.join("lxc.log")).unwrap_or_default()
     }
 
+    /// pmxcfs takes only modes 0640 and 0600: every file of this container
+    /// on `/etc/pve` must have one of them after the hook wrote there.
+    pub fn assert_pmxcfs_modes(&self) {
+        let vmid = self.vmid;
+        let mut files = vec![self.pve_conf_path()];
+        if let Ok(dir) = fs::read_dir("/etc/pve/pct-passthrough") {
+            files.extend(dir.flatten().map(|e| e.path()).filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{vmid}.")))
+            }));
+        }
+        for f in files {
+            if let Ok(m) = fs::metadata(&f) {
+                let mode = std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777;
+                assert!(
+                    mode == 0o640 || mode == 0o600,
+                    "e2e: {} has mode {mode:o}; pmxcfs takes only 0640 and 0600",
+                    f.display()
+                );
+            }
+        }
+    }
+
     /// The node-local part of the state.
     pub fn state_path(&self) -> PathBuf {
         PathBuf::from(format!("/var/lib/pct-passthrough/{}.json", self.vmid))
@@ -603,6 +626,7 @@ impl Ct<'_> {
         self.start_locked(&mut rep);
         rep.lock_held = locked_at.elapsed();
         drop(lock);
+        self.assert_pmxcfs_modes();
         if let Some(e) = &rep.error {
             rep.task_log.push_str(&format!("TASK ERROR: {e}\n"));
         }
