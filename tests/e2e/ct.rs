@@ -582,8 +582,12 @@ impl Ct<'_> {
     }
 
     /// The state as the tool sees it: both files' fields in one object
-    /// (`None` if neither exists).
+    /// (`None` if neither exists), read under the tool's own state lock so
+    /// that a write between the two files is never seen half done.
     pub fn state(&self) -> Option<serde_json::Value> {
+        let _lock = fs::File::open(format!("/run/lock/pct-passthrough/{}.lock", self.vmid))
+            .ok()
+            .and_then(|f| nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockShared).ok());
         let mut merged = serde_json::Map::new();
         let mut any = false;
         for path in [self.state_path(), self.cluster_state_path()] {
