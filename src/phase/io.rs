@@ -289,7 +289,12 @@ pub fn update_state(
 /// `/etc/pve` (the first run of this release that reads it); the note says
 /// what happened, `None` when there was nothing to move.
 pub fn migrate_state(paths: &Paths, vmid: Vmid) -> Result<Option<String>> {
-    if !load_state(paths, vmid).migrates {
+    // Checked without opening anything: a container without a node file, or
+    // already with a cluster file, has nothing to move.
+    if !paths.state(vmid).exists()
+        || paths.cluster_state(vmid).exists()
+        || !load_state(paths, vmid).migrates
+    {
         return Ok(None);
     }
     if let Some(why) = cluster_read_only(paths) {

@@ -541,18 +541,11 @@ impl Ct<'_> {
         fs::read_to_string(self.dir.join("lxc.log")).unwrap_or_default()
     }
 
-    /// pmxcfs takes only modes 0640 and 0600: every file of this container
-    /// on `/etc/pve` must have one of them after the hook wrote there.
+    /// pmxcfs takes only modes 0640 and 0600: the files the hook writes on
+    /// `/etc/pve` (the config, the state that follows the container) must
+    /// have one of them after each start.
     pub fn assert_pmxcfs_modes(&self) {
-        let vmid = self.vmid;
-        let mut files = vec![self.pve_conf_path()];
-        if let Ok(dir) = fs::read_dir("/etc/pve/pct-passthrough") {
-            files.extend(dir.flatten().map(|e| e.path()).filter(|p| {
-                p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{vmid}.")))
-            }));
-        }
-        for f in files {
+        for f in [self.pve_conf_path(), self.cluster_state_path()] {
             if let Ok(m) = fs::metadata(&f) {
                 let mode = std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777;
                 assert!(
