@@ -2,6 +2,8 @@
 //! chained script gets the same argv, runs before our work in pre-start and
 //! blocks it there, only warns in the other phases, and is never ourselves.
 
+mod common;
+
 use std::fs;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::PathBuf;
@@ -58,8 +60,9 @@ impl Host {
     }
 }
 
+/// stderr with each task-log message on one line.
 fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).to_string()
+    common::joined(&String::from_utf8_lossy(&o.stderr))
 }
 
 #[test]
@@ -99,7 +102,7 @@ fn failure_blocks_pre_start_only() {
     let e = stderr(&o);
     assert!(e.contains("recorder: refusing 105"), "its own message: {e}");
     assert!(
-        e.contains("pct-passthrough 105 pre-start: error: chained hookscript local:snippets/rec.sh failed (exit code 3); fix it, or remove 'chain' from"),
+        e.contains("pct-passthrough 105 pre-start: error: chained hookscript local:snippets/rec.sh failed (exit code 3) fix: fix it, or remove 'chain' from"),
         "{e}"
     );
     for phase in ["post-start", "pre-stop", "post-stop"] {

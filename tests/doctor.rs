@@ -2,6 +2,8 @@
 //! broken fixture per check: the expected verdict line, its fix, and the
 //! exit code (1 only when something fails).
 
+mod common;
+
 use std::fs;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::PathBuf;
@@ -37,7 +39,7 @@ impl Host {
         );
         fs::create_dir_all(h.root.join("var/lib/vz/snippets")).unwrap();
         symlink(BIN, h.root.join("var/lib/vz/snippets/pct-passthrough")).unwrap();
-        serial_node(&h.root.join("dev/ttyUSB0"));
+        common::device_node(&h.root.join("dev/ttyUSB0"), false, 188, 0, 20);
         fs::create_dir_all(h.root.join("dev/serial/by-id")).unwrap();
         symlink("../../ttyUSB0", h.root.join(&BY_ID[1..])).unwrap();
         h.write(
@@ -154,7 +156,7 @@ fn device_kernel_name_no_link(h: &Host) {
     fs::remove_file(h.root.join(&BY_ID[1..])).unwrap();
 }
 fn render_collision(h: &Host) {
-    char_node(&h.root.join("dev/dri/renderD128"), 226, 128, 104);
+    common::device_node(&h.root.join("dev/dri/renderD128"), false, 226, 128, 104);
     h.edit_conf(
         "hookscript:",
         "dev1: /dev/dri/renderD128,gid=104\nhookscript:",
@@ -308,13 +310,17 @@ fn each_broken_fixture_names_its_problem_and_fix(
     // Messages from the hook's own code name host paths under the root.
     let line = &line.replace("{root}", &h.root.display().to_string());
     let fix = &fix.replace("{root}", &h.root.display().to_string());
-    let at = out
-        .find(line.as_str())
+    // Each check as one logical line (its wrapped parts joined) and its fix.
+    let checks = checks_of(&out);
+    let (_, check_fix) = checks
+        .iter()
+        .find(|(msg, _)| msg.contains(line.as_str()))
         .unwrap_or_else(|| panic!("no '{line}' in:\n{out}"));
-    let next = out[at..].lines().nth(1).unwrap_or("");
     assert!(
-        next.trim_start().starts_with("fix: ") && next.contains(fix),
-        "fix line '{next}' lacks '{fix}':\n{out}"
+        check_fix
+            .as_deref()
+            .is_some_and(|f| f.contains(fix.trim_start_matches("fix: "))),
+        "fix {check_fix:?} lacks '{fix}':\n{out}"
     );
     let fails = out.lines().filter(|l| l.starts_with("fail ")).count();
     assert_eq!(code, i32::from(fails > 0), "{out}");
@@ -350,24 +356,29 @@ fn person_written_device_entries_that_cannot_work_are_warned_about() {
     );
 }
 
-/// The stick's node as udev makes it: char 188:0, root:dialout 0660 (needs
-/// root, as every test run here has).
-fn serial_node(path: &std::path::Path) {
-    char_node(path, 188, 0, 20);
-}
-
-/// A char node `major:minor`, `root:<gid>` 0660 (needs root).
-fn char_node(path: &std::path::Path, major: u64, minor: u64, gid: u32) {
-    use nix::sys::stat::{mknod, Mode, SFlag};
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    mknod(
-        path,
-        SFlag::S_IFCHR,
-        Mode::from_bits_truncate(0o660),
-        nix::sys::stat::makedev(major, minor),
-    )
-    .unwrap_or_else(|e| panic!("mknod {}: {e} (the tests need root)", path.display()));
-    std::os::unix::fs::chown(path, Some(0), Some(gid)).unwrap();
+/// doctor's report as (message, fix) per check: a check starts with its
+/// verdict; its indented lines continue it, the `fix:` one is its fix.
+fn checks_of(out: &str) -> Vec<(String, Option<String>)> {
+    let mut checks: Vec<(String, Option<String>)> = Vec::new();
+    for l in out.lines() {
+        let t = l.trim_start();
+        if !l.starts_with(' ') {
+            checks.push((l.to_string(), None));
+        } else if let Some(c) = checks.last_mut() {
+            match (t.strip_prefix("fix: "), &mut c.1) {
+                (Some(f), None) => c.1 = Some(f.to_string()),
+                (_, Some(f)) => {
+                    f.push(' ');
+                    f.push_str(t);
+                }
+                (None, None) => {
+                    c.0.push(' ');
+                    c.0.push_str(t);
+                }
+            }
+        }
+    }
+    checks
 }
 
 /// In a cluster, a hookscript on per-node storage must be on every node:

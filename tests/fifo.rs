@@ -3,6 +3,8 @@
 //! each place it may read, under a timeout: a hang fails the test. Needs
 //! root (the sample host has a device node).
 
+mod common;
+
 #[path = "../benches/support/shapes.rs"]
 mod shapes;
 
@@ -59,11 +61,13 @@ fn run_bounded(root: &Path, args: &[&str], what: &str) -> Ran {
             let o = child.wait_with_output().expect("output");
             return Ran {
                 code: o.status.code(),
-                out: format!(
+                // Each task-log message on one line (its indented parts
+                // joined), so a test can look for a whole message.
+                out: common::joined(&format!(
                     "{}{}",
                     String::from_utf8_lossy(&o.stdout),
                     String::from_utf8_lossy(&o.stderr)
-                ),
+                )),
             };
         }
         if start.elapsed() > TIMEOUT {

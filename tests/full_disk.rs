@@ -5,6 +5,8 @@
 //! must be exactly what it was, and no temp or lock file exists anywhere
 //! under the root. Needs root (mount, mknod).
 
+mod common;
+
 #[path = "../benches/support/shapes.rs"]
 mod shapes;
 
@@ -144,10 +146,9 @@ fn pre_start(root: &Path) -> (Option<i32>, String) {
         .env("PCT_PASSTHROUGH_ROOT", root)
         .output()
         .expect("run pct-passthrough");
-    (
-        o.status.code(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
+    // Each task-log message on one line (its indented parts joined).
+    let joined = common::joined(&String::from_utf8_lossy(&o.stderr));
+    (o.status.code(), joined)
 }
 
 #[test]

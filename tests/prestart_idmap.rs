@@ -2,6 +2,8 @@
 //! inject, same-boot patch, subordinate IDs, idempotence (same bytes and
 //! mtimes), the fast path, dry runs, refusals, and 32 concurrent writers.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -81,8 +83,9 @@ impl Root {
     }
 }
 
+/// stderr with each task-log message on one line.
 fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
+    common::joined(&String::from_utf8_lossy(&o.stderr))
 }
 
 #[test]
@@ -115,7 +118,7 @@ fn serial_bind_first_boot_then_nothing_to_do() {
     );
     let log = stderr(&o);
     assert!(log.contains("added root:20:1"), "{log}");
-    assert!(log.contains("105.conf: lxc.idmap u 0 100000 65536, g 0 100000 20, g 20 20 1, g 21 100021 65515 for container gid 20 -> host gid 20"), "{log}");
+    assert!(log.contains("105.conf lxc.idmap u 0 100000 65536, g 0 100000 20, g 20 20 1, g 21 100021 65515 for container gid 20 -> host gid 20"), "{log}");
 
     // The second start with the same inputs writes nothing.
     let before = r.snapshot();
@@ -172,10 +175,10 @@ fn dry_run_reports_and_writes_nothing() {
     let log = stderr(&o);
     assert!(log.contains("dry run: would write"), "{log}");
     assert!(
-        log.contains("etc/subgid: root needs subordinate gids 20"),
+        log.contains("etc/subgid root needs subordinate gids 20"),
         "{log}"
     );
-    assert!(log.contains("etc/pve/lxc/108.conf: lxc.idmap u 0 100000 65536, g 0 100000 20, g 20 20 1, g 21 100021 65515 for container gid 20 -> host gid 20 (serial device bound: /dev/serial/by-id/usb-ITead_Sonoff_Zigbee_3.0-if00-port0)"), "{log}");
+    assert!(log.contains("etc/pve/lxc/108.conf lxc.idmap u 0 100000 65536, g 0 100000 20, g 20 20 1, g 21 100021 65515 for container gid 20 -> host gid 20 (serial device bound: /dev/serial/by-id/usb-ITead_Sonoff_Zigbee_3.0-if00-port0)"), "{log}");
     assert_eq!(r.snapshot(), before);
 }
 

@@ -16,22 +16,7 @@ const HOOK: &str = "hookscript: local:snippets/pct-passthrough\n";
 const BIND: &str = "lxc.mount.entry: /dev/serial/by-id/usb-ITead_Sonoff_Zigbee_3.0-if00-port0 dev/ttyUSB0 none bind,optional,create=file\n";
 
 fn node(root: &TempRoot, abs: &str, block: bool, major: u64, minor: u64, gid: u32) {
-    use nix::sys::stat::{makedev, mknod, Mode, SFlag};
-    let p = root.at(abs);
-    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-    let kind = if block {
-        SFlag::S_IFBLK
-    } else {
-        SFlag::S_IFCHR
-    };
-    mknod(
-        &p,
-        kind,
-        Mode::from_bits_truncate(0o660),
-        makedev(major, minor),
-    )
-    .unwrap_or_else(|e| panic!("mknod {}: {e} (the tests need root)", p.display()));
-    std::os::unix::fs::chown(&p, Some(0), Some(gid)).unwrap();
+    common::device_node(&root.at(abs), block, major, minor, gid);
 }
 
 /// A node with the hook registered, a stick plugged in, subids for root.
@@ -139,7 +124,7 @@ fn every_command_reports_the_refusal(
     assert!(stderr(&plan).contains(needle), "plan: {}", stderr(&plan));
 
     let doctor = root.run(&["doctor", "105"]);
-    let out = stdout(&doctor);
+    let out = common::joined(&stdout(&doctor));
     assert_eq!(doctor.status.code(), Some(1), "doctor: {out}");
     let line = out
         .lines()
@@ -148,7 +133,7 @@ fn every_command_reports_the_refusal(
     assert!(line.contains(needle), "doctor: {out}");
 
     let status = root.run(&["status", "105"]);
-    let text = stdout(&status);
+    let text = common::joined(&stdout(&status));
     assert!(text.contains("next start: refused: "), "status: {text}");
     assert!(text.contains(needle), "status: {text}");
     let json = root.run(&["status", "105", "--json"]);
@@ -209,7 +194,7 @@ fn a_persons_dangerous_entry_gets_no_rule_and_fails_doctor(
     let doctor = root.run(&["doctor", "105"]);
     assert_eq!(doctor.status.code(), Some(1), "{}", stdout(&doctor));
     assert!(
-        stdout(&doctor)
+        common::joined(&stdout(&doctor))
             .lines()
             .any(|l| l.starts_with("fail  105:") && l.contains("adds no rule")),
         "{}",

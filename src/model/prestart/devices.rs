@@ -712,7 +712,7 @@ fn apply_raw(d: &mut Draft, want: &Want, owned: &Owned) {
         if !keep {
             if d.conf.remove_raw(&line.key, &line.value) > 0 {
                 d.conf_reasons
-                    .push(format!("removed the tool's '{line}': no longer needed"));
+                    .push(format!("removed the tool's line: no longer needed\n{line}"));
             }
             d.state.owned.conf_lines.retain(|l| l != line);
         }
@@ -721,7 +721,7 @@ fn apply_raw(d: &mut Draft, want: &Want, owned: &Owned) {
         let line = OwnedLine::new(*key, value.clone());
         if !d.conf.raw_values(key).any(|v| v == value) {
             d.conf.push_raw(key, value);
-            d.conf_reasons.push(format!("{line}: {why}"));
+            d.conf_reasons.push(format!("{why}\n{line}"));
         }
         if !d.state.owned.conf_lines.contains(&line) {
             d.state.owned.conf_lines.push(line);
@@ -743,7 +743,7 @@ fn apply_devs(d: &mut Draft, want: &Want, owned: &Owned) {
                 |l| matches!(&l.kind, LineKind::Key { key: k, .. } if *k == key),
             );
             d.conf_reasons
-                .push(format!("removed the tool's '{line}': no longer needed"));
+                .push(format!("removed the tool's line: no longer needed\n{line}"));
         }
     }
     let mut new_owned = Vec::new();
@@ -752,7 +752,7 @@ fn apply_devs(d: &mut Draft, want: &Want, owned: &Owned) {
         if d.conf.get(&key) != Some(value.as_str()) {
             d.conf.set_key(&key, value);
             d.conf_reasons.push(format!(
-                "{key}: {value}: pass the device through as a private node"
+                "{key}: the device as a private node\n{key}: {value}"
             ));
         }
         new_owned.push(OwnedLine::new(key, value.clone()));

@@ -148,7 +148,7 @@ impl std::fmt::Display for Refusal {
         if self.fix.is_empty() {
             f.write_str(&self.what)
         } else {
-            write!(f, "{}; fix: {}", self.what, self.fix)
+            write!(f, "{}\nfix: {}", self.what, self.fix)
         }
     }
 }
