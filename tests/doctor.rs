@@ -380,3 +380,42 @@ fn checks_of(out: &str) -> Vec<(String, Option<String>)> {
     }
     checks
 }
+
+/// In a cluster, a hookscript on per-node storage must be on every node:
+/// doctor warns about the nodes install.sh --all-nodes did not reach, and
+/// says nothing when the storage is shared.
+#[test]
+fn cluster_node_without_the_hookscript_is_warned_about() {
+    let h = Host::healthy();
+    h.write(
+        "etc/pve/.members",
+        "{\n\"nodename\": \"pve1\",\n\"version\": 5,\n\"cluster\": { \"name\": \"lab\", \"version\": 2, \"nodes\": 2, \"quorate\": 1 },\n\"nodelist\": {\n  \"pve1\": { \"id\": 1, \"online\": 1, \"ip\": \"10.0.0.1\"},\n  \"pve2\": { \"id\": 2, \"online\": 1, \"ip\": \"10.0.0.2\"}\n  }\n}\n",
+    );
+    let (code, out) = h.doctor(&["105"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("warn  105: hookscript local:snippets/pct-passthrough is on per-node storage, and node pve2 is not known to have it"),
+        "{out}"
+    );
+    assert!(
+        out.contains("fix: /usr/share/pct-passthrough/install/install.sh --all-nodes"),
+        "{out}"
+    );
+    // install.sh --all-nodes recorded its copy on pve2.
+    h.write(
+        "var/lib/pct-passthrough/install/manifest",
+        "binary\tcreated\t/var/lib/vz/snippets/pct-passthrough\nremote-binary\tpve2\t10.0.0.2\t/var/lib/vz/snippets/pct-passthrough\t-\n",
+    );
+    let (_, out) = h.doctor(&["105"]);
+    assert!(out.contains("ok    105: hookscript local:snippets/pct-passthrough: install.sh --all-nodes put it on every other node"), "{out}");
+    // A shared storage is seen by every node.
+    h.write(
+        "etc/pve/storage.cfg",
+        "dir: local\n\tpath /var/lib/vz\n\tcontent iso,snippets\n\tshared 1\n",
+    );
+    let (_, out) = h.doctor(&["105"]);
+    assert!(
+        !out.contains("per-node") && !out.contains("other node"),
+        "{out}"
+    );
+}

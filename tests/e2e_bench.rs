@@ -141,7 +141,7 @@ fn post_start_timings() {
                 .as_secs_f64(),
         );
         exited.push(post.exited_after.as_secs_f64());
-        let recorded = wait_recorded(&ct.state_path(), Duration::from_secs(15));
+        let recorded = wait_recorded(&ct.cluster_state_path(), Duration::from_secs(15));
         let drop_file = ct.rootfs().join("tmp/dropped_at");
         assert!(
             wait_until(Duration::from_secs(5), || drop_file.exists()),

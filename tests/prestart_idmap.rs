@@ -106,7 +106,7 @@ fn serial_bind_first_boot_then_nothing_to_do() {
         "lxc.arch = amd64\nlxc.include = /usr/share/lxc/config/debian.common.conf\nlxc.idmap = u 0 100000 65536\nlxc.idmap = g 0 100000 20\nlxc.idmap = g 20 20 1\nlxc.idmap = g 21 100021 65515\nlxc.rootfs.path = /var/lib/lxc/105/rootfs\n"
     );
     let state: serde_json::Value =
-        serde_json::from_str(&r.read("var/lib/pct-passthrough/105.json")).unwrap();
+        serde_json::from_str(&r.read("etc/pve/pct-passthrough/105.state.json")).unwrap();
     assert_eq!(
         state["owned"]["conf_lines"],
         serde_json::json!([
