@@ -119,7 +119,7 @@ pub fn judge(
     Judgement {
         verdict: Verdict::NoAccess,
         detail: format!(
-            "{why}; the next start gives the node uid {} gid {} through devN",
+            "{why}; the next start gives the node uid {} gid {} (devN uid=/gid=, or a private node in place of a bind)",
             c.uid, c.gid
         ),
         needs_dev_fallback: true,
