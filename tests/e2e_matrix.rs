@@ -240,7 +240,7 @@ fn observe(b: &Rig, n: usize, t0: u64, wanted: usize) -> Boot {
     let mut opened = BTreeMap::new();
     for line in text.lines() {
         let (dev, rest) = line.split_once(' ').expect("probe line");
-        let ok = if rest == "ok" || rest.contains("No such device") || rest.contains("I/O error")
+        let ok = if rest == "ok" || rest.contains("No such device") || rest.contains("Input/output error")
         {
             true
         } else if rest == "missing"

@@ -68,6 +68,18 @@ pub fn judge(
             needs_dev_fallback: false,
         };
     };
+    if !n.is_char_device {
+        return Judgement {
+            verdict: Verdict::Missing,
+            detail: format!(
+                "not a device node inside ({}:{} mode {:o}): the device is unplugged, and LXC made the bind's mount point (create=file)",
+                n.uid,
+                n.gid,
+                n.mode & 0o7777
+            ),
+            needs_dev_fallback: false,
+        };
+    }
     if can_read_write(n, c) {
         return Judgement {
             verdict: Verdict::Ok,
@@ -179,5 +191,15 @@ mod tests {
         assert!(v.needs_dev_fallback && v.detail.contains("dropped"));
         let v = judge(Some(&node(65534, 65534, 0o660)), &c, false, None);
         assert!(v.detail.contains("not mapped"));
+        // An unplugged optional bind leaves an empty file behind.
+        let file = NodeStat {
+            uid: 0,
+            gid: 0,
+            mode: 0o100000,
+            is_char_device: false,
+        };
+        let v = judge(Some(&file), &c, false, Some(false));
+        assert_eq!(v.verdict, Verdict::Missing);
+        assert!(!v.needs_dev_fallback && v.detail.contains("unplugged"));
     }
 }
