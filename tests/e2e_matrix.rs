@@ -217,9 +217,15 @@ fn observe(b: &Rig, n: usize, t0: u64, wanted: usize) -> Boot {
         state["last_run"]["phase"] == "post-start"
             && state["last_run"]["at"].as_u64().is_some_and(|a| a >= t0)
             && state["runtime_user"]["uid"] == 1000
-            && state["devices"].as_array().is_some_and(|d| d.len() >= wanted)
+            && state["devices"]
+                .as_array()
+                .is_some_and(|d| d.len() >= wanted)
     });
-    assert!(done, "{:?} boot {n}: post-start did not record:\n{state:#}", b.pattern);
+    assert!(
+        done,
+        "{:?} boot {n}: post-start did not record:\n{state:#}",
+        b.pattern
+    );
     let mut verdicts = BTreeMap::new();
     for d in state["devices"].as_array().unwrap() {
         verdicts.insert(
@@ -240,7 +246,9 @@ fn observe(b: &Rig, n: usize, t0: u64, wanted: usize) -> Boot {
     let mut opened = BTreeMap::new();
     for line in text.lines() {
         let (dev, rest) = line.split_once(' ').expect("probe line");
-        let ok = if rest == "ok" || rest.contains("No such device") || rest.contains("Input/output error")
+        let ok = if rest == "ok"
+            || rest.contains("No such device")
+            || rest.contains("Input/output error")
         {
             true
         } else if rest == "missing"
@@ -321,6 +329,16 @@ fn every_service_pattern_opens_its_device_by_the_second_start() {
     for n in 1..=2 {
         let t0 = start_all(&mut boxes, n);
         boots.push(boxes.iter().map(|b| observe(b, n, t0, 6)).collect());
+        for b in &boxes {
+            let v = b.ct.vmid.to_string();
+            eprintln!(
+                "=== {:?} boot {n}\n{}\n--- status\n{}\n--- doctor\n{}",
+                b.pattern,
+                b.ct.lxc_config(),
+                bed.cli(&["status", &v]).stdout,
+                bed.cli(&["doctor", &v]).stdout
+            );
+        }
         check_hosts(&boxes, n);
         for b in &boxes {
             let conf = b.ct.pve_conf();

@@ -109,7 +109,7 @@ pub fn judge(
                 c.uid,
                 n.gid,
                 if keeps_groups.is_none() {
-                    format!(" (should its entrypoint drop groups, the next start gives a devN node uid {} gid {})", c.uid, c.gid)
+                    format!(" (should its entrypoint drop groups, the next start gives the node uid {} gid {})", c.uid, c.gid)
                 } else {
                     String::new()
                 }

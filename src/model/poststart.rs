@@ -14,7 +14,8 @@ use crate::model::event::Event;
 use crate::model::group::{self, GroupIndex, GroupOutcome};
 use crate::model::runtime::{self, IdMap, ProcEntry};
 use crate::model::state::{
-    DevFallback, DeviceVerdict, GroupCollision, LastRun, Outcome, PhaseName, RuntimeUser, State,
+    DevFallback, DeviceVerdict, GroupCollision, InsideStat, LastRun, Outcome, PhaseName,
+    RuntimeUser, State,
 };
 
 /// Host device groups whose container GIDs are recorded for device setup.
@@ -254,6 +255,11 @@ pub fn decide(seen: &Seen) -> Decision {
             container_path: Some(d.ct_path.clone()),
             verdict: j.verdict,
             detail: j.detail,
+            inside: node.map(|n| InsideStat {
+                uid: n.uid,
+                gid: n.gid,
+                mode: n.mode & 0o7777,
+            }),
         });
     }
     let collisions = group::collisions(seen.host, &r.names_by_gid, DEVICE_GROUPS);

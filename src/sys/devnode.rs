@@ -196,10 +196,14 @@ pub struct NodeSpec<'a> {
 /// (made under a temp name, then renamed over), any other entry removed.
 /// A missing `dir` with no nodes wanted is left missing. Returns what
 /// changed, one line each.
-pub fn sync_private_nodes(paths: &Paths, dir: &str, nodes: &[NodeSpec]) -> anyhow::Result<Vec<String>> {
+pub fn sync_private_nodes(
+    paths: &Paths,
+    dir: &str,
+    nodes: &[NodeSpec],
+) -> anyhow::Result<Vec<String>> {
     use anyhow::Context;
     use nix::fcntl::{open, renameat, AtFlags, OFlag};
-    use nix::sys::stat::{fchmodat, fstatat, mknodat, makedev, FchmodatFlags, Mode, SFlag};
+    use nix::sys::stat::{fchmodat, fstatat, makedev, mknodat, FchmodatFlags, Mode, SFlag};
     use nix::unistd::{fchownat, unlinkat, Gid, Uid, UnlinkatFlags};
     let host_dir = paths.host(dir);
     if nodes.is_empty() && !host_dir.exists() {
@@ -227,25 +231,31 @@ pub fn sync_private_nodes(paths: &Paths, dir: &str, nodes: &[NodeSpec]) -> anyho
         }
         let tmp = format!(".{}.tmp.{}", n.name, std::process::id());
         let _ = unlinkat(&fd, tmp.as_str(), UnlinkatFlags::NoRemoveDir);
-        let made = mknodat(&fd, tmp.as_str(), SFlag::S_IFCHR, Mode::from_bits_truncate(0), dev)
-            .and_then(|()| {
-                fchownat(
-                    &fd,
-                    tmp.as_str(),
-                    Some(Uid::from_raw(n.uid)),
-                    Some(Gid::from_raw(n.gid)),
-                    AtFlags::AT_SYMLINK_NOFOLLOW,
-                )
-            })
-            .and_then(|()| {
-                fchmodat(
-                    &fd,
-                    tmp.as_str(),
-                    Mode::from_bits_truncate(n.mode),
-                    FchmodatFlags::FollowSymlink,
-                )
-            })
-            .and_then(|()| renameat(&fd, tmp.as_str(), &fd, n.name));
+        let made = mknodat(
+            &fd,
+            tmp.as_str(),
+            SFlag::S_IFCHR,
+            Mode::from_bits_truncate(0),
+            dev,
+        )
+        .and_then(|()| {
+            fchownat(
+                &fd,
+                tmp.as_str(),
+                Some(Uid::from_raw(n.uid)),
+                Some(Gid::from_raw(n.gid)),
+                AtFlags::AT_SYMLINK_NOFOLLOW,
+            )
+        })
+        .and_then(|()| {
+            fchmodat(
+                &fd,
+                tmp.as_str(),
+                Mode::from_bits_truncate(n.mode),
+                FchmodatFlags::FollowSymlink,
+            )
+        })
+        .and_then(|()| renameat(&fd, tmp.as_str(), &fd, n.name));
         if let Err(e) = made {
             let _ = unlinkat(&fd, tmp.as_str(), UnlinkatFlags::NoRemoveDir);
             return Err(anyhow::Error::new(e))
@@ -256,7 +266,9 @@ pub fn sync_private_nodes(paths: &Paths, dir: &str, nodes: &[NodeSpec]) -> anyho
             n.name, n.major, n.minor, n.uid, n.gid, n.mode
         ));
     }
-    for entry in fs::read_dir(&host_dir).with_context(|| format!("{}: cannot list", host_dir.display()))? {
+    for entry in
+        fs::read_dir(&host_dir).with_context(|| format!("{}: cannot list", host_dir.display()))?
+    {
         let entry = entry?;
         let name = entry.file_name();
         if nodes.iter().any(|n| std::ffi::OsStr::new(n.name) == name) {

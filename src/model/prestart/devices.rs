@@ -221,9 +221,16 @@ pub fn plan_devices(facts: &Facts, d: &mut Draft) -> Result<(), Refusal> {
             (DeviceSource::Policy { .. }, DeviceMethod::Bind) => {
                 want_policy_bind(facts, &dev, node, &person_rules, &mut want, d)
             }
-            (DeviceSource::Bind { value, .. }, _) => {
-                want_bind(facts, &dev, value, node, &owned, &person_rules, &mut want, d)
-            }
+            (DeviceSource::Bind { value, .. }, _) => want_bind(
+                facts,
+                &dev,
+                value,
+                node,
+                &owned,
+                &person_rules,
+                &mut want,
+                d,
+            ),
             (DeviceSource::Dev(index), _) => {
                 want_dev_entry(facts, &dev, *index, node, &owned, &mut want, d)
             }
@@ -923,7 +930,8 @@ fn apply_private(facts: &Facts, d: &mut Draft, want: Want) {
             text = t;
         }
         if LxcConfig::parse(&text).values(MOUNT_KEY).any(|v| v == new) {
-            d.lxc_reasons.push(format!("this start binds {}", node.reason));
+            d.lxc_reasons
+                .push(format!("this start binds {}", node.reason));
             d.nodes.push(node);
         }
     }
@@ -1235,7 +1243,11 @@ mod tests {
         let gone = facts(UNPRIV, Some(&p), &[(BYID, None)]);
         let d = decide(&gone);
         assert_eq!(d.refusal, None);
-        assert!(d.nodes.is_empty() && d.changes.is_empty(), "{:#?}", d.changes);
+        assert!(
+            d.nodes.is_empty() && d.changes.is_empty(),
+            "{:#?}",
+            d.changes
+        );
     }
 
     /// A bind whose node needs another owner inside: a private node takes
@@ -1269,7 +1281,10 @@ mod tests {
         known.state = Some(st.clone());
         let d = decide(&known);
         assert_eq!(d.nodes.len(), 1, "{:#?}", d.nodes);
-        assert_eq!((d.nodes[0].host_uid, d.nodes[0].host_gid), (100_000, 100_107));
+        assert_eq!(
+            (d.nodes[0].host_uid, d.nodes[0].host_gid),
+            (100_000, 100_107)
+        );
         let lxc = &d.change(Target::LxcConfig).unwrap().new;
         assert!(lxc.contains("lxc.mount.entry = /var/lib/lxc/105/pct-passthrough/dev_dri_renderD128 dev/dri/renderD128 none bind,optional,create=file\n"), "{lxc}");
         assert!(!lxc.contains(&format!("= {render} ")), "{lxc}");
@@ -1294,9 +1309,16 @@ mod tests {
     #[test]
     fn lxc_init_uid_owns_the_node_from_the_first_start() {
         let conf = format!("{UNPRIV}dev0: {BYID}\nlxc.init.uid: 1000\nlxc.init.gid: 1000\n");
-        let f = facts(&conf, None, &[(BYID, Some(node("/dev/ttyUSB0", 188, 0, 20)))]);
+        let f = facts(
+            &conf,
+            None,
+            &[(BYID, Some(node("/dev/ttyUSB0", 188, 0, 20)))],
+        );
         let c = conf_of(&decide(&f));
-        assert!(c.contains(&format!("dev0: {BYID},gid=1000,uid=1000\n")), "{c}");
+        assert!(
+            c.contains(&format!("dev0: {BYID},gid=1000,uid=1000\n")),
+            "{c}"
+        );
         // With lxc.init.groups, group membership works: the group.
         let f = facts(
             &format!("{conf}lxc.init.groups: 20\n"),
