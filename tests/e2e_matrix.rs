@@ -190,6 +190,70 @@ struct Boot {
     state: Value,
 }
 
+/// Whether this start binds a private node for a cell: an optional policy
+/// device always; a bind once the service needs another owner or group
+/// than the host node's (never the stick for a service keeping its groups:
+/// dialout is 20 on both sides).
+fn private_expected(p: Pattern, cell: usize, n: usize) -> bool {
+    match cell {
+        2 | 5 => true,
+        0 | 3 => n >= first_open(p, cell) && !(p == Pattern::Gosu && cell == 0),
+        _ => false,
+    }
+}
+
+/// The container IDs a cell's private node has on boot `n`: once the facts
+/// are known, the service's uid/gid when it runs without groups, else the
+/// container's group for the device; before, the group known ahead (dialout
+/// 20 for a stick) or root's.
+fn private_owner(p: Pattern, cell: usize, n: usize) -> (u32, u32) {
+    let stick = cell < 3;
+    match (p, n >= first_open(p, cell)) {
+        (Pattern::Gosu, true) if stick => (0, 20),
+        (Pattern::Gosu, true) => (0, 107),
+        (_, true) => (1000, 1000),
+        (_, false) if stick => (0, 20),
+        (_, false) => (0, 0),
+    }
+}
+
+/// This start's LXC config binds exactly the expected private nodes, with
+/// the expected owner (container ID + 100000, the map's base, except the
+/// 1:1 GID 20); the container config names none.
+fn check_private_nodes(b: &Rig, n: usize) {
+    let lxc = b.ct.lxc_config();
+    let dir = format!("/var/lib/lxc/{}/pct-passthrough/", b.ct.vmid);
+    for (cell, (name, _)) in CELLS.iter().enumerate() {
+        let target = b.inside[cell].trim_start_matches('/');
+        let line = lxc
+            .lines()
+            .find(|l| l.starts_with("lxc.mount.entry") && l.contains(&format!(" {target} ")));
+        let private = line.and_then(|l| {
+            l.split_whitespace()
+                .nth(2)
+                .filter(|src| src.starts_with(&dir))
+        });
+        let want = private_expected(b.pattern, cell, n);
+        assert_eq!(
+            private.is_some(),
+            want,
+            "{:?} {name} boot {n}: private node {private:?}\n{lxc}",
+            b.pattern
+        );
+        if let Some(src) = private {
+            let (uid, gid) = private_owner(b.pattern, cell, n);
+            let host = |id: u32| if id == 20 { 20 } else { 100_000 + id };
+            let st = host_stat(Path::new(src));
+            assert_eq!(
+                (st.0, st.1, st.2 & 0o7777),
+                (host(uid), host(gid), 0o660),
+                "{:?} {name} boot {n}: {src}",
+                b.pattern
+            );
+        }
+    }
+}
+
 fn start_all(boxes: &mut [Rig], n: usize) -> u64 {
     let t0 = now_secs();
     for b in boxes.iter_mut() {
@@ -330,14 +394,20 @@ fn every_service_pattern_opens_its_device_by_the_second_start() {
         let t0 = start_all(&mut boxes, n);
         boots.push(boxes.iter().map(|b| observe(b, n, t0, 6)).collect());
         for b in &boxes {
+            check_private_nodes(b, n);
             let v = b.ct.vmid.to_string();
-            eprintln!(
-                "=== {:?} boot {n}\n{}\n--- status\n{}\n--- doctor\n{}",
-                b.pattern,
-                b.ct.lxc_config(),
-                bed.cli(&["status", &v]).stdout,
-                bed.cli(&["doctor", &v]).stdout
-            );
+            let doctor = bed.cli(&["doctor", &v]);
+            let status = bed.cli(&["status", &v]);
+            assert_eq!(status.code, Some(0), "{status}");
+            if n == 2 {
+                // Everything works: doctor agrees, and nothing is left to do.
+                assert!(
+                    doctor.code == Some(0) && doctor.stdout.contains(" 0 warn, 0 fail"),
+                    "{:?} boot 2: {doctor}",
+                    b.pattern
+                );
+                assert!(status.stdout.contains("next start: unchanged"), "{status}");
+            }
         }
         check_hosts(&boxes, n);
         for b in &boxes {
