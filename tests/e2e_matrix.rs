@@ -407,6 +407,20 @@ fn every_service_pattern_opens_its_device_by_the_second_start() {
                     b.pattern
                 );
                 assert!(status.stdout.contains("next start: unchanged"), "{status}");
+                // devN: the container's group for a service keeping its
+                // groups (render 107, not the uid fallback), else the owner.
+                let conf = b.ct.pve_conf();
+                let want = match b.pattern {
+                    Pattern::Gosu => [",gid=20\n", ",gid=107\n"],
+                    _ => [",gid=1000,uid=1000\n"; 2],
+                };
+                for (i, w) in want.iter().enumerate() {
+                    let line = format!(
+                        "dev{i}: {}{w}",
+                        b.hosts[if i == 0 { 1 } else { 4 }].display()
+                    );
+                    assert!(conf.contains(&line), "{:?}: {line} in\n{conf}", b.pattern);
+                }
             }
         }
         check_hosts(&boxes, n);
