@@ -11,7 +11,7 @@ use super::{chain, io, Ctx};
 use crate::model::device;
 use crate::model::idmap::IdKind;
 use crate::model::policy::Policy;
-use crate::model::prestart::{self, Decision, DeviceFact, Facts, HostFile, Refusal, Target};
+use crate::model::prestart::{self, Decision, DeviceFact, Facts, FileTarget, HostFile, Refusal};
 use crate::model::pveconf::{self, main_section, PveConfig};
 use crate::model::state::{Outcome, PhaseName, State};
 use crate::model::subid::SubidNeed;
@@ -197,7 +197,7 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
         for c in &decision.changes {
             ctx.log.info(
                 "dry-run",
-                format!("dry run: would write {}: {}", c.path, c.reasons.join("; ")),
+                format!("dry run: would write {}\n{}", c.path, c.reasons.join("\n")),
             );
         }
         if decision.changes.is_empty() {
@@ -232,7 +232,7 @@ fn refuse(ctx: &mut Ctx, r: &Refusal) -> anyhow::Error {
 fn changed_files(decision: &Decision) -> String {
     let mut names: Vec<&str> = Vec::new();
     for c in &decision.changes {
-        if !matches!(c.target, Target::State | Target::StateInterim)
+        if !matches!(c.target, FileTarget::State | FileTarget::StateInterim)
             && !names.contains(&c.path.as_str())
         {
             names.push(&c.path);
@@ -247,13 +247,13 @@ pub fn apply(ctx: &mut Ctx, decision: &Decision) -> Result<()> {
     let mut nodes_done = false;
     for c in &decision.changes {
         match c.target {
-            Target::Subuid | Target::Subgid if !subid_done => {
+            FileTarget::Subuid | FileTarget::Subgid if !subid_done => {
                 subid_done = true;
                 apply_subids(ctx, decision)?;
             }
-            Target::Subuid | Target::Subgid => {}
-            Target::StateInterim | Target::State => apply_state(ctx, decision, c)?,
-            Target::PveConf => {
+            FileTarget::Subuid | FileTarget::Subgid => {}
+            FileTarget::StateInterim | FileTarget::State => apply_state(ctx, decision, c)?,
+            FileTarget::PveConf => {
                 replace_file(
                     ctx.paths,
                     &ctx.paths.pve_conf(ctx.vmid),
@@ -264,10 +264,10 @@ pub fn apply(ctx: &mut Ctx, decision: &Decision) -> Result<()> {
                 .context("writing the container config")?;
                 ctx.log.info(
                     "conf-write",
-                    format!("{}: {}", c.path, c.reasons.join("; ")),
+                    format!("changed {}\n{}", c.path, c.reasons.join("\n")),
                 );
             }
-            Target::LxcConfig => {
+            FileTarget::LxcConfig => {
                 // The nodes first: the config never names a node not there.
                 apply_nodes(ctx, decision)?;
                 nodes_done = true;
@@ -279,8 +279,10 @@ pub fn apply(ctx: &mut Ctx, decision: &Decision) -> Result<()> {
                     Durability::Volatile,
                 )
                 .context("patching the LXC config for this start")?;
-                ctx.log
-                    .info("lxc-write", format!("{}: {}", c.path, c.reasons.join("; ")));
+                ctx.log.info(
+                    "lxc-write",
+                    format!("changed {}\n{}", c.path, c.reasons.join("\n")),
+                );
             }
         }
     }
@@ -322,8 +324,8 @@ fn apply_subids(ctx: &mut Ctx, decision: &Decision) -> Result<()> {
         .iter()
         .filter(|n| {
             let t = match n.kind {
-                IdKind::Uid => Target::Subuid,
-                IdKind::Gid => Target::Subgid,
+                IdKind::Uid => FileTarget::Subuid,
+                IdKind::Gid => FileTarget::Subgid,
             };
             decision.change(t).is_some()
         })
@@ -348,7 +350,7 @@ fn apply_subids(ctx: &mut Ctx, decision: &Decision) -> Result<()> {
 /// by a post-start worker since it was read.
 fn apply_state(ctx: &mut Ctx, decision: &Decision, c: &prestart::FileChange) -> Result<()> {
     let decided = State::parse(&c.new).map_err(|e| anyhow!("{}: {e}", c.path))?;
-    let last = (c.target == Target::State).then(|| crate::model::state::LastRun {
+    let last = (c.target == FileTarget::State).then(|| crate::model::state::LastRun {
         phase: PhaseName::PreStart,
         outcome: Outcome::Changed,
         message: changed_files(decision),
