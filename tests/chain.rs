@@ -119,7 +119,7 @@ fn failure_blocks_pre_start_only() {
     let e = stderr(&o);
     assert!(e.contains("recorder: refusing 105"), "its own message: {e}");
     assert!(
-        e.contains("pct-passthrough 105 pre-start: error: chained hookscript local:snippets/rec.sh failed (exit code 3); fix it, or remove 'chain' from"),
+        e.contains("pct-passthrough 105 pre-start: error: chained hookscript local:snippets/rec.sh failed (exit code 3) fix: fix it, or remove 'chain' from"),
         "{e}"
     );
     for phase in ["post-start", "pre-stop", "post-stop"] {
