@@ -260,7 +260,7 @@ fn no_container(h: &Host) {
 #[case::dropped_groups(
     dropped_groups,
     "warn  105: service user node (uid 1000) runs without supplementary groups",
-    "fix: let pct-passthrough give access by owner"
+    "fix: restart the container: pct-passthrough gives the service its devices by owner"
 )]
 #[case::bad_policy(
     bad_policy,

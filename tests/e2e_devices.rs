@@ -147,6 +147,6 @@ fn a_missing_required_device_refuses_the_start() {
     assert!(!rep.started, "{rep}");
     let err = rep.error.clone().unwrap_or_default();
     assert!(err.contains("hookscript error"), "{rep}");
-    assert!(rep.task_log.contains("required device /dev/serial/by-id/usb-pct-passthrough-e2e_absent-if00-port0 is missing"), "{rep}");
+    assert!(joined(&rep.task_log).contains("required device /dev/serial/by-id/usb-pct-passthrough-e2e_absent-if00-port0 is missing"), "{rep}");
     assert!(rep.task_log.contains("ls -l /dev/serial/by-id"), "{rep}");
 }

@@ -272,10 +272,10 @@ fn map_without_container_root_is_refused_with_the_fix() {
         err.contains("hookscript error for 990144 on pre-start"),
         "{rep}"
     );
+    let log = joined(&rep.task_log);
     assert!(
-        rep.task_log
-            .contains("map no container uid 0 or no container gid 0")
-            && rep.task_log.contains("'lxc.idmap: g 0 100000 65536'"),
+        log.contains("map no container uid 0 or no container gid 0")
+            && log.contains("'lxc.idmap: g 0 100000 65536'"),
         "{rep}"
     );
 }

@@ -3,7 +3,7 @@
 //! check with its fix. Exit 1 if any check fails.
 
 use std::fs;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 
 use crate::model::device;
 use crate::model::doctor::{self, Check, ClusterFacts, DeviceFacts, HookFile};
@@ -257,10 +257,17 @@ fn container_checks(paths: &Paths, vmid: Vmid, subuid: &str, subgid: &str) -> Ve
         if !dev.path.starts_with("/dev/dri/render") {
             continue;
         }
-        let Ok(Some((_, meta))) = devnode::resolve(paths, &dev.path) else {
+        let Ok(Some(_)) = devnode::resolve(paths, &dev.path) else {
             continue;
         };
-        let gid = dev.gid.unwrap_or(meta.gid());
+        // As post-start saw it inside; else what Proxmox gives it (gid= or 0).
+        let seen = state.as_ref().and_then(|s| {
+            s.devices
+                .iter()
+                .find(|v| v.path == dev.path)
+                .and_then(|v| v.inside)
+        });
+        let gid = seen.map_or(dev.gid.unwrap_or(0), |i| i.gid);
         out.extend(doctor::render_group(&id, &dev.path, gid, state.as_ref()));
     }
     out.extend(doctor::group_collisions(&id, state.as_ref()));

@@ -68,6 +68,18 @@ pub fn judge(
             needs_dev_fallback: false,
         };
     };
+    if !n.is_char_device {
+        return Judgement {
+            verdict: Verdict::Missing,
+            detail: format!(
+                "not a device node inside ({}:{} mode {:o}): the device is unplugged, and LXC made the bind's mount point (create=file)",
+                n.uid,
+                n.gid,
+                n.mode & 0o7777
+            ),
+            needs_dev_fallback: false,
+        };
+    }
     if can_read_write(n, c) {
         return Judgement {
             verdict: Verdict::Ok,
@@ -97,7 +109,7 @@ pub fn judge(
                 c.uid,
                 n.gid,
                 if keeps_groups.is_none() {
-                    format!(" (should its entrypoint drop groups, the next start gives a devN node uid {} gid {})", c.uid, c.gid)
+                    format!(" (should its entrypoint drop groups, the next start gives the node uid {} gid {})", c.uid, c.gid)
                 } else {
                     String::new()
                 }
@@ -119,7 +131,7 @@ pub fn judge(
     Judgement {
         verdict: Verdict::NoAccess,
         detail: format!(
-            "{why}; the next start gives the node uid {} gid {} through devN",
+            "{why}; the next start gives the node uid {} gid {} (devN uid=/gid=, or a private node in place of a bind)",
             c.uid, c.gid
         ),
         needs_dev_fallback: true,
@@ -179,5 +191,15 @@ mod tests {
         assert!(v.needs_dev_fallback && v.detail.contains("dropped"));
         let v = judge(Some(&node(65534, 65534, 0o660)), &c, false, None);
         assert!(v.detail.contains("not mapped"));
+        // An unplugged optional bind leaves an empty file behind.
+        let file = NodeStat {
+            uid: 0,
+            gid: 0,
+            mode: 0o100000,
+            is_char_device: false,
+        };
+        let v = judge(Some(&file), &c, false, Some(false));
+        assert_eq!(v.verdict, Verdict::Missing);
+        assert!(!v.needs_dev_fallback && v.detail.contains("unplugged"));
     }
 }

@@ -706,16 +706,29 @@ pub fn runtime_user(vmid: &str, state: Option<&State>) -> Check {
         Some(n) => format!("{n} (uid {})", u.uid),
         None => format!("uid {}", u.uid),
     };
+    let devices = state.map(|s| s.devices.as_slice()).unwrap_or_default();
+    let all_ok = !devices.is_empty()
+        && devices.iter().all(|d| {
+            matches!(
+                d.verdict,
+                crate::model::state::Verdict::Ok | crate::model::state::Verdict::Missing
+            )
+        });
     if u.keeps_supplementary_groups {
         Check::ok(
             vmid,
             format!("service user {who} keeps its supplementary groups"),
         )
+    } else if all_ok {
+        Check::ok(
+            vmid,
+            format!("service user {who} runs without supplementary groups; its devices are its own (devN uid=/gid=, or a private node for a bind or policy device)"),
+        )
     } else {
         Check::warn(
             vmid,
             format!("service user {who} runs without supplementary groups (su-exec/gosu user:group, or a uid without a passwd entry), so group membership cannot give it the device"),
-            "let pct-passthrough give access by owner at the next start (devN uid=/gid=, automatic), or start it with 'gosu <user>' without ':group'",
+            "restart the container: pct-passthrough gives the service its devices by owner at the next start (devN uid=/gid=, or a private node for a bind or policy device; automatic), or start it with 'gosu <user>' without ':group'",
         )
     }
 }
@@ -932,6 +945,15 @@ mod tests {
         assert!(c
             .message
             .starts_with("service user node (uid 1000) runs without supplementary groups"));
+        // Its devices already given to it by owner: nothing to fix.
+        s.devices.push(crate::model::state::DeviceVerdict {
+            path: "/dev/ttyUSB0".into(),
+            verdict: crate::model::state::Verdict::Ok,
+            ..Default::default()
+        });
+        let c = runtime_user("105", Some(&s));
+        assert_eq!(c.verdict, Verdict::Ok, "{c:?}");
+        assert!(c.message.contains("its devices are its own"));
     }
 
     #[test]

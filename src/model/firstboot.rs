@@ -38,7 +38,8 @@ fn device_groups(conf: &PveConfig) -> Vec<(u32, String)> {
             push(20, "dialout");
         }
     }
-    for d in conf.dev_entries() {
+    for d in conf.dev_entries().into_iter().filter(|d| d.uid.is_none()) {
+        // A node owned by the service needs no group.
         let gid = d.gid;
         let name = if is_serial_path(&d.path) {
             "dialout"
@@ -77,10 +78,11 @@ pub fn plan(conf: &PveConfig, state: Option<&State>) -> Option<HookPlan> {
             format!("runtime user uid {} recorded by post-start", u.uid),
         ),
         Some(_) => return None,
+        // Init gets only `lxc.init.groups`: membership helps processes it
+        // starts through `su`, not init itself.
         None => {
-            let v = conf.raw_values("lxc.init.uid").last()?;
-            let uid: u32 = v.trim().parse().ok().filter(|u| *u != 0)?;
-            (uid, format!("lxc.init.uid {uid}"))
+            let s = crate::model::prestart::devices::init_service(conf)?;
+            (s.uid, s.source)
         }
     };
     Some(HookPlan {

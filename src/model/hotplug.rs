@@ -11,7 +11,9 @@ use crate::model::event::Event;
 use crate::model::policy::DeviceMethod;
 use crate::model::pveconf::{DevEntry, PveConfig};
 use crate::model::runtime::IdMap;
-use crate::model::state::{DeviceVerdict, HotplugAction, HotplugRecord, Outcome, State, Verdict};
+use crate::model::state::{
+    DeviceVerdict, HotplugAction, HotplugRecord, InsideStat, Outcome, State, Verdict,
+};
 
 /// A udev event as `pct-passthrough udev <action> <devnode>` received it,
 /// with what udev puts in the environment of a RUN program.
@@ -339,6 +341,15 @@ pub fn verdict_after(p: &DevicePlan, state: Option<&State>, ok: bool) -> DeviceV
         container_path: Some(p.ct_path.clone()),
         verdict,
         detail,
+        // The node as the hotplug put it inside; none after a removal.
+        inside: match (p.action, ok) {
+            (HotplugAction::Add, true) => p.inside.map(|n| InsideStat {
+                uid: n.uid,
+                gid: n.gid,
+                mode: n.mode & 0o7777,
+            }),
+            _ => None,
+        },
     }
 }
 

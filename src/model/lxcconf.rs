@@ -105,6 +105,23 @@ impl LxcConfig {
         Some(out)
     }
 
+    /// The text with every `key` line whose value is `old` (trimmed) set to
+    /// `key = new`, or `None` when there is no such line.
+    pub fn with_value_replaced(&self, key: &str, old: &str, new: &str) -> Option<String> {
+        let mut out = String::with_capacity(self.text.len() + new.len());
+        let mut found = false;
+        for line in self.lines() {
+            let body = line.trim_end_matches(['\n', '\r']);
+            if key_value(body).is_some_and(|(k, v)| k == key && v.trim() == old.trim()) {
+                found = true;
+                out.push_str(&format!("{key} = {new}\n"));
+            } else {
+                out.push_str(line);
+            }
+        }
+        found.then_some(out)
+    }
+
     /// The text with the `lxc.idmap` lines set to `map`, or `None` when the
     /// file already has exactly these entries in this order.
     pub fn with_idmap(&self, map: &[IdmapEntry]) -> Option<String> {

@@ -14,7 +14,8 @@ use crate::model::event::Event;
 use crate::model::group::{self, GroupIndex, GroupOutcome};
 use crate::model::runtime::{self, IdMap, ProcEntry};
 use crate::model::state::{
-    DevFallback, DeviceVerdict, GroupCollision, LastRun, Outcome, PhaseName, RuntimeUser, State,
+    DevFallback, DeviceVerdict, GroupCollision, InsideStat, LastRun, Outcome, PhaseName,
+    RuntimeUser, State,
 };
 
 /// Host device groups whose container GIDs are recorded for device setup.
@@ -25,6 +26,10 @@ pub const DEVICE_GROUPS: &[&str] = &["dialout", "render", "video"];
 pub struct DeviceTarget {
     pub path: String,
     pub ct_path: String,
+    /// The container group for its class (`dialout`, `render`, `video`),
+    /// from the host node (`DeviceClass::container_group`).
+    #[serde(default)]
+    pub group: Option<String>,
 }
 
 impl DeviceTarget {
@@ -36,6 +41,7 @@ impl DeviceTarget {
                 out.push(DeviceTarget {
                     path: d.path.clone(),
                     ct_path: d.ct_path.clone(),
+                    group: None,
                 });
             }
         }
@@ -209,7 +215,26 @@ pub fn decide(seen: &Seen) -> Decision {
     let mut fallback = Vec::new();
     for (d, node) in seen.devices.iter().zip(&r.nodes) {
         let member_now = node.is_some_and(|n| r.member_of_after.contains(&n.gid));
-        let j = access::judge(node.as_ref(), &creds, member_now, keeps);
+        let mut j = access::judge(node.as_ref(), &creds, member_now, keeps);
+        // A service that keeps its groups and is in the container's group
+        // for the device: the next start gives the node that group, not
+        // the service's uid.
+        let class_gid = d
+            .group
+            .as_ref()
+            .and_then(|g| r.groups_by_name.get(g).map(|gid| (g, *gid)));
+        if let (Some((name, gid)), Some(true), Some(n)) = (class_gid, keeps, node.as_ref()) {
+            if j.needs_dev_fallback && r.member_of_after.contains(&gid) && n.gid != gid {
+                j.needs_dev_fallback = false;
+                j.detail = format!(
+                    "the node shows as {}:{} mode {:o}; uid {} is in the container's {name} group ({gid}), which the next start gives the node",
+                    n.uid,
+                    n.gid,
+                    n.mode & 0o7777,
+                    creds.uid
+                );
+            }
+        }
         events.push(Event::info(
             "device",
             format!(
@@ -230,6 +255,11 @@ pub fn decide(seen: &Seen) -> Decision {
             container_path: Some(d.ct_path.clone()),
             verdict: j.verdict,
             detail: j.detail,
+            inside: node.map(|n| InsideStat {
+                uid: n.uid,
+                gid: n.gid,
+                mode: n.mode & 0o7777,
+            }),
         });
     }
     let collisions = group::collisions(seen.host, &r.names_by_gid, DEVICE_GROUPS);
@@ -270,7 +300,7 @@ pub fn decide(seen: &Seen) -> Decision {
     if keeps == Some(false) && !fallback.is_empty() {
         events.push(Event::warn(
             "groups-dropped",
-            "the service runs without supplementary groups; group membership cannot help, the next start gives the devices its uid/gid through devN",
+            "the service runs without supplementary groups; group membership cannot help, the next start gives the devices its uid/gid (devN uid=/gid=, or a private node in place of a bind)",
         ));
     }
     let mut changes: Vec<String> = r
@@ -348,6 +378,7 @@ mod tests {
         vec![DeviceTarget {
             path: "/dev/serial/by-id/usb-x".into(),
             ct_path: "/dev/ttyUSB0".into(),
+            group: Some("dialout".into()),
         }]
     }
 
@@ -476,6 +507,7 @@ mod tests {
             DeviceTarget {
                 path: "/dev/dri/renderD128".into(),
                 ct_path: "/dev/dri/renderD128".into(),
+                group: Some("render".into()),
             },
         ];
         let report = CtReport {
@@ -532,5 +564,50 @@ mod tests {
         });
         assert_eq!(d.collisions.len(), 1);
         assert!(d.events.iter().any(|e| e.name == "group-collision"));
+    }
+
+    /// A service that keeps its groups and is in the container's render
+    /// group (107): a node showing 0:0 gets that group at the next start,
+    /// not the service's uid (no fallback); one that drops its groups gets
+    /// the fallback.
+    #[test]
+    fn a_group_keeping_service_gets_the_containers_group_not_the_uid_fallback() {
+        let devices = vec![DeviceTarget {
+            path: "/dev/dri/renderD128".into(),
+            ct_path: "/dev/dri/renderD128".into(),
+            group: Some("render".into()),
+        }];
+        let report = CtReport {
+            name: Some("svc".into()),
+            member_of_before: vec![20, 107],
+            member_of_after: vec![20, 107],
+            nodes: vec![Some(node(0, 0, 0o660))],
+            groups_by_name: BTreeMap::from([("render".to_string(), 107)]),
+            ..CtReport::default()
+        };
+        let host = GroupIndex::default();
+        let judge = |p: &ProcEntry| {
+            decide(&Seen {
+                detected: p,
+                now: p,
+                devices: &devices,
+                report: &report,
+                host: &host,
+                detected_ms: 1,
+                at: 1,
+            })
+        };
+        let d = judge(&proc_entry(1000, 1000, &[20, 107]));
+        assert_eq!(d.verdicts[0].verdict, Verdict::NoAccess);
+        assert!(d.fallback.is_empty(), "{:?}", d.fallback);
+        assert!(
+            d.verdicts[0].detail.contains("shows as 0:0")
+                && d.verdicts[0].detail.contains("render group (107)"),
+            "{}",
+            d.verdicts[0].detail
+        );
+        let d = judge(&proc_entry(1000, 1000, &[]));
+        assert_eq!(d.verdicts[0].verdict, Verdict::NoAccess);
+        assert_eq!(d.fallback.len(), 1);
     }
 }

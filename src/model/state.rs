@@ -254,6 +254,17 @@ pub struct DeviceVerdict {
     pub verdict: Verdict,
     #[serde(default)]
     pub detail: String,
+    /// The node as post-start saw it inside: owner, group, permission bits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inside: Option<InsideStat>,
+}
+
+/// A node's owner, group and permission bits inside the container.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InsideStat {
+    pub uid: u32,
+    pub gid: u32,
+    pub mode: u32,
 }
 
 /// Can the service open a device?

@@ -497,6 +497,7 @@ mod tests {
             container_path: None,
             verdict: crate::model::state::Verdict::Ok,
             detail: "node (uid 1000) can open it".into(),
+            inside: None,
         });
         st.runtime_user = Some(RuntimeUser {
             uid: 1000,

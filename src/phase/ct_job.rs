@@ -42,7 +42,14 @@ pub fn ct_job(req: &CtRequest) -> Result<CtReport, String> {
         }));
     }
     let mut wants: Vec<GroupWant> = Vec::new();
-    let node_gids = r.nodes.iter().flatten().map(|n| n.gid);
+    // A node the service owns needs no group; an unplugged bind's mount
+    // point is no node.
+    let node_gids = r
+        .nodes
+        .iter()
+        .flatten()
+        .filter(|n| n.is_char_device && n.uid != req.uid)
+        .map(|n| n.gid);
     for gid in req.want_gids.iter().copied().chain(node_gids) {
         if gid == 0 || gid == OVERFLOW_ID || wants.iter().any(|w| w.gid == gid) {
             continue;

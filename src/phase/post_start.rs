@@ -68,7 +68,13 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
         );
         return Ok(());
     }
-    let devices = DeviceTarget::of(&device::declared(&conf, Some(&policy)));
+    let mut devices = DeviceTarget::of(&device::declared(&conf, Some(&policy)));
+    for t in &mut devices {
+        let node = crate::sys::devnode::node(ctx.paths, &t.path).ok().flatten();
+        t.group = device::classify(&t.path, node.as_ref())
+            .container_group()
+            .map(str::to_string);
+    }
     let pinned = match proc::find_and_pin(ctx.vmid) {
         Ok(p) => p,
         Err(e) => {

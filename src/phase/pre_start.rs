@@ -328,6 +328,7 @@ fn changed_files(decision: &Decision) -> String {
 /// Writes what the decision says, in its order. Makes no decisions.
 pub fn apply(ctx: &mut Ctx, decision: &Decision) -> Result<()> {
     let mut subid_done = false;
+    let mut nodes_done = false;
     for c in &decision.changes {
         match c.target {
             FileTarget::Subuid | FileTarget::Subgid if !subid_done => {
@@ -352,6 +353,9 @@ pub fn apply(ctx: &mut Ctx, decision: &Decision) -> Result<()> {
                 );
             }
             FileTarget::LxcConfig => {
+                // The nodes first: the config never names a node not there.
+                apply_nodes(ctx, decision)?;
+                nodes_done = true;
                 replace_file(
                     ctx.paths,
                     &ctx.paths.lxc_config(ctx.vmid),
@@ -366,6 +370,33 @@ pub fn apply(ctx: &mut Ctx, decision: &Decision) -> Result<()> {
                 );
             }
         }
+    }
+    if !nodes_done {
+        // Stale nodes of an earlier start go (a device unplugged since).
+        apply_nodes(ctx, decision)?;
+    }
+    Ok(())
+}
+
+/// Makes the private nodes of this start, and removes stale ones.
+fn apply_nodes(ctx: &mut Ctx, decision: &Decision) -> Result<()> {
+    let specs: Vec<devnode::NodeSpec> = decision
+        .nodes
+        .iter()
+        .map(|n| devnode::NodeSpec {
+            name: &n.name,
+            major: n.major,
+            minor: n.minor,
+            uid: n.host_uid,
+            gid: n.host_gid,
+            mode: n.mode,
+        })
+        .collect();
+    let dir = prestart::private_node_dir(ctx.vmid.get());
+    for line in devnode::sync_private_nodes(ctx.paths, &dir, &specs)
+        .context("making the private device nodes for this start")?
+    {
+        ctx.log.info("private-node", line);
     }
     Ok(())
 }

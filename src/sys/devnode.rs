@@ -178,3 +178,105 @@ mod tests {
         );
     }
 }
+
+/// A private node to keep in a directory: file name, device numbers,
+/// host owner and mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeSpec<'a> {
+    pub name: &'a str,
+    pub major: u32,
+    pub minor: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mode: u32,
+}
+
+/// Makes `dir` (under the root, created 0755) hold exactly `nodes` as char
+/// devices with their owner and mode: a node that differs is replaced
+/// (made under a temp name, then renamed over), any other entry removed.
+/// A missing `dir` with no nodes wanted is left missing. Returns what
+/// changed, one line each.
+pub fn sync_private_nodes(
+    paths: &Paths,
+    dir: &str,
+    nodes: &[NodeSpec],
+) -> anyhow::Result<Vec<String>> {
+    use anyhow::Context;
+    use nix::fcntl::{open, renameat, AtFlags, OFlag};
+    use nix::sys::stat::{fchmodat, fstatat, makedev, mknodat, FchmodatFlags, Mode, SFlag};
+    use nix::unistd::{fchownat, unlinkat, Gid, Uid, UnlinkatFlags};
+    let host_dir = paths.host(dir);
+    if nodes.is_empty() && !host_dir.exists() {
+        return Ok(Vec::new());
+    }
+    crate::sys::fs::create_dir_all(paths, &host_dir)?;
+    let fd = open(
+        &host_dir,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .with_context(|| format!("{}: cannot open", host_dir.display()))?;
+    let mut done = Vec::new();
+    for n in nodes {
+        let dev = makedev(u64::from(n.major), u64::from(n.minor));
+        let same = fstatat(&fd, n.name, AtFlags::AT_SYMLINK_NOFOLLOW).is_ok_and(|st| {
+            SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFCHR
+                && st.st_rdev == dev
+                && st.st_uid == n.uid
+                && st.st_gid == n.gid
+                && st.st_mode & 0o7777 == n.mode
+        });
+        if same {
+            continue;
+        }
+        let tmp = format!(".{}.tmp.{}", n.name, std::process::id());
+        let _ = unlinkat(&fd, tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+        let made = mknodat(
+            &fd,
+            tmp.as_str(),
+            SFlag::S_IFCHR,
+            Mode::from_bits_truncate(0),
+            dev,
+        )
+        .and_then(|()| {
+            fchownat(
+                &fd,
+                tmp.as_str(),
+                Some(Uid::from_raw(n.uid)),
+                Some(Gid::from_raw(n.gid)),
+                AtFlags::AT_SYMLINK_NOFOLLOW,
+            )
+        })
+        .and_then(|()| {
+            fchmodat(
+                &fd,
+                tmp.as_str(),
+                Mode::from_bits_truncate(n.mode),
+                FchmodatFlags::FollowSymlink,
+            )
+        })
+        .and_then(|()| renameat(&fd, tmp.as_str(), &fd, n.name));
+        if let Err(e) = made {
+            let _ = unlinkat(&fd, tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+            return Err(anyhow::Error::new(e))
+                .with_context(|| format!("{dir}/{}: cannot make the private node", n.name));
+        }
+        done.push(format!(
+            "{dir}/{} c {}:{} {}:{} {:o}",
+            n.name, n.major, n.minor, n.uid, n.gid, n.mode
+        ));
+    }
+    for entry in
+        fs::read_dir(&host_dir).with_context(|| format!("{}: cannot list", host_dir.display()))?
+    {
+        let entry = entry?;
+        let name = entry.file_name();
+        if nodes.iter().any(|n| std::ffi::OsStr::new(n.name) == name) {
+            continue;
+        }
+        unlinkat(&fd, name.as_os_str(), UnlinkatFlags::NoRemoveDir)
+            .with_context(|| format!("{dir}/{}: cannot remove", name.to_string_lossy()))?;
+        done.push(format!("removed {dir}/{}", name.to_string_lossy()));
+    }
+    Ok(done)
+}

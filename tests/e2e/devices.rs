@@ -126,6 +126,20 @@ impl PtySerial {
     pub fn master_fd(&self) -> i32 {
         self.master.as_raw_fd()
     }
+
+    /// Unplugs the stick as udev shows it: the by-id link goes (the bed
+    /// keeps the pty itself).
+    pub fn unplug(&self) {
+        fs::remove_file(&self.by_id)
+            .unwrap_or_else(|e| panic!("e2e: unplug {}: {e}", self.by_id.display()));
+    }
+
+    /// Plugs it back in: the by-id link returns.
+    pub fn replug(&self) {
+        let name = self.slave.file_name().expect("pts name").to_string_lossy();
+        symlink(format!("../../pts/{name}"), &self.by_id)
+            .unwrap_or_else(|e| panic!("e2e: replug {}: {e}", self.by_id.display()));
+    }
 }
 
 impl Drop for PtySerial {
@@ -145,6 +159,8 @@ pub struct CharNode {
     pub path: PathBuf,
     pub major: u32,
     pub minor: u32,
+    gid: u32,
+    mode: u32,
 }
 
 impl CharNode {
@@ -170,7 +186,31 @@ impl CharNode {
             .unwrap_or_else(|e| panic!("e2e: chmod {}: {e}", path.display()));
         let meta = fs::metadata(&path).expect("node just made");
         assert!(meta.file_type().is_char_device());
-        CharNode { path, major, minor }
+        CharNode {
+            path,
+            major,
+            minor,
+            gid,
+            mode,
+        }
+    }
+
+    /// Unplugs it: the node goes.
+    pub fn unplug(&self) {
+        fs::remove_file(&self.path)
+            .unwrap_or_else(|e| panic!("e2e: unplug {}: {e}", self.path.display()));
+    }
+
+    /// Plugs it back in: the same node, owner and mode.
+    pub fn replug(&self) {
+        let name = self
+            .path
+            .strip_prefix(NODE_DIR)
+            .expect("under NODE_DIR")
+            .to_string_lossy()
+            .into_owned();
+        let again = CharNode::create(&name, self.major, self.minor, self.gid, self.mode);
+        std::mem::forget(again);
     }
 }
 

@@ -125,4 +125,4 @@ pub use ct::{
     drop_explicit, drop_implicit, Ct, Exec, Hook, HostProc, PostStop, StartReport, StopReport,
 };
 pub use devices::{CharNode, PtySerial, DIALOUT};
-pub use run::{wait_until, Run};
+pub use run::{joined, wait_until, Run};

@@ -5,7 +5,7 @@
 //! need. Deciding again on its own output changes nothing. Pure; see
 //! `model::device` for the rules.
 
-use super::{Draft, Facts, Refusal};
+use super::{private_node_dir, Draft, Facts, PrivateNode, Refusal};
 use crate::model::device::{
     self, CgroupRule, Declared, DeviceClass, DeviceSource, Node, DIALOUT_GID,
 };
@@ -13,7 +13,7 @@ use crate::model::event::Event;
 use crate::model::idmap::{IdKind, Passthrough};
 use crate::model::lxcconf::LxcConfig;
 use crate::model::policy::DeviceMethod;
-use crate::model::pveconf::{DevEntry, LineKind};
+use crate::model::pveconf::{DevEntry, LineKind, PveConfig};
 use crate::model::state::OwnedLine;
 
 /// Event names for entries a person wrote that cannot work as they are;
@@ -154,6 +154,9 @@ struct Want {
     boot_rules: Vec<String>,
     /// Mount entries this boot needs in the generated config.
     boot_mounts: Vec<String>,
+    /// Private nodes for this boot: the mount value they replace in the
+    /// generated config (`None`: a new entry), the new value, the node.
+    private: Vec<(Option<String>, String, PrivateNode)>,
 }
 
 impl Want {
@@ -181,12 +184,30 @@ pub fn plan_devices(facts: &Facts, d: &mut Draft) -> Result<(), Refusal> {
         if let DeviceSource::Policy { line } = dev.source {
             check_policy_device(facts, &dev, line)?;
         }
-        if !still_wanted(&dev, &owned) {
+        // An optional policy device is never a `devN` (Proxmox refuses the
+        // start on one whose node is missing, before any hook runs): this
+        // start binds a private node instead; an older `devN` of the tool's
+        // for it goes.
+        let optional_policy_dev = dev.method == DeviceMethod::Dev
+            && dev
+                .policy
+                .as_ref()
+                .is_some_and(|p| !p.required && device::policy_method(p) == DeviceMethod::Dev)
+            && match dev.source {
+                DeviceSource::Policy { .. } => true,
+                DeviceSource::Dev(i) => owned.dev_path(&dev.path) == Some(i),
+                DeviceSource::Bind { .. } => false,
+            };
+        if !optional_policy_dev && !still_wanted(&dev, &owned) {
             continue; // the tool's own entry for a device no longer wanted
         }
         let Some(node) = checked_node(facts, &dev, &owned, d)? else {
             continue;
         };
+        if optional_policy_dev {
+            want_private(facts, d, &dev, node, None, &mut want);
+            continue;
+        }
         match (&dev.source, dev.method) {
             (DeviceSource::Policy { line }, DeviceMethod::Dev) => want_policy_dev(
                 facts,
@@ -198,11 +219,18 @@ pub fn plan_devices(facts: &Facts, d: &mut Draft) -> Result<(), Refusal> {
                 &mut want,
             )?,
             (DeviceSource::Policy { .. }, DeviceMethod::Bind) => {
-                want_policy_bind(&dev, node, &person_rules, &mut want, d)
+                want_policy_bind(facts, &dev, node, &person_rules, &mut want, d)
             }
-            (DeviceSource::Bind { value, .. }, _) => {
-                want_bind(&dev, value, node, &owned, &person_rules, &mut want, d)
-            }
+            (DeviceSource::Bind { value, .. }, _) => want_bind(
+                facts,
+                &dev,
+                value,
+                node,
+                &owned,
+                &person_rules,
+                &mut want,
+                d,
+            ),
             (DeviceSource::Dev(index), _) => {
                 want_dev_entry(facts, &dev, *index, node, &owned, &mut want, d)
             }
@@ -430,6 +458,7 @@ fn want_policy_dev(
 
 /// A policy device passed as a bind of the host node.
 fn want_policy_bind(
+    facts: &Facts,
     dev: &Declared,
     node: &Node,
     person_rules: &[CgroupRule],
@@ -442,15 +471,18 @@ fn want_policy_bind(
     let class = device::classify(&dev.path, Some(node));
     want.raw(
         MOUNT_KEY,
-        value,
+        value.clone(),
         format!("bind {} ({}) at /{ct}", dev.path, class.word()),
     );
     plan_rule(node, &dev.path, person_rules, want, d);
+    want_bind_owner(facts, d, dev, node, &value, want);
 }
 
 /// A bind the config has: the node needs an exact rule and the mount the
 /// right options. The group map comes from `bound_node_groups`.
+#[allow(clippy::too_many_arguments)]
 fn want_bind(
+    facts: &Facts,
     dev: &Declared,
     value: &str,
     node: &Node,
@@ -482,6 +514,191 @@ fn want_bind(
         }
     }
     plan_rule(node, &dev.path, person_rules, want, d);
+    want_bind_owner(facts, d, dev, node, value, want);
+}
+
+/// A bound node whose owner or group inside is not what the service needs
+/// (it drops supplementary groups, or the container's group for the device
+/// has another GID than the host's): this start binds a private node with
+/// that owner instead of the host node.
+fn want_bind_owner(
+    facts: &Facts,
+    d: &mut Draft,
+    dev: &Declared,
+    node: &Node,
+    value: &str,
+    want: &mut Want,
+) {
+    let class = device::classify(&dev.path, Some(node));
+    let owner = owner_for(facts, &dev.path, class, node);
+    let shows = match d.idmap.as_deref() {
+        Some(map) => to_inside(map, IdKind::Gid, node.gid),
+        None => Some(node.gid),
+    };
+    if owner.uid.is_none() && owner.gid.is_none_or(|g| Some(g) == shows) {
+        return;
+    }
+    want_private(facts, d, dev, node, Some(value), want);
+}
+
+/// A private node for this start, with the owner the service needs, bound
+/// at the device's path inside: in place of the bind `replaces`, or as a
+/// new entry of this start's LXC config (an optional policy device).
+fn want_private(
+    facts: &Facts,
+    d: &mut Draft,
+    dev: &Declared,
+    node: &Node,
+    replaces: Option<&str>,
+    want: &mut Want,
+) {
+    let class = device::classify(&dev.path, Some(node));
+    let owner = owner_for(facts, &dev.path, class, node);
+    let host = |kind: IdKind, id: u32| match d.idmap.as_deref() {
+        Some(map) => crate::model::idmap::lookup(map, kind, u64::from(id))
+            .and_then(|h| u32::try_from(h).ok())
+            .unwrap_or(id),
+        None => id,
+    };
+    let ct = dev.ct_path.trim_start_matches('/');
+    let name = ct.replace('/', "_");
+    let path = format!("{}/{name}", private_node_dir(facts.vmid));
+    let value = match replaces {
+        Some(old) => match old.trim().split_once(char::is_whitespace) {
+            Some((_, rest)) => format!("{path} {}", rest.trim_start()),
+            None => return,
+        },
+        None => format!("{path} {ct} none {}", device::BIND_OPTIONS.join(",")),
+    };
+    let (uid, gid) = (owner.uid.unwrap_or(0), owner.gid.unwrap_or(0));
+    let reason = format!(
+        "{} ({}) at /{ct}: a private node {}:{} mode 0660 inside ({}); the host node is unchanged",
+        dev.path,
+        class.word(),
+        uid,
+        gid,
+        owner.why
+    );
+    if replaces.is_none() {
+        want.boot_rules.push(dev_rule(node, false));
+    }
+    want.private.push((
+        replaces.map(str::to_string),
+        value,
+        PrivateNode {
+            name,
+            major: node.major,
+            minor: node.minor,
+            host_uid: host(IdKind::Uid, uid),
+            host_gid: host(IdKind::Gid, gid),
+            mode: 0o660,
+            reason,
+        },
+    ));
+}
+
+/// The container ID a host ID shows as, if the map maps it.
+fn to_inside(map: &[crate::model::idmap::IdmapEntry], kind: IdKind, host: u32) -> Option<u32> {
+    let h = u64::from(host);
+    map.iter()
+        .find(|e| e.kind == kind && e.host <= h && h < e.host.saturating_add(e.len))
+        .and_then(|e| u32::try_from(e.ct + (h - e.host)).ok())
+}
+
+/// The service as pre-start knows it before the container runs: the user
+/// an earlier boot recorded, else a numeric `lxc.init.uid`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KnownService {
+    pub uid: u32,
+    pub gid: u32,
+    /// False when it runs without supplementary groups.
+    pub keeps_groups: bool,
+    /// Where it is known from, for the log.
+    pub source: String,
+}
+
+pub fn known_service(facts: &Facts) -> Option<KnownService> {
+    match facts.state.as_ref().and_then(|s| s.runtime_user.as_ref()) {
+        Some(u) if u.uid == 0 => None,
+        Some(u) => Some(KnownService {
+            uid: u.uid,
+            gid: u.gid,
+            keeps_groups: u.keeps_supplementary_groups,
+            source: format!("service uid {} recorded by an earlier boot", u.uid),
+        }),
+        None => init_service(&facts.conf),
+    }
+}
+
+/// A numeric `lxc.init.uid` (and `lxc.init.gid`, default 0): LXC starts
+/// init with them and with only the `lxc.init.groups` listed.
+pub fn init_service(conf: &PveConfig) -> Option<KnownService> {
+    let num = |k: &str| {
+        conf.raw_values(k)
+            .last()
+            .and_then(|v| v.trim().parse::<u32>().ok())
+    };
+    let uid = num("lxc.init.uid").filter(|u| *u != 0)?;
+    let gid = num("lxc.init.gid").unwrap_or(0);
+    let keeps_groups = conf
+        .raw_values("lxc.init.groups")
+        .last()
+        .is_some_and(|v| !v.trim().is_empty());
+    Some(KnownService {
+        uid,
+        gid,
+        keeps_groups,
+        source: format!("lxc.init.uid {uid}"),
+    })
+}
+
+/// Who should own a node the tool gives the container (container IDs), and why.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Owner {
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub why: String,
+}
+
+/// The owner a device's node needs: the service's uid/gid when it runs
+/// without supplementary groups (post-start found it, or it is known ahead),
+/// else the container's group for the device class (dialout 20 for serial,
+/// the container's own render/video GID once post-start recorded it).
+pub fn owner_for(facts: &Facts, path: &str, class: DeviceClass, node: &Node) -> Owner {
+    let state = facts.state.as_ref();
+    if let Some(fb) = state.and_then(|s| s.dev_fallback_for(path)) {
+        return Owner {
+            uid: Some(fb.uid),
+            gid: Some(fb.gid),
+            why: format!(
+                "owned by the service uid {} gid {}, which runs without supplementary groups",
+                fb.uid, fb.gid
+            ),
+        };
+    }
+    if let Some(s) = known_service(facts).filter(|s| !s.keeps_groups) {
+        return Owner {
+            uid: Some(s.uid),
+            gid: Some(s.gid),
+            why: format!(
+                "owned by the service uid {} gid {} ({}), which runs without supplementary groups",
+                s.uid, s.gid, s.source
+            ),
+        };
+    }
+    let group_gid = |name: &str| state.and_then(|s| s.container_groups.get(name).copied());
+    let gid = match class {
+        DeviceClass::Other if node.gid == DIALOUT_GID => Some(DIALOUT_GID),
+        other => device::container_gid(other, group_gid),
+    };
+    Owner {
+        uid: None,
+        gid,
+        why: match gid {
+            Some(g) => format!("group {g}, the container's {} group", class.word()),
+            None => "the container's group for it is not known yet".into(),
+        },
+    }
 }
 
 /// A `devN` the config has: the tool's own entry follows the need; a
@@ -572,20 +789,11 @@ fn check_dev_mode(e: &DevEntry, d: &mut Draft) {
 /// Group (and owner, for a service without supplementary groups) of a
 /// `devN` node the tool writes or completes.
 fn fill_dev_owner(entry: &mut DevEntry, class: DeviceClass, node: &Node, facts: &Facts) {
-    let state = facts.state.as_ref();
-    let group_gid = |name: &str| state.and_then(|s| s.container_groups.get(name).copied());
-    if let Some(fb) = state.and_then(|s| s.dev_fallback_for(&entry.path)) {
-        entry.uid = Some(fb.uid);
-        entry.gid = Some(fb.gid);
-        return;
-    }
-    let gid = match class {
-        DeviceClass::Serial => Some(group_gid("dialout").unwrap_or(DIALOUT_GID)),
-        DeviceClass::Other if node.gid == DIALOUT_GID => Some(DIALOUT_GID),
-        other => device::container_gid(other, group_gid),
-    };
-    entry.gid = gid;
-    if gid.is_some()
+    let owner = owner_for(facts, &entry.path, class, node);
+    entry.uid = owner.uid;
+    entry.gid = owner.gid;
+    if owner.gid.is_some()
+        && owner.uid.is_none()
         && entry
             .mode
             .as_deref()
@@ -701,6 +909,35 @@ fn apply_want(facts: &Facts, d: &mut Draft, want: Want, owned: &Owned) {
     apply_devs(d, &want, owned);
     apply_person_devs(d, &want);
     apply_this_boot(facts, d, &want);
+    apply_private(facts, d, want);
+}
+
+/// Binds the private nodes in this start's generated config (never in the
+/// container config: Proxmox regenerates the file at every start).
+fn apply_private(facts: &Facts, d: &mut Draft, want: Want) {
+    let Some(mut text) = d.lxc_text(facts).map(str::to_string) else {
+        return;
+    };
+    for (old, new, node) in want.private {
+        let lxc = LxcConfig::parse(&text);
+        // A bind Proxmox copied: replaced; else (an optional policy device,
+        // or a generated config without the line) appended.
+        let edited = old
+            .as_deref()
+            .and_then(|old| lxc.with_value_replaced(MOUNT_KEY, old, &new))
+            .or_else(|| lxc.with_appended(MOUNT_KEY, std::slice::from_ref(&new)));
+        if let Some(t) = edited {
+            text = t;
+        }
+        if LxcConfig::parse(&text).values(MOUNT_KEY).any(|v| v == new) {
+            d.lxc_reasons
+                .push(format!("this start binds {}", node.reason));
+            d.nodes.push(node);
+        }
+    }
+    if d.lxc_text(facts) != Some(text.as_str()) {
+        d.lxc = Some(text);
+    }
 }
 
 fn apply_raw(d: &mut Draft, want: &Want, owned: &Owned) {
@@ -883,7 +1120,7 @@ mod tests {
     fn policy_dev_is_injected_with_dialout_then_nothing_to_do() {
         let f = facts(
             PRIV,
-            Some(&format!("[[device]]\npath = \"{BYID}\"\n")),
+            Some(&format!("[[device]]\npath = \"{BYID}\"\nrequired = true\n")),
             &[(BYID, Some(node("/dev/ttyUSB0", 188, 0, 20)))],
         );
         let d = decide(&f);
@@ -908,7 +1145,7 @@ mod tests {
     fn removing_the_policy_device_removes_the_tools_dev_entry_only() {
         let f = facts(
             "arch: amd64\ndev3: /dev/ttyACM0,gid=20\n",
-            Some(&format!("[[device]]\npath = \"{BYID}\"\n")),
+            Some(&format!("[[device]]\npath = \"{BYID}\"\nrequired = true\n")),
             &[
                 (BYID, Some(node("/dev/ttyUSB0", 188, 0, 20))),
                 ("/dev/ttyACM0", Some(node("/dev/ttyACM0", 166, 0, 20))),
@@ -948,16 +1185,148 @@ mod tests {
 
     #[test]
     fn a_tool_dev_entry_whose_node_vanished_is_removed() {
-        let p = format!("[[device]]\npath = \"{BYID}\"\n");
+        let p = format!("[[device]]\npath = \"{BYID}\"\nrequired = true\n");
         let f = facts(
             PRIV,
             Some(&p),
             &[(BYID, Some(node("/dev/ttyUSB0", 188, 0, 20)))],
         );
         let mut after = apply(&f, &decide(&f));
+        assert!(after.conf.render().contains("dev0: "));
+        // The policy then makes it optional, and the node goes.
+        let p = format!("[[device]]\npath = \"{BYID}\"\n");
+        after.policy = Some(Policy::parse("p.toml", &p).unwrap());
         after.devices[0].node = Ok(None);
         let d = decide(&after);
+        assert_eq!(d.refusal, None);
         assert_eq!(conf_of(&d), "arch: amd64\n");
+        assert!(d.nodes.is_empty());
+    }
+
+    /// An optional policy device: a private node bound in this start's LXC
+    /// config only, never a `devN` line Proxmox would refuse once the
+    /// device is unplugged; the tool's older `devN` for it goes.
+    #[test]
+    fn an_optional_policy_device_is_a_private_node_of_this_start() {
+        let p = format!("[[device]]\npath = \"{BYID}\"\n");
+        let stick = node("/dev/ttyUSB0", 188, 0, 20);
+        let f = facts(UNPRIV, Some(&p), &[(BYID, Some(stick.clone()))]);
+        let d = decide(&f);
+        assert_eq!(d.refusal, None);
+        assert!(!conf_of(&d).contains("dev0"), "{}", conf_of(&d));
+        let lxc = &d.change(FileTarget::LxcConfig).unwrap().new;
+        let name = BYID.trim_start_matches('/').replace('/', "_");
+        assert!(
+            lxc.contains(&format!(
+                "lxc.mount.entry = /var/lib/lxc/105/pct-passthrough/{name} {} none bind,optional,create=file\n",
+                BYID.trim_start_matches('/')
+            )),
+            "{lxc}"
+        );
+        assert_eq!(d.nodes.len(), 1);
+        let n = &d.nodes[0];
+        assert_eq!((n.major, n.minor, n.mode), (188, 0, 0o660));
+        // Group dialout (20) through the container's default map.
+        assert_eq!((n.host_uid, n.host_gid), (100_000, 100_020));
+        // The tool's devN from an older version goes; the node replaces it.
+        let mut old = f.clone();
+        old.conf = PveConfig::parse(&format!("{UNPRIV}dev0: {BYID},gid=20\n"));
+        let mut st = State::new(105);
+        st.owned
+            .dev_entries
+            .push(OwnedLine::new("dev0", format!("{BYID},gid=20")));
+        old.state = Some(st);
+        let d = decide(&old);
+        assert_eq!(conf_of(&d), UNPRIV);
+        assert_eq!(d.nodes.len(), 1);
+        // Unplugged: nothing for it, nothing refused.
+        let gone = facts(UNPRIV, Some(&p), &[(BYID, None)]);
+        let d = decide(&gone);
+        assert_eq!(d.refusal, None);
+        assert!(
+            d.nodes.is_empty() && d.changes.is_empty(),
+            "{:#?}",
+            d.changes
+        );
+    }
+
+    /// A bind whose node needs another owner inside: a private node takes
+    /// the host node's place in this start's LXC config; the container
+    /// config keeps the person's line.
+    #[test]
+    fn a_bind_gets_a_private_node_for_a_service_without_groups_and_for_the_containers_group() {
+        let render = "/dev/dri/renderD128";
+        let conf = format!(
+            "{UNPRIV}lxc.mount.entry: {BYID} dev/ttyUSB0 none bind,optional,create=file\nlxc.mount.entry: {render} dev/dri/renderD128 none bind,optional,create=file\n"
+        );
+        let devs = [
+            (BYID, Some(node("/dev/ttyUSB0", 188, 0, 20))),
+            (render, Some(node(render, 226, 128, 993))),
+        ];
+        // Nothing known: the host nodes, their groups mapped 1:1.
+        let f = facts(&conf, None, &devs);
+        let d = decide(&f);
+        assert!(d.nodes.is_empty(), "{:#?}", d.nodes);
+        // Known: container render 107, service keeps its groups: only the
+        // render node is replaced, with group 107 (host 100107).
+        let mut known = f.clone();
+        let mut st = State::new(105);
+        st.container_groups.insert("render".into(), 107);
+        st.runtime_user = Some(RuntimeUser {
+            uid: 1000,
+            gid: 1000,
+            keeps_supplementary_groups: true,
+            ..Default::default()
+        });
+        known.state = Some(st.clone());
+        let d = decide(&known);
+        assert_eq!(d.nodes.len(), 1, "{:#?}", d.nodes);
+        assert_eq!(
+            (d.nodes[0].host_uid, d.nodes[0].host_gid),
+            (100_000, 100_107)
+        );
+        let lxc = &d.change(FileTarget::LxcConfig).unwrap().new;
+        assert!(lxc.contains("lxc.mount.entry = /var/lib/lxc/105/pct-passthrough/dev_dri_renderD128 dev/dri/renderD128 none bind,optional,create=file\n"), "{lxc}");
+        assert!(!lxc.contains(&format!("= {render} ")), "{lxc}");
+        assert!(!conf_of(&d).contains("pct-passthrough/"), "{}", conf_of(&d));
+        // A service without supplementary groups: both nodes are its own.
+        st.runtime_user.as_mut().unwrap().keeps_supplementary_groups = false;
+        known.state = Some(st);
+        let d = decide(&known);
+        assert_eq!(d.nodes.len(), 2);
+        assert!(d
+            .nodes
+            .iter()
+            .all(|n| (n.host_uid, n.host_gid) == (101_000, 101_000)));
+        // Deciding again on its own output changes nothing more.
+        let again = decide(&apply(&known, &d));
+        assert!(again.change(FileTarget::LxcConfig).is_none());
+        assert_eq!(again.nodes, d.nodes);
+    }
+
+    /// A numeric `lxc.init.uid`: the service is known before the first
+    /// start, so the first start gives the node its owner.
+    #[test]
+    fn lxc_init_uid_owns_the_node_from_the_first_start() {
+        let conf = format!("{UNPRIV}dev0: {BYID}\nlxc.init.uid: 1000\nlxc.init.gid: 1000\n");
+        let f = facts(
+            &conf,
+            None,
+            &[(BYID, Some(node("/dev/ttyUSB0", 188, 0, 20)))],
+        );
+        let c = conf_of(&decide(&f));
+        assert!(
+            c.contains(&format!("dev0: {BYID},gid=1000,uid=1000\n")),
+            "{c}"
+        );
+        // With lxc.init.groups, group membership works: the group.
+        let f = facts(
+            &format!("{conf}lxc.init.groups: 20\n"),
+            None,
+            &[(BYID, Some(node("/dev/ttyUSB0", 188, 0, 20)))],
+        );
+        let c = conf_of(&decide(&f));
+        assert!(c.contains(&format!("dev0: {BYID},gid=20\n")), "{c}");
     }
 
     #[test]
@@ -1088,7 +1457,7 @@ mod tests {
 
     #[test]
     fn tool_dev_entries_follow_the_fallback_for_services_without_groups() {
-        let p = format!("[[device]]\npath = \"{BYID}\"\n");
+        let p = format!("[[device]]\npath = \"{BYID}\"\nrequired = true\n");
         let mut f = facts(
             UNPRIV,
             Some(&p),

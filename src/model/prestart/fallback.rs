@@ -1,13 +1,12 @@
 //! The fallback step: devices post-start found the service cannot reach
 //! through groups (it drops supplementary groups). A `devN` the tool wrote,
 //! or one a person wrote without an owner, gets the service's uid/gid in the
-//! devices step; this step says what to do where the tool may not change the
-//! entry: a person's own `uid=`/`gid=`, or a bind of the host node.
+//! devices step, a bind or an optional policy device a private node of
+//! this start; this step says what to do where the tool may not change the
+//! entry: a person's own `uid=`/`gid=`.
 
 use super::{Draft, Facts, Refusal};
-use crate::model::device;
 use crate::model::event::Event;
-use crate::model::pveconf::DevEntry;
 
 pub fn plan_dev_fallback(facts: &Facts, d: &mut Draft) -> Result<(), Refusal> {
     let Some(state) = &facts.state else {
@@ -39,22 +38,9 @@ pub fn plan_dev_fallback(facts: &Facts, d: &mut Draft) -> Result<(), Refusal> {
                     )),
                 );
             }
-            None => {
-                let Some(free) = device::free_dev_index(entries.iter().map(|e| e.index)) else {
-                    continue;
-                };
-                let mut entry = DevEntry::new(free, &fb.path);
-                entry.uid = Some(uid);
-                entry.gid = Some(gid);
-                d.events.push(
-                    Event::warn("dev-fallback", format!("{why}; a bind of the host node cannot carry an owner"))
-                        .with_fix(format!(
-                            "pass it as a private node instead: pct set {vmid} --dev{free} {}, and remove the lxc.mount.entry of {}",
-                            entry.render(),
-                            fb.path
-                        )),
-                );
-            }
+            // A bind or an optional policy device: the devices step binds
+            // a private node owned by the service; nothing to ask for.
+            None => {}
         }
     }
     Ok(())

@@ -110,6 +110,31 @@ pub struct FileChange {
     pub reasons: Vec<String>,
 }
 
+/// Where the tool's private nodes for this start live (see [`PrivateNode`]).
+pub fn private_node_dir(vmid: u32) -> String {
+    format!("/var/lib/lxc/{vmid}/pct-passthrough")
+}
+
+/// A node the tool makes for this start only, bound into the container in
+/// place of the host node (a bind that needs another owner or group, an
+/// optional policy device): the host node is never changed, and the
+/// container config holds no line that could fail a start once the device
+/// is unplugged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrivateNode {
+    /// File name under [`private_node_dir`].
+    pub name: String,
+    pub major: u32,
+    pub minor: u32,
+    /// Host IDs (the container's IDs mapped through its map).
+    pub host_uid: u32,
+    pub host_gid: u32,
+    /// Permission bits.
+    pub mode: u32,
+    /// The device it stands for, and why, for the log.
+    pub reason: String,
+}
+
 /// What pre-start should do.
 #[derive(Debug, Clone, Default)]
 pub struct Decision {
@@ -124,6 +149,9 @@ pub struct Decision {
     pub events: Vec<Event>,
     /// Set when starting would be wrong.
     pub refusal: Option<Refusal>,
+    /// The private nodes this start binds; any other file in
+    /// [`private_node_dir`] is stale and removed.
+    pub nodes: Vec<PrivateNode>,
 }
 
 /// Why pre-start refuses a start: what is wrong and how to fix it, as the
@@ -194,6 +222,8 @@ pub struct Draft {
     /// The effective ID map, once the ID-map step has run.
     pub idmap: Option<Vec<IdmapEntry>>,
     pub events: Vec<Event>,
+    /// Private nodes for this start (devices step).
+    pub nodes: Vec<PrivateNode>,
 }
 
 impl Draft {
@@ -210,6 +240,7 @@ impl Draft {
             subid: Vec::new(),
             idmap: None,
             events: Vec::new(),
+            nodes: Vec::new(),
         }
     }
 
@@ -285,6 +316,7 @@ impl Draft {
             idmap: self.idmap,
             events: self.events,
             refusal: None,
+            nodes: self.nodes,
         }
     }
 
