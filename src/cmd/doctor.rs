@@ -16,7 +16,7 @@ use crate::model::subid::nsswitch_has_subid;
 use crate::model::text::Limits;
 use crate::paths::{Paths, Vmid};
 use crate::phase::io;
-use crate::phase::pre_start::{self, Planned};
+use crate::phase::next_start::{self, Planned};
 use crate::sys::devnode;
 use crate::sys::fs::read_text;
 
@@ -217,7 +217,7 @@ fn container_checks(paths: &Paths, vmid: Vmid, subuid: &str, subgid: &str) -> Ve
     };
     let mut out = Vec::new();
     // pre-start's own decision: a refusal fails here with its message and fix.
-    let planned = pre_start::plan(paths, vmid, &mut None);
+    let planned = next_start::plan(paths, vmid, &mut None);
     out.extend(next_start_checks(&id, &planned));
     let policy = io::read_policy(paths, vmid).ok().flatten();
     let state = io::load_state(paths, vmid);

@@ -1,18 +1,18 @@
 //! `pct-passthrough plan <vmid>`: what the next pre-start would change, as a
 //! unified diff per file with a reason per hunk. Reports pre-start's own
-//! decision (`phase::pre_start::plan`, chain check included), so the plan is
+//! decision (`phase::next_start::plan`, chain check included), so the plan is
 //! exactly what a start would do. Writes nothing.
 
 use crate::model::diff;
 use crate::model::event::Level;
 use crate::paths::{Paths, Vmid};
-use crate::phase::pre_start::{self, Planned};
+use crate::phase::next_start::{self, Planned};
 use crate::sys::log::Log;
 
 pub fn run(paths: &Paths, vmid: Vmid) -> u8 {
     let mut log = Log::new(vmid, "plan");
     let mut state_problem = None;
-    let planned = pre_start::plan(paths, vmid, &mut state_problem);
+    let planned = next_start::plan(paths, vmid, &mut state_problem);
     if let Some(p) = state_problem {
         log.warn("state-ignored", p);
     }

@@ -10,7 +10,7 @@ use crate::model::status::{self, NextStart, Status, StatusFacts};
 use crate::model::text::Limits;
 use crate::paths::{Paths, Vmid};
 use crate::phase::io;
-use crate::phase::pre_start::{self, Planned};
+use crate::phase::next_start::{self, Planned};
 use crate::sys::devnode;
 use crate::sys::fs::read_text;
 
@@ -77,7 +77,7 @@ fn gather(paths: &Paths, vmid: Vmid) -> Result<Status> {
 
 /// pre-start's own decision, as `status` shows it.
 pub fn next_start(paths: &Paths, vmid: Vmid) -> NextStart {
-    let planned = pre_start::plan(paths, vmid, &mut None);
+    let planned = next_start::plan(paths, vmid, &mut None);
     if let Some(r) = planned.refusal() {
         return NextStart {
             outcome: "refused",

@@ -6,6 +6,7 @@ pub mod chain;
 pub mod ct_job;
 pub mod io;
 pub mod mount_hook;
+pub mod next_start;
 pub mod post_start;
 pub mod pre_start;
 pub mod stop;

@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 
-use super::pre_start::{plan, Planned};
+use super::next_start::{plan, Planned};
 use super::{io, Ctx};
 use crate::model::event::Event;
 use crate::model::prestart::FileTarget;
