@@ -34,7 +34,8 @@ echo
 echo "== pct-passthrough 105 pre-start   (second start: nothing left to do)"
 cp -a "$work/host" "$work/again"
 "$bin" 105 pre-start || echo "(exit $?)"
-if (cd "$work" && diff -r --no-dereference again host >/dev/null); then
+# (The stick's node is left out: diff cannot compare device nodes.)
+if (cd "$work" && diff -r --no-dereference -x ttyUSB0 again host >/dev/null); then
     echo "no file changed"
 else
     echo "files changed on the second run"
