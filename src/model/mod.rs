@@ -17,6 +17,7 @@ pub mod poststart;
 pub mod prestart;
 pub mod pveconf;
 pub mod runtime;
+pub mod shift;
 pub mod state;
 pub mod status;
 pub mod storage;
