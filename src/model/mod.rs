@@ -11,6 +11,7 @@ pub mod group;
 pub mod idmap;
 pub mod idset;
 pub mod lxcconf;
+pub mod mountmap;
 pub mod passwd;
 pub mod policy;
 pub mod poststart;

@@ -6,7 +6,8 @@
 //! map the files were last owned under and the new one. A shift is only
 //! done when no host ID is both moved from and moved to (per kind): then
 //! applying it twice equals applying it once, so a run interrupted at any
-//! point is finished by running it again.
+//! point is finished by running it again. The journal of pending changes
+//! is part of the state (`State::shift`), written before the config.
 
 use std::collections::BTreeMap;
 
@@ -140,37 +141,6 @@ pub struct Inflight {
     pub mode: u32,
     /// The capability to set after the chown, already shifted.
     pub cap: Option<Vec<u8>>,
-}
-
-pub const JOURNAL_VERSION: u32 = 1;
-
-/// The shift journal (`/var/lib/pct-passthrough/<vmid>.shift.json`): the
-/// map changes not yet applied to the container's files, in order. Written
-/// by pre-start before the config changes; removed by the shift hook once
-/// every step is done.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Journal {
-    pub version: u32,
-    pub vmid: u32,
-    pub steps: Vec<ShiftStep>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub inflight: Option<Inflight>,
-}
-
-impl Journal {
-    pub fn parse(text: &str) -> Result<Journal, String> {
-        let j: Journal = serde_json::from_str(text).map_err(|e| format!("not a shift journal: {e}"))?;
-        if j.version != JOURNAL_VERSION {
-            return Err(format!("unknown shift journal version {}", j.version));
-        }
-        Ok(j)
-    }
-
-    pub fn render(&self) -> String {
-        let mut s = serde_json::to_string_pretty(self).unwrap_or_default();
-        s.push('\n');
-        s
-    }
 }
 
 /// What the walk knows of one inode.
@@ -320,10 +290,16 @@ impl ShiftReport {
         }
         if let Some((u, g)) = c.owner {
             if u != f.uid {
-                *self.owners.entry(format!("uid {} -> {u}", f.uid)).or_default() += 1;
+                *self
+                    .owners
+                    .entry(format!("uid {} -> {u}", f.uid))
+                    .or_default() += 1;
             }
             if g != f.gid {
-                *self.owners.entry(format!("gid {} -> {g}", f.gid)).or_default() += 1;
+                *self
+                    .owners
+                    .entry(format!("gid {} -> {g}", f.gid))
+                    .or_default() += 1;
             }
         }
         if c.acl_access.is_some() || c.acl_default.is_some() {
@@ -417,13 +393,16 @@ mod tests {
     #[test]
     fn ranges_move_at_their_exact_edges() {
         let old = pve_default();
-        let new = compute(&pve_default(), &[Passthrough {
-            kind: IdKind::Uid,
-            host: 2000,
-            ct: 65_526,
-            len: 10,
-            reason: "t".into(),
-        }])
+        let new = compute(
+            &pve_default(),
+            &[Passthrough {
+                kind: IdKind::Uid,
+                host: 2000,
+                ct: 65_526,
+                len: 10,
+                reason: "t".into(),
+            }],
+        )
         .unwrap();
         let m = Moves::between(&old, &new).unwrap();
         assert_eq!(m.map(IdKind::Uid, 165_525), None);
@@ -437,16 +416,22 @@ mod tests {
         // ct 1000 was host 1000; now ct 1001 is host 1000 and ct 1000 is back
         // in the base range.
         let old = punched(IdKind::Uid, 1000);
-        let new = compute(&pve_default(), &[Passthrough {
-            kind: IdKind::Uid,
-            host: 1000,
-            ct: 1001,
-            len: 1,
-            reason: "t".into(),
-        }])
+        let new = compute(
+            &pve_default(),
+            &[Passthrough {
+                kind: IdKind::Uid,
+                host: 1000,
+                ct: 1001,
+                len: 1,
+                reason: "t".into(),
+            }],
+        )
         .unwrap();
         let e = Moves::between(&old, &new).unwrap_err();
-        assert!(e.contains("host uid 1000 would be both moved from and moved to"), "{e}");
+        assert!(
+            e.contains("host uid 1000 would be both moved from and moved to"),
+            "{e}"
+        );
     }
 
     fn acl(entries: &[(u16, u16, u32)]) -> Vec<u8> {
@@ -464,7 +449,11 @@ mod tests {
         let m = Moves::between(&pve_default(), &{
             let mut p = punched(IdKind::Uid, 1000);
             p.retain(|e| e.kind == IdKind::Uid);
-            p.extend(punched(IdKind::Gid, 20).into_iter().filter(|e| e.kind == IdKind::Gid));
+            p.extend(
+                punched(IdKind::Gid, 20)
+                    .into_iter()
+                    .filter(|e| e.kind == IdKind::Gid),
+            );
             p
         })
         .unwrap();
@@ -491,7 +480,11 @@ mod tests {
                 (0x20, 0, u32max),
             ])
         );
-        assert_eq!(shift_acl(&got, &m).unwrap(), None, "a second run changes nothing");
+        assert_eq!(
+            shift_acl(&got, &m).unwrap(),
+            None,
+            "a second run changes nothing"
+        );
         assert!(shift_acl(&a[..7], &m).is_err());
         assert!(shift_acl(&[1, 0, 0, 0], &m).is_err());
     }
@@ -556,21 +549,5 @@ mod tests {
             ..InodeFacts::default()
         };
         assert!(plan_inode(&m, &u).unwrap().is_empty());
-    }
-
-    #[test]
-    fn journal_round_trips_and_rejects_other_versions() {
-        let j = Journal {
-            version: JOURNAL_VERSION,
-            vmid: 105,
-            steps: vec![ShiftStep {
-                from: vec!["u 0 100000 65536".into()],
-                to: vec!["u 0 100000 1000".into()],
-            }],
-            inflight: None,
-        };
-        assert_eq!(Journal::parse(&j.render()).unwrap(), j);
-        assert!(Journal::parse(&j.render().replace("\"version\": 1", "\"version\": 9")).is_err());
-        assert!(Journal::parse("{").is_err());
     }
 }

@@ -45,6 +45,44 @@ pub struct State {
     /// the Group rules before init (`model::firstboot`).
     #[serde(default)]
     pub first_boot_groups: bool,
+    /// The ID map the container's files are owned under (`lxc.idmap`
+    /// values): the map it last ran with, once that start's shift is done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files_idmap: Option<Vec<String>>,
+    /// The shift journal: map changes not yet applied to the container's
+    /// files, in order (pre-start records them before the config changes;
+    /// the shift hook removes each once done), and the inode in flight.
+    #[serde(default, skip_serializing_if = "ShiftJournal::is_empty")]
+    pub shift: ShiftJournal,
+    /// What the last shift re-owned; post-start puts it in the task log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_shift: Option<ShiftRecord>,
+}
+
+/// Pending map changes of the container's files (see `model::shift`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShiftJournal {
+    #[serde(default)]
+    pub steps: Vec<crate::model::shift::ShiftStep>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inflight: Option<crate::model::shift::Inflight>,
+}
+
+impl ShiftJournal {
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty() && self.inflight.is_none()
+    }
+}
+
+/// One finished shift, as the task log reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShiftRecord {
+    /// Seconds since the epoch.
+    pub at: u64,
+    pub summary: String,
+    /// Set once post-start printed it.
+    #[serde(default)]
+    pub reported: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,6 +119,10 @@ pub struct Owned {
     /// own map is needed, as written: put back when the need goes away.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub adopted: Vec<OwnedLine>,
+    /// `idmap=` options the tool put on a person's `mpN` line, one each:
+    /// `mp0: idmap=u:1000:1000:1` in the JSON.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mp_options: Vec<OwnedLine>,
 }
 
 impl Owned {
@@ -89,6 +131,7 @@ impl Owned {
             && self.dev_entries.is_empty()
             && self.dev_options.is_empty()
             && self.adopted.is_empty()
+            && self.mp_options.is_empty()
     }
 
     /// The owned raw lines with this key.

@@ -163,3 +163,16 @@ pub fn record_last_run(
     };
     update_state(paths, vmid, |s| s.last_run = Some(last))
 }
+
+/// The installed pve-container version, from dpkg's status file under the
+/// root; `None` when it is not installed or the file cannot be read.
+pub fn pve_container_version(paths: &Paths) -> Option<String> {
+    let text = read_text(
+        paths,
+        &paths.host("/var/lib/dpkg/status"),
+        Limits::DPKG_STATUS,
+    )
+    .ok()
+    .flatten()?;
+    crate::model::mountmap::installed_version(&text, "pve-container")
+}

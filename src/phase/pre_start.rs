@@ -63,6 +63,12 @@ fn gather(
     state: Option<State>,
 ) -> Result<Facts> {
     let policy_path = paths.policy(vmid).display().to_string();
+    // dpkg's status file is large: read only for per-mount-point maps.
+    let pve_container = if policy.as_ref().is_some_and(|(_, p)| !p.mounts.is_empty()) {
+        io::pve_container_version(paths)
+    } else {
+        None
+    };
     let (policy_file, policy) = match policy {
         Some((text, p)) => (HostFile::new(policy_path, Some(text)), Some(p)),
         None => (HostFile::new(policy_path, None), None),
@@ -98,6 +104,8 @@ fn gather(
         lxc_config: host_file(paths, paths.lxc_config(vmid))?,
         mount_hook_exe: crate::sys::proc::exe_for_mount_hook(unprivileged),
         devices,
+        pve_container,
+        shift_exe: crate::sys::proc::exe_for_mount_hook(false),
     })
 }
 
@@ -313,8 +321,9 @@ fn apply_subids(ctx: &mut Ctx, decision: &Decision) -> Result<()> {
     Ok(())
 }
 
-/// The state: only `owned` is pre-start's; the rest may have been updated
-/// by a post-start worker since it was read.
+/// The state: only `owned`, `files_idmap` and the shift steps are
+/// pre-start's; the rest may have been updated by a post-start worker since
+/// it was read.
 fn apply_state(ctx: &mut Ctx, decision: &Decision, c: &prestart::FileChange) -> Result<()> {
     let decided = State::parse(&c.new).map_err(|e| anyhow!("{}: {e}", c.path))?;
     let last = (c.target == Target::State).then(|| crate::model::state::LastRun {
@@ -325,6 +334,9 @@ fn apply_state(ctx: &mut Ctx, decision: &Decision, c: &prestart::FileChange) -> 
     });
     let note = io::update_state(ctx.paths, ctx.vmid, |s| {
         s.owned = decided.owned;
+        s.files_idmap = decided.files_idmap;
+        // The steps are pre-start's; an inode in flight is the shift hook's.
+        s.shift.steps = decided.shift.steps;
         if last.is_some() {
             s.last_run = last;
         }

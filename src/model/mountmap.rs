@@ -1,0 +1,283 @@
+//! Per-mount-point ID maps: Proxmox's `idmap=` option on an `mpN` line
+//! (pve-container >= 6.1.6), its syntax and checks as Proxmox has them,
+//! and whether the installed pve-container has it (dpkg's status file).
+
+use crate::model::idmap::{IdKind, IdRange, RawIdmap};
+use crate::model::pveconf::MpEntry;
+
+/// The first pve-container with the `idmap=` mount point option
+/// (its changelog: "add support for idmapped mounts", 6.1.6).
+pub const MIN_VERSION: [u64; 3] = [6, 1, 6];
+
+/// The installed version of `package` in dpkg's status file, if it is
+/// installed.
+pub fn installed_version(dpkg_status: &str, package: &str) -> Option<String> {
+    for para in dpkg_status.split("\n\n") {
+        let field = |name: &str| {
+            para.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                .map(str::trim)
+        };
+        if field("Package") == Some(package)
+            && field("Status").is_some_and(|s| s.ends_with(" installed"))
+        {
+            return field("Version").map(str::to_string);
+        }
+    }
+    None
+}
+
+/// True when a Debian version (`6.1.10`, `1:6.1.6-1`, `6.1.6~bpo1`) is at
+/// least [`MIN_VERSION`]: the leading numeric parts of the upstream version
+/// are compared; a `~` suffix sorts before the release, as in dpkg.
+pub fn supports_mp_idmap(version: &str) -> bool {
+    let v = version.split_once(':').map_or(version, |(_, v)| v);
+    let (nums, rest) = match v.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        Some(i) => (&v[..i], &v[i..]),
+        None => (v, ""),
+    };
+    let mut parts: Vec<u64> = nums.split('.').map_while(|p| p.parse().ok()).collect();
+    parts.resize(3, 0);
+    let have = [parts[0], parts[1], parts[2]];
+    have > MIN_VERSION || (have == MIN_VERSION && !rest.starts_with('~'))
+}
+
+/// One `type:container:disk:len` entry of an `idmap=` value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MpIdmapEntry {
+    pub kind: IdKind,
+    pub ct: u64,
+    pub disk: u64,
+    pub len: u64,
+}
+
+impl std::fmt::Display for MpIdmapEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}:{}",
+            self.kind.letter(),
+            self.ct,
+            self.disk,
+            self.len
+        )
+    }
+}
+
+/// An `idmap=` value: `passthrough` (`None`) or entries.
+pub type MpIdmap = Option<Vec<MpIdmapEntry>>;
+
+/// Parses an `idmap=` value as Proxmox does: its schema pattern
+/// `^(?:passthrough|[ug]:[0-9]+:[0-9]+:[1-9][0-9]*(?:;...)*)$`, then
+/// `validate_id_maps` (no two entries of a type overlap on the container
+/// side or on the disk side).
+pub fn parse_mp_idmap(value: &str) -> Result<MpIdmap, String> {
+    if value == "passthrough" {
+        return Ok(None);
+    }
+    let bad = |what: &str| {
+        format!(
+            "idmap={value}: {what}; the form is 'passthrough' or 'u|g:CONTAINER:DISK:COUNT' entries separated by ';', like u:1000:1000:1;g:1000:1000:1"
+        )
+    };
+    let mut out = Vec::new();
+    for entry in value.split(';') {
+        let f: Vec<&str> = entry.split(':').collect();
+        let [kind, ct, disk, len] = f.as_slice() else {
+            return Err(bad(&format!("'{entry}' is not an entry")));
+        };
+        let kind = match *kind {
+            "u" => IdKind::Uid,
+            "g" => IdKind::Gid,
+            _ => return Err(bad(&format!("'{entry}' is not of type u or g"))),
+        };
+        let num = |s: &str| -> Result<u64, String> {
+            if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(bad(&format!("'{s}' in '{entry}' is not a number")));
+            }
+            s.parse()
+                .map_err(|_| bad(&format!("'{s}' in '{entry}' is too large")))
+        };
+        let (ct, disk, len) = (num(ct)?, num(disk)?, num(len)?);
+        if len == 0 || f[3].starts_with('0') {
+            return Err(bad(&format!("the count of '{entry}' must start with 1-9")));
+        }
+        out.push(MpIdmapEntry {
+            kind,
+            ct,
+            disk,
+            len,
+        });
+    }
+    validate(&out)?;
+    Ok(Some(out))
+}
+
+/// Proxmox's `validate_id_maps` on a mount point map: per type and side,
+/// sorted by start, no entry may begin inside the one before it.
+fn validate(entries: &[MpIdmapEntry]) -> Result<(), String> {
+    let show = |e: &MpIdmapEntry| format!("{} {} {} {}", e.kind.letter(), e.ct, e.disk, e.len);
+    for kind in IdKind::ALL {
+        for (side, get) in [
+            (
+                "container",
+                (|e: &MpIdmapEntry| e.ct) as fn(&MpIdmapEntry) -> u64,
+            ),
+            ("host", |e: &MpIdmapEntry| e.disk),
+        ] {
+            let mut of: Vec<&MpIdmapEntry> = entries.iter().filter(|e| e.kind == kind).collect();
+            of.sort_by_key(|e| get(e));
+            for w in of.windows(2) {
+                if get(w[0]) + w[0].len > get(w[1]) {
+                    return Err(format!(
+                        "invalid map entry '{}': {side} {}id {} is also mapped by entry '{}'",
+                        show(w[1]),
+                        kind.letter(),
+                        get(w[1]),
+                        show(w[0])
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The `idmap=` value for `raw.idmap` lines (host side = the ID on disk).
+pub fn value_for(lines: &[RawIdmap]) -> Result<String, String> {
+    let mut entries = Vec::new();
+    for l in lines {
+        for &kind in &l.kinds {
+            entries.push(MpIdmapEntry {
+                kind,
+                ct: l.ct.start,
+                disk: l.host.start,
+                len: l.ct.len(),
+            });
+        }
+    }
+    validate(&entries)?;
+    let parts: Vec<String> = entries.iter().map(ToString::to_string).collect();
+    Ok(parts.join(";"))
+}
+
+/// An `mpN` value with its `idmap=` option set to `idmap` (added at the
+/// end, or replaced where it is), or removed when `None`.
+pub fn with_idmap(value: &str, idmap: Option<&str>) -> String {
+    let mut parts: Vec<String> = value
+        .split(',')
+        .filter(|p| !p.starts_with("idmap="))
+        .map(str::to_string)
+        .collect();
+    if let Some(v) = idmap {
+        parts.push(format!("idmap={v}"));
+    }
+    parts.join(",")
+}
+
+/// A bind mount of a host directory (`mpN: /host/dir,...`), as Proxmox's
+/// `classify_mountpoint` tells it: the volume is an absolute path.
+pub fn is_bind(mp: &MpEntry) -> bool {
+    mp.volume.starts_with('/')
+}
+
+/// The container IDs a mount point map takes out of the container map's
+/// reach on that mount (for messages).
+pub fn ct_ranges(map: &[MpIdmapEntry], kind: IdKind) -> Vec<IdRange> {
+    map.iter()
+        .filter(|e| e.kind == kind)
+        .map(|e| IdRange::new(e.ct, e.len))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+
+    #[rstest]
+    #[case("6.1.6", true)]
+    #[case("6.1.10", true)]
+    #[case("6.2.0", true)]
+    #[case("7.0", true)]
+    #[case("1:6.1.6-1", true)]
+    #[case("6.1.5", false)]
+    #[case("6.1.6~bpo1", false)]
+    #[case("6.1.6+pmx1", true)]
+    #[case("5.3.4", false)]
+    #[case("6.1", false)]
+    fn version_gate(#[case] v: &str, #[case] want: bool) {
+        assert_eq!(supports_mp_idmap(v), want, "{v}");
+    }
+
+    #[test]
+    fn reads_the_installed_version_only() {
+        let status = "Package: pve-container\nStatus: deinstall ok config-files\nVersion: 5.0.1\n\nPackage: pve-containerx\nStatus: install ok installed\nVersion: 9\n\nPackage: pve-container\nStatus: install ok installed\nPriority: optional\nVersion: 6.1.10\n";
+        assert_eq!(
+            installed_version(status, "pve-container").as_deref(),
+            Some("6.1.10")
+        );
+        assert_eq!(installed_version("", "pve-container"), None);
+    }
+
+    #[rstest]
+    #[case("passthrough", Ok(None))]
+    #[case("u:1000:1000:1;g:1000:1000:1", Ok(Some(2)))]
+    #[case("u:0:100:65536", Ok(Some(1)))]
+    #[case("u:1000:1000:0", Err("must start with 1-9"))]
+    #[case("u:1000:1000:01", Err("must start with 1-9"))]
+    #[case("x:1:1:1", Err("not of type u or g"))]
+    #[case("u:1:1", Err("is not an entry"))]
+    #[case("u:1:1:1;", Err("is not an entry"))]
+    #[case("u:-1:1:1", Err("is not a number"))]
+    #[case("Passthrough", Err("is not an entry"))]
+    #[case(
+        "u:1000:1000:10;u:1005:2000:1",
+        Err("invalid map entry 'u 1005 2000 1': container uid 1005 is also mapped by entry 'u 1000 1000 10'")
+    )]
+    #[case(
+        "g:1:50:5;g:10:52:1",
+        Err("invalid map entry 'g 10 52 1': host gid 52 is also mapped by entry 'g 1 50 5'")
+    )]
+    #[case("u:1:50:5;g:1:50:5", Ok(Some(2)))]
+    fn idmap_values_as_proxmox_checks_them(
+        #[case] v: &str,
+        #[case] want: Result<Option<usize>, &str>,
+    ) {
+        match (parse_mp_idmap(v), want) {
+            (Ok(got), Ok(n)) => assert_eq!(got.map(|g| g.len()), n, "{v}"),
+            (Err(e), Err(w)) => assert!(e.contains(w), "{e} lacks {w}"),
+            (got, want) => panic!("{v}: got {got:?}, want {want:?}"),
+        }
+    }
+
+    #[test]
+    fn raw_lines_become_a_value_that_parses_back() {
+        let lines = [
+            RawIdmap::parse("both 1000 1000").unwrap(),
+            RawIdmap::parse("gid 44 4400").unwrap(),
+        ];
+        let v = value_for(&lines).unwrap();
+        assert_eq!(v, "u:1000:1000:1;g:1000:1000:1;g:4400:44:1");
+        assert_eq!(parse_mp_idmap(&v).unwrap().unwrap().len(), 3);
+        assert!(value_for(&[
+            RawIdmap::parse("uid 1-10 1-10").unwrap(),
+            RawIdmap::parse("uid 5 50").unwrap()
+        ])
+        .unwrap_err()
+        .contains("host uid 5"));
+    }
+
+    #[test]
+    fn the_option_is_added_replaced_and_removed() {
+        assert_eq!(
+            with_idmap("/tank/media,mp=/media", Some("u:1:1:1")),
+            "/tank/media,mp=/media,idmap=u:1:1:1"
+        );
+        assert_eq!(
+            with_idmap("/t,idmap=passthrough,mp=/m", Some("u:1:1:1")),
+            "/t,mp=/m,idmap=u:1:1:1"
+        );
+        assert_eq!(with_idmap("/t,mp=/m,idmap=u:1:1:1", None), "/t,mp=/m");
+    }
+}
