@@ -62,5 +62,6 @@ pub fn run(cmd: Command, paths: &Paths) -> u8 {
         Command::Plan { vmid } => crate::cmd::plan::run(paths, vmid),
         Command::Status { vmid, json } => crate::cmd::status::run(paths, vmid, json),
         Command::LxcMountHook { args } => crate::phase::mount_hook::run(&args),
+        Command::LxcShiftHook { args } => crate::phase::shift::run_hook(paths, &args),
     }
 }

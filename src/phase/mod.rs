@@ -8,6 +8,7 @@ pub mod io;
 pub mod mount_hook;
 pub mod post_start;
 pub mod pre_start;
+pub mod shift;
 pub mod stop;
 
 use std::time::Duration;
