@@ -190,6 +190,65 @@ pub fn ct_ranges(map: &[MpIdmapEntry], kind: IdKind) -> Vec<IdRange> {
         .collect()
 }
 
+/// A bind mount point and the owner of its host directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindOwner {
+    pub key: String,
+    pub host_dir: String,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// For `doctor`: container-wide policy passthroughs whose host IDs own a
+/// bind-mounted host directory, each with the `[[mount]]` form that serves
+/// that mount without changing the container's map (what, fix).
+pub fn suggest_mount_form(
+    policy_lines: &[String],
+    binds: &[BindOwner],
+    pve_container: Option<&str>,
+) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for line in policy_lines {
+        let Ok(raw) = RawIdmap::parse(line) else {
+            continue;
+        };
+        for b in binds {
+            let owns = raw.kinds.iter().any(|k| {
+                let id = u64::from(match k {
+                    IdKind::Uid => b.uid,
+                    IdKind::Gid => b.gid,
+                });
+                raw.host.start <= id && id < raw.host.end
+            });
+            if !owns {
+                continue;
+            }
+            let version = match pve_container {
+                Some(v) if supports_mp_idmap(v) => String::new(),
+                Some(v) => format!(
+                    " (needs pve-container {}.{}.{} or later; this node has {v})",
+                    MIN_VERSION[0], MIN_VERSION[1], MIN_VERSION[2]
+                ),
+                None => format!(
+                    " (needs pve-container {}.{}.{} or later)",
+                    MIN_VERSION[0], MIN_VERSION[1], MIN_VERSION[2]
+                ),
+            };
+            out.push((
+                format!(
+                    "policy idmap \"{line}\" maps host IDs for the whole container, and {} is a bind mount of {} owned by {}:{}: if the passthrough only serves that mount, a per-mount-point map serves it without changing the container's map or re-owning its files{version}",
+                    b.key, b.host_dir, b.uid, b.gid
+                ),
+                format!(
+                    "replace the idmap line with [[mount]] mp = \"{}\" idmap = [\"{line}\"] in the policy",
+                    b.key
+                ),
+            ));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -266,6 +325,28 @@ mod tests {
         ])
         .unwrap_err()
         .contains("host uid 5"));
+    }
+
+    #[test]
+    fn suggests_the_mount_form_for_a_bind_mount_the_passthrough_owns() {
+        let binds = [BindOwner {
+            key: "mp0".into(),
+            host_dir: "/tank/media".into(),
+            uid: 1000,
+            gid: 1000,
+        }];
+        let s = suggest_mount_form(&["both 1000 1000".into()], &binds, Some("6.1.10"));
+        assert_eq!(s.len(), 1);
+        assert!(
+            s[0].1
+                .contains("[[mount]] mp = \"mp0\" idmap = [\"both 1000 1000\"]"),
+            "{s:?}"
+        );
+        assert!(!s[0].0.contains("needs pve-container"));
+        let s = suggest_mount_form(&["gid 44 44".into()], &binds, Some("6.1.10"));
+        assert!(s.is_empty(), "group 44 owns nothing there");
+        let s = suggest_mount_form(&["uid 999-1001 999-1001".into()], &binds, Some("6.1.2"));
+        assert!(s[0].0.contains("this node has 6.1.2"), "{s:?}");
     }
 
     #[test]

@@ -212,7 +212,7 @@ const ACL_GROUP: u16 = 0x08;
 /// then entries of tag, permissions and ID) with its user and group
 /// entries moved; `None` when nothing moves.
 pub fn shift_acl(bytes: &[u8], moves: &Moves) -> Result<Option<Vec<u8>>, String> {
-    if bytes.len() < 4 || (bytes.len() - 4) % 8 != 0 {
+    if bytes.len() < 4 || !(bytes.len() - 4).is_multiple_of(8) {
         return Err(format!("POSIX ACL of {} bytes is malformed", bytes.len()));
     }
     let version = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);

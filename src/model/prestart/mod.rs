@@ -131,6 +131,9 @@ pub struct Decision {
     pub events: Vec<Event>,
     /// Set when starting would be wrong.
     pub refusal: Option<Refusal>,
+    /// Map changes the container's files still need, in order (the shift
+    /// hook applies them at this start).
+    pub shift: Vec<crate::model::shift::ShiftStep>,
 }
 
 /// Why pre-start refuses a start: what is wrong and how to fix it, as the
@@ -292,6 +295,7 @@ impl Draft {
             idmap: self.idmap,
             events: self.events,
             refusal: None,
+            shift: self.state.shift.steps,
         }
     }
 
