@@ -1,6 +1,6 @@
 //! Per-mount-point ID maps: Proxmox's `idmap=` option on an `mpN` line
 //! (pve-container >= 6.1.6), its syntax and checks as Proxmox has them,
-//! and whether the installed pve-container has it (dpkg's status file).
+//! and whether the installed pve-container has it (`dpkg-query`).
 
 use crate::model::idmap::{IdKind, IdRange, RawIdmap};
 use crate::model::pveconf::MpEntry;
@@ -9,22 +9,17 @@ use crate::model::pveconf::MpEntry;
 /// (its changelog: "add support for idmapped mounts", 6.1.6).
 pub const MIN_VERSION: [u64; 3] = [6, 1, 6];
 
-/// The installed version of `package` in dpkg's status file, if it is
-/// installed.
-pub fn installed_version(dpkg_status: &str, package: &str) -> Option<String> {
-    for para in dpkg_status.split("\n\n") {
-        let field = |name: &str| {
-            para.lines()
-                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-                .map(str::trim)
-        };
-        if field("Package") == Some(package)
-            && field("Status").is_some_and(|s| s.ends_with(" installed"))
-        {
-            return field("Version").map(str::to_string);
-        }
-    }
-    None
+/// The `dpkg-query` arguments that print an installed package's state and
+/// version (`ii |6.1.10`), read by [`installed_version`].
+pub const DPKG_QUERY_ARGS: [&str; 2] = ["-W", "-f=${db:Status-Abbrev}|${Version}\n"];
+
+/// The version in `dpkg-query`'s output when the package is installed
+/// (status abbreviation `ii` or `hi`: wanted install or hold, installed).
+pub fn installed_version(dpkg_query: &str) -> Option<String> {
+    let line = dpkg_query.lines().next()?;
+    let (status, version) = line.split_once('|')?;
+    let b = status.as_bytes();
+    (b.len() >= 2 && b[1] == b'i' && !version.trim().is_empty()).then(|| version.trim().to_string())
 }
 
 /// True when a Debian version (`6.1.10`, `1:6.1.6-1`, `6.1.6~bpo1`) is at
@@ -271,12 +266,11 @@ mod tests {
 
     #[test]
     fn reads_the_installed_version_only() {
-        let status = "Package: pve-container\nStatus: deinstall ok config-files\nVersion: 5.0.1\n\nPackage: pve-containerx\nStatus: install ok installed\nVersion: 9\n\nPackage: pve-container\nStatus: install ok installed\nPriority: optional\nVersion: 6.1.10\n";
-        assert_eq!(
-            installed_version(status, "pve-container").as_deref(),
-            Some("6.1.10")
-        );
-        assert_eq!(installed_version("", "pve-container"), None);
+        assert_eq!(installed_version("ii |6.1.10\n").as_deref(), Some("6.1.10"));
+        assert_eq!(installed_version("hi |6.1.6\n").as_deref(), Some("6.1.6"));
+        assert_eq!(installed_version("rc |5.0.1\n"), None);
+        assert_eq!(installed_version("un |\n"), None);
+        assert_eq!(installed_version(""), None);
     }
 
     #[rstest]

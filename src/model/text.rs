@@ -82,11 +82,6 @@ impl Limits {
         max_bytes: 16 << 20,
         max_line: 64 << 10,
     };
-    /// dpkg's status file (a few MiB on a Proxmox node).
-    pub const DPKG_STATUS: Limits = Limits {
-        max_bytes: 64 << 20,
-        max_line: 64 << 10,
-    };
     /// Files read from inside a container: untrusted.
     pub const CONTAINER_FILE: Limits = Limits {
         max_bytes: 16 << 20,

@@ -63,7 +63,7 @@ fn gather(
     state: Option<State>,
 ) -> Result<Facts> {
     let policy_path = paths.policy(vmid).display().to_string();
-    // dpkg's status file is large: read only for per-mount-point maps.
+    // dpkg-query costs a process: asked only for per-mount-point maps.
     let pve_container = if policy.as_ref().is_some_and(|(_, p)| !p.mounts.is_empty()) {
         io::pve_container_version(paths)
     } else {
