@@ -293,6 +293,45 @@ mod tests {
     }
 
     #[test]
+    fn a_map_changed_before_the_hook_ran_becomes_a_further_step() {
+        let f = facts(SERIAL);
+        let f1 = apply(&f, &decide(&f));
+        let mut f2 = f1.clone();
+        f2.policy = Some(
+            crate::model::policy::Policy::parse("p", "idmap = [\"both 1000 1000\"]\n").unwrap(),
+        );
+        let d = decide(&f2);
+        let st = State::parse(&d.changes[0].new).unwrap();
+        assert_eq!(st.shift.steps.len(), 2);
+        assert_eq!(st.shift.steps[1].from, st.shift.steps[0].to);
+        assert!(d.events.iter().any(|e| e
+            .message
+            .contains("container uid 1000: host 101000 -> 1000")));
+    }
+
+    #[test]
+    fn mount_points_the_shift_leaves_alone_are_named_before_the_start() {
+        let conf = format!("{SERIAL}mp0: /tank/media,mp=/media\nmp1: local-lvm:vm-105-disk-1,mp=/ro,ro=1\nmp2: local-lvm:vm-105-disk-2,mp=/m,idmap=passthrough\nmp3: local-lvm:vm-105-disk-3,mp=/ok\n");
+        let d = decide(&facts(&conf));
+        let said: Vec<String> = d
+            .events
+            .iter()
+            .filter(|e| e.name == "shift-skip")
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(said.len(), 3, "{said:#?}");
+        assert!(
+            said[0].contains("mp0 is a bind mount of the host's /tank/media"),
+            "{said:#?}"
+        );
+        assert!(
+            said[1].contains("mp1 is read-only") && said[1].contains("remove ro=1"),
+            "{said:#?}"
+        );
+        assert!(said[2].contains("mp2 has its own idmap="), "{said:#?}");
+    }
+
+    #[test]
     fn privileged_and_unchanged_maps_record_only_the_map() {
         let d = decide(&facts("arch: amd64\ndev0: /dev/ttyUSB0\n"));
         assert!(d.changes.is_empty());
