@@ -279,6 +279,25 @@ pub struct ShiftReport {
     pub not_entered: Vec<String>,
 }
 
+/// A container-controlled path for human-facing output: control
+/// characters and backslashes escaped, bytes that are not UTF-8 as `\xNN`.
+pub fn escape_path(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if c.is_control() || c == '\\' {
+                out.extend(c.escape_default());
+            } else {
+                out.push(c);
+            }
+        }
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
+}
+
 /// How many paths a report keeps.
 pub const FIRST_PATHS: usize = 5;
 
@@ -509,6 +528,14 @@ mod tests {
         v2[3] = 0x02;
         assert_eq!(shift_cap(&v2, &m).unwrap(), None);
         assert!(shift_cap(&cap_v3(1)[..22], &m).is_err());
+    }
+
+    #[test]
+    fn paths_are_escaped_for_the_task_log() {
+        assert_eq!(escape_path(b"var/spool/x"), "var/spool/x");
+        assert_eq!(escape_path("caf\u{e9}".as_bytes()), "caf\u{e9}");
+        assert_eq!(escape_path(b"a\nb\x1b[31m"), "a\\nb\\u{1b}[31m");
+        assert_eq!(escape_path(b"\xff\\"), "\\xff\\\\");
     }
 
     #[test]

@@ -115,7 +115,7 @@ fn shift_root(
     report.not_entered = skipped
         .iter()
         .map(|r| {
-            let rel = String::from_utf8_lossy(r);
+            let rel = crate::model::shift::escape_path(r);
             format!("{}/{rel}", label.trim_end_matches('/'))
         })
         .collect();

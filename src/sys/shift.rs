@@ -61,7 +61,7 @@ pub struct Entry<'a> {
 impl Entry<'_> {
     /// The path as the container sees it under `root` (`/` or `/data`).
     pub fn display(&self, root: &str) -> String {
-        let rel = String::from_utf8_lossy(self.rel);
+        let rel = crate::model::shift::escape_path(self.rel);
         if rel.is_empty() {
             root.to_string()
         } else if root.ends_with('/') {
