@@ -58,8 +58,28 @@ impl Host {
     }
 }
 
+/// stderr with each task-log message on one line.
 fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).to_string()
+    joined(&String::from_utf8_lossy(&o.stderr))
+}
+
+/// The task log with each message on one line: the indented lines the tool
+/// writes under a headline (details, wrapped parts, the fix) joined onto it
+/// with a space, so a test can look for a whole message. The line style
+/// itself is checked by `tests/task_log_style.rs`.
+fn joined(raw: &str) -> String {
+    let mut out = String::new();
+    for line in raw.lines() {
+        if line.starts_with("  ") && !out.is_empty() {
+            out.pop();
+            out.push(' ');
+            out.push_str(line.trim_start());
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    out
 }
 
 #[test]
@@ -99,7 +119,7 @@ fn failure_blocks_pre_start_only() {
     let e = stderr(&o);
     assert!(e.contains("recorder: refusing 105"), "its own message: {e}");
     assert!(
-        e.contains("pct-passthrough 105 pre-start: error: chained hookscript local:snippets/rec.sh failed (exit code 3); fix it, or remove 'chain' from"),
+        e.contains("pct-passthrough 105 pre-start: error: chained hookscript local:snippets/rec.sh failed (exit code 3) fix: fix it, or remove 'chain' from"),
         "{e}"
     );
     for phase in ["post-start", "pre-stop", "post-stop"] {

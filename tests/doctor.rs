@@ -308,13 +308,17 @@ fn each_broken_fixture_names_its_problem_and_fix(
     // Messages from the hook's own code name host paths under the root.
     let line = &line.replace("{root}", &h.root.display().to_string());
     let fix = &fix.replace("{root}", &h.root.display().to_string());
-    let at = out
-        .find(line.as_str())
+    // Each check as one logical line (its wrapped parts joined) and its fix.
+    let checks = checks_of(&out);
+    let (_, check_fix) = checks
+        .iter()
+        .find(|(msg, _)| msg.contains(line.as_str()))
         .unwrap_or_else(|| panic!("no '{line}' in:\n{out}"));
-    let next = out[at..].lines().nth(1).unwrap_or("");
     assert!(
-        next.trim_start().starts_with("fix: ") && next.contains(fix),
-        "fix line '{next}' lacks '{fix}':\n{out}"
+        check_fix
+            .as_deref()
+            .is_some_and(|f| f.contains(fix.trim_start_matches("fix: "))),
+        "fix {check_fix:?} lacks '{fix}':\n{out}"
     );
     let fails = out.lines().filter(|l| l.starts_with("fail ")).count();
     assert_eq!(code, i32::from(fails > 0), "{out}");
@@ -368,4 +372,29 @@ fn char_node(path: &std::path::Path, major: u64, minor: u64, gid: u32) {
     )
     .unwrap_or_else(|e| panic!("mknod {}: {e} (the tests need root)", path.display()));
     std::os::unix::fs::chown(path, Some(0), Some(gid)).unwrap();
+}
+
+/// doctor's report as (message, fix) per check: a check starts with its
+/// verdict; its indented lines continue it, the `fix:` one is its fix.
+fn checks_of(out: &str) -> Vec<(String, Option<String>)> {
+    let mut checks: Vec<(String, Option<String>)> = Vec::new();
+    for l in out.lines() {
+        let t = l.trim_start();
+        if !l.starts_with(' ') {
+            checks.push((l.to_string(), None));
+        } else if let Some(c) = checks.last_mut() {
+            match (t.strip_prefix("fix: "), &mut c.1) {
+                (Some(f), None) => c.1 = Some(f.to_string()),
+                (_, Some(f)) => {
+                    f.push(' ');
+                    f.push_str(t);
+                }
+                (None, None) => {
+                    c.0.push(' ');
+                    c.0.push_str(t);
+                }
+            }
+        }
+    }
+    checks
 }

@@ -88,9 +88,13 @@ fn chained_pre_start_failure_aborts_the_start() {
         "{rep}"
     );
     assert!(
-        rep.task_log.contains(&format!(
-            "chained hookscript {volume} failed (exit code 4); fix it, or remove 'chain'"
-        )),
+        rep.task_log
+            .contains(&format!("chained hookscript {volume} failed (exit code 4)")),
+        "{rep}"
+    );
+    assert!(
+        rep.task_log
+            .contains("  fix: fix it, or remove 'chain' from "),
         "{rep}"
     );
     assert_eq!(calls(vmid), [format!("{vmid} pre-start lock=held")]);

@@ -198,7 +198,7 @@ fn group_fix_creates_dialout_and_the_service_gets_it_after_a_restart() {
     assert!(v["changes"][0]
         .as_str()
         .unwrap()
-        .contains("created group dialout gid 20"));
+        .contains("created group dialout (gid 20)"));
     ct.stop();
 
     // Next boot: the service starts with the group and can open the node.
@@ -537,7 +537,7 @@ fn init_is_pinned_and_a_pid_of_another_container_is_refused() {
     let ia = u32::try_from(a.init_pid().unwrap()).unwrap();
     let ib = u32::try_from(b.init_pid().unwrap()).unwrap();
     let p = find_and_pin(va).unwrap();
-    assert_eq!((p.pid, p.found_by), (ia, "cgroup"));
+    assert_eq!((p.pid, p.found_by), (ia, "lxc-info"));
     assert!(p.own_userns);
     assert_eq!(find_and_pin(vb).unwrap().pid, ib);
     let e = pin(ia, vb, "test").unwrap_err().to_string();

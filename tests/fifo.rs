@@ -59,11 +59,25 @@ fn run_bounded(root: &Path, args: &[&str], what: &str) -> Ran {
             let o = child.wait_with_output().expect("output");
             return Ran {
                 code: o.status.code(),
+                // Each task-log message on one line (its indented parts
+                // joined), so a test can look for a whole message.
                 out: format!(
                     "{}{}",
                     String::from_utf8_lossy(&o.stdout),
                     String::from_utf8_lossy(&o.stderr)
-                ),
+                )
+                .lines()
+                .fold(String::new(), |mut acc, l| {
+                    if l.starts_with("  ") && !acc.is_empty() {
+                        acc.pop();
+                        acc.push(' ');
+                        acc.push_str(l.trim_start());
+                    } else {
+                        acc.push_str(l);
+                    }
+                    acc.push('\n');
+                    acc
+                }),
             };
         }
         if start.elapsed() > TIMEOUT {

@@ -144,10 +144,21 @@ fn pre_start(root: &Path) -> (Option<i32>, String) {
         .env("PCT_PASSTHROUGH_ROOT", root)
         .output()
         .expect("run pct-passthrough");
-    (
-        o.status.code(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
+    // Each task-log message on one line (its indented parts joined).
+    let joined = String::from_utf8_lossy(&o.stderr)
+        .lines()
+        .fold(String::new(), |mut acc, l| {
+            if l.starts_with("  ") && !acc.is_empty() {
+                acc.pop();
+                acc.push(' ');
+                acc.push_str(l.trim_start());
+            } else {
+                acc.push_str(l);
+            }
+            acc.push('\n');
+            acc
+        });
+    (o.status.code(), joined)
 }
 
 #[test]

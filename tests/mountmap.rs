@@ -6,6 +6,8 @@
 //! `doctor` suggests the mount-point form for a container-wide passthrough
 //! that owns a bind-mounted host directory.
 
+mod common;
+
 use std::fs;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -55,7 +57,7 @@ fn new_proxmox_gets_idmap_on_the_mount_point_and_nothing_else() {
     let t = host(Some("6.1.10"), POLICY);
     let r = t.path();
     let o = run(r, &["105", "pre-start"]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "{}", common::joined(&String::from_utf8_lossy(&o.stderr)));
     assert_eq!(
         read(r, "etc/pve/lxc/105.conf"),
         CONF.replace("mp=/media", "mp=/media,idmap=u:1000:1000:1;g:1000:1000:1")
@@ -91,7 +93,7 @@ fn old_or_no_proxmox_falls_back_and_says_so() {
         let t = host(version, POLICY);
         let r = t.path();
         let o = run(r, &["105", "pre-start"]);
-        let log = String::from_utf8_lossy(&o.stderr);
+        let log = common::joined(&String::from_utf8_lossy(&o.stderr));
         assert!(o.status.success(), "{log}");
         assert!(log.contains(says), "{log}");
         let conf = read(r, "etc/pve/lxc/105.conf");
@@ -111,7 +113,7 @@ fn a_bad_mount_table_is_refused_with_its_line() {
         "[[mount]]\nmp = \"mp0\"\nidmap = [\"uid 1-10 1-10\", \"uid 5 50\"]\n",
     );
     let o = run(t.path(), &["105", "pre-start"]);
-    let log = String::from_utf8_lossy(&o.stderr);
+    let log = common::joined(&String::from_utf8_lossy(&o.stderr));
     assert_eq!(o.status.code(), Some(1), "{log}");
     assert!(
         log.contains("[[mount]] mp0: invalid map entry 'u 50 5 1': host uid 5 is also mapped by entry 'u 1 1 10'"),

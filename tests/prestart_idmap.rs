@@ -81,8 +81,28 @@ impl Root {
     }
 }
 
+/// stderr with each task-log message on one line.
 fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
+    joined(&String::from_utf8_lossy(&o.stderr))
+}
+
+/// The task log with each message on one line: the indented lines the tool
+/// writes under a headline (details, wrapped parts, the fix) joined onto it
+/// with a space, so a test can look for a whole message. The line style
+/// itself is checked by `tests/task_log_style.rs`.
+fn joined(raw: &str) -> String {
+    let mut out = String::new();
+    for line in raw.lines() {
+        if line.starts_with("  ") && !out.is_empty() {
+            out.pop();
+            out.push(' ');
+            out.push_str(line.trim_start());
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    out
 }
 
 #[test]
@@ -116,7 +136,7 @@ fn serial_bind_first_boot_then_nothing_to_do() {
     );
     let log = stderr(&o);
     assert!(log.contains("added root:20:1"), "{log}");
-    assert!(log.contains("105.conf: lxc.idmap u 0 100000 65536, g 0 100000 20, g 20 20 1, g 21 100021 65515 for container gid 20 -> host gid 20"), "{log}");
+    assert!(log.contains("105.conf lxc.idmap u 0 100000 65536, g 0 100000 20, g 20 20 1, g 21 100021 65515 for container gid 20 -> host gid 20"), "{log}");
 
     // The second start with the same inputs writes nothing.
     let before = r.snapshot();
@@ -180,10 +200,10 @@ fn dry_run_reports_and_writes_nothing() {
     let log = stderr(&o);
     assert!(log.contains("dry run: would write"), "{log}");
     assert!(
-        log.contains("etc/subgid: root needs subordinate gids 20"),
+        log.contains("etc/subgid root needs subordinate gids 20"),
         "{log}"
     );
-    assert!(log.contains("etc/pve/lxc/108.conf: lxc.idmap u 0 100000 65536, g 0 100000 20, g 20 20 1, g 21 100021 65515 for container gid 20 -> host gid 20 (serial device bound: /dev/serial/by-id/usb-ITead_Sonoff_Zigbee_3.0-if00-port0)"), "{log}");
+    assert!(log.contains("etc/pve/lxc/108.conf lxc.idmap u 0 100000 65536, g 0 100000 20, g 20 20 1, g 21 100021 65515 for container gid 20 -> host gid 20 (serial device bound: /dev/serial/by-id/usb-ITead_Sonoff_Zigbee_3.0-if00-port0)"), "{log}");
     assert_eq!(r.snapshot(), before);
 }
 

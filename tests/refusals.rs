@@ -139,7 +139,7 @@ fn every_command_reports_the_refusal(
     assert!(stderr(&plan).contains(needle), "plan: {}", stderr(&plan));
 
     let doctor = root.run(&["doctor", "105"]);
-    let out = stdout(&doctor);
+    let out = common::joined(&stdout(&doctor));
     assert_eq!(doctor.status.code(), Some(1), "doctor: {out}");
     let line = out
         .lines()
@@ -148,7 +148,7 @@ fn every_command_reports_the_refusal(
     assert!(line.contains(needle), "doctor: {out}");
 
     let status = root.run(&["status", "105"]);
-    let text = stdout(&status);
+    let text = common::joined(&stdout(&status));
     assert!(text.contains("next start: refused: "), "status: {text}");
     assert!(text.contains(needle), "status: {text}");
     let json = root.run(&["status", "105", "--json"]);
@@ -209,7 +209,7 @@ fn a_persons_dangerous_entry_gets_no_rule_and_fails_doctor(
     let doctor = root.run(&["doctor", "105"]);
     assert_eq!(doctor.status.code(), Some(1), "{}", stdout(&doctor));
     assert!(
-        stdout(&doctor)
+        common::joined(&stdout(&doctor))
             .lines()
             .any(|l| l.starts_with("fail  105:") && l.contains("adds no rule")),
         "{}",

@@ -4,6 +4,8 @@
 //! re-owned; one whose inode changed since is left alone; a failure exits 1
 //! (LXC then stops the start) with the journal kept.
 
+mod common;
+
 use std::fs;
 use std::os::unix::fs::{chown, MetadataExt, PermissionsExt};
 use std::path::Path;
@@ -81,7 +83,7 @@ fn the_inode_in_flight_is_finished_first() {
     let (t, _) = setup(0);
     let app = t.path().join("var/lib/lxc/105/rootfs/app");
     let o = hook(t.path());
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "{}", common::joined(&String::from_utf8_lossy(&o.stderr)));
     let m = fs::metadata(app.join("cap")).unwrap();
     assert_eq!(m.mode() & 0o7777, 0o4755, "set-user-ID bit back");
     assert_eq!((m.uid(), m.gid()), (1000, 101_000));
@@ -103,7 +105,7 @@ fn another_inode_at_that_path_is_left_alone() {
     let (t, _) = setup(1);
     let app = t.path().join("var/lib/lxc/105/rootfs/app");
     let o = hook(t.path());
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "{}", common::joined(&String::from_utf8_lossy(&o.stderr)));
     assert_eq!(
         fs::metadata(app.join("cap")).unwrap().mode() & 0o7777,
         0o755
@@ -116,7 +118,7 @@ fn a_failure_exits_1_and_keeps_the_journal() {
     let (t, _) = setup(0);
     fs::remove_dir_all(t.path().join("var/lib/lxc/105/rootfs")).unwrap();
     let o = hook(t.path());
-    let err = String::from_utf8_lossy(&o.stderr);
+    let err = common::joined(&String::from_utf8_lossy(&o.stderr));
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(
         err.contains("the next start resumes where this one stopped"),

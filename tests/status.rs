@@ -141,7 +141,7 @@ fn runtime_user_last_run_and_verdicts_from_state() {
         "{text}"
     );
     assert!(
-        text.contains("  dev0 /dev/ttyUSB0: ok: uid 1000 can open it through group 20"),
+        text.contains("  dev0 /dev/ttyUSB0: ok\n      uid 1000 can open it through group 20"),
         "{text}"
     );
 }

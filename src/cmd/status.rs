@@ -5,7 +5,7 @@
 use anyhow::Result;
 
 use crate::model::device;
-use crate::model::prestart::Target;
+use crate::model::prestart::FileTarget;
 use crate::model::status::{self, NextStart, Status, StatusFacts};
 use crate::model::text::Limits;
 use crate::paths::{Paths, Vmid};
@@ -94,7 +94,7 @@ pub fn next_start(paths: &Paths, vmid: Vmid) -> NextStart {
         Planned::Decided(b) => {
             let mut files: Vec<&str> = Vec::new();
             for c in &b.1.changes {
-                if !matches!(c.target, Target::State | Target::StateInterim)
+                if !matches!(c.target, FileTarget::State | FileTarget::StateInterim)
                     && !files.contains(&c.path.as_str())
                 {
                     files.push(&c.path);

@@ -4,7 +4,8 @@
 
 use similar::{ChangeTag, TextDiff};
 
-use crate::model::prestart::{FileChange, Target};
+use crate::model::prestart::{FileChange, FileTarget};
+use crate::model::tasklog;
 
 /// One hunk: its `@@ -a,b +c,d @@` header and its lines, each with its
 /// ` `/`-`/`+` prefix and its own line ending.
@@ -71,9 +72,10 @@ fn tokens(s: &str) -> Vec<&str> {
 /// hunk's changed lines (by their total length, so `/dev/ttyUSB0` counts
 /// more than `20`); else all of them.
 pub fn reason_for(hunk: &Hunk, reasons: &[String]) -> String {
+    let headline = |r: &String| r.split('\n').next().unwrap_or("").to_string();
     match reasons {
         [] => "no reason recorded".to_string(),
-        [one] => one.clone(),
+        [one] => headline(one),
         _ => {
             let words: Vec<&str> = hunk.changed().flat_map(tokens).collect();
             let score = |r: &String| {
@@ -88,9 +90,9 @@ pub fn reason_for(hunk: &Hunk, reasons: &[String]) -> String {
             let best = reasons.iter().map(score).max().unwrap_or(0);
             let top: Vec<&String> = reasons.iter().filter(|r| score(r) == best).collect();
             if best > 0 && top.len() == 1 {
-                top[0].clone()
+                headline(top[0])
             } else {
-                reasons.join("; ")
+                reasons.iter().map(headline).collect::<Vec<_>>().join("; ")
             }
         }
     }
@@ -105,10 +107,29 @@ pub fn render(path: &str, old: Option<&str>, new: &str, reasons: &[String]) -> S
         return String::new();
     }
     let rel = path.trim_start_matches('/');
-    let mut out = match old {
+    // Reasons with details (a reason's own lines after its headline) go in
+    // a comment block before the file header, which diff tools ignore; each
+    // hunk header carries the headline of its reason.
+    let mut out = String::new();
+    if reasons.iter().any(|r| r.contains('\n')) {
+        for r in reasons {
+            for (i, line) in r.split('\n').enumerate() {
+                let lead = if i == 0 { "# " } else { "#   " };
+                let width = tasklog::WIDTH - lead.len();
+                for (j, piece) in tasklog::wrap(&one_line(line), width, width - 2)
+                    .into_iter()
+                    .enumerate()
+                {
+                    let more = if j == 0 { "" } else { "  " };
+                    out.push_str(&format!("{lead}{more}{piece}\n"));
+                }
+            }
+        }
+    }
+    out.push_str(&match old {
         Some(_) => format!("--- a/{rel}\n+++ b/{rel}\n"),
         None => format!("--- /dev/null\n+++ b/{rel}\n"),
-    };
+    });
     for h in hunks(old_text, new) {
         let reason = reason_for(&h, reasons);
         out.push_str(&format!("{} {}\n", h.header, one_line(&reason)));
@@ -124,16 +145,16 @@ pub fn render(path: &str, old: Option<&str>, new: &str, reasons: &[String]) -> S
 /// own state is left out), paths shown relative to `root`. Empty when
 /// nothing would change.
 pub fn render_changes(root: &str, changes: &[FileChange]) -> String {
-    let order = |t: Target| match t {
-        Target::PveConf => 0,
-        Target::Subuid => 1,
-        Target::Subgid => 2,
-        Target::LxcConfig => 3,
-        Target::State | Target::StateInterim => 4,
+    let order = |t: FileTarget| match t {
+        FileTarget::PveConf => 0,
+        FileTarget::Subuid => 1,
+        FileTarget::Subgid => 2,
+        FileTarget::LxcConfig => 3,
+        FileTarget::State | FileTarget::StateInterim => 4,
     };
     let mut shown: Vec<&FileChange> = changes
         .iter()
-        .filter(|c| !matches!(c.target, Target::State | Target::StateInterim))
+        .filter(|c| !matches!(c.target, FileTarget::State | FileTarget::StateInterim))
         .collect();
     shown.sort_by_key(|c| order(c.target));
     let root = root.trim_end_matches('/');
@@ -199,24 +220,29 @@ mod tests {
             "/tmp/r/",
             &[
                 ch(
-                    Target::Subgid,
+                    FileTarget::Subgid,
                     "/tmp/r/etc/subgid",
                     Some("a\n"),
                     "a\nroot:20:1\n",
                 ),
                 ch(
-                    Target::StateInterim,
+                    FileTarget::StateInterim,
                     "/tmp/r/var/lib/pct-passthrough/105.json",
                     None,
                     "{}",
                 ),
                 ch(
-                    Target::PveConf,
+                    FileTarget::PveConf,
                     "/tmp/r/etc/pve/lxc/105.conf",
                     Some("x\n"),
                     "x\ny\n",
                 ),
-                ch(Target::LxcConfig, "/elsewhere/config", Some("c\n"), "c\n"),
+                ch(
+                    FileTarget::LxcConfig,
+                    "/elsewhere/config",
+                    Some("c\n"),
+                    "c\n",
+                ),
             ],
         );
         assert_eq!(
@@ -254,8 +280,12 @@ mod tests {
         // No match: every reason.
         let h = &hunks("a\n", "b\n")[0];
         assert_eq!(reason_for(h, &reasons), reasons.join("; "));
-        assert_eq!(reason_for(h, &["x\ny".into()]), "x\ny");
-        assert!(render("/c", Some("a\n"), "b\n", &["x\n  y".into()]).contains("@@ x y\n"));
+        // A reason's headline heads the hunk; its details come before the
+        // file header as comments.
+        assert_eq!(reason_for(h, &["x\ny".into()]), "x");
+        let d = render("/c", Some("a\n"), "b\n", &["x\n  y".into()]);
+        assert!(d.starts_with("# x\n#   y\n--- a/c\n"), "{d}");
+        assert!(d.contains("@@ x\n"), "{d}");
     }
 
     /// Applies a rendered diff to `old` (context checked): proves the hunks

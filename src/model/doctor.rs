@@ -4,11 +4,13 @@
 
 use std::fmt;
 
+use crate::model::escape::escape;
 use crate::model::idmap::{self, IdKind, IdmapEntry};
 use crate::model::policy::Policy;
 use crate::model::pveconf::PveConfig;
 use crate::model::state::State;
 use crate::model::subid::{is_root_owner, SubidFile, SubidRange};
+use crate::model::tasklog;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Verdict {
@@ -65,17 +67,27 @@ impl Check {
     }
 }
 
+/// Shown in the task-log style (`model::tasklog`): the headline, then the
+/// message's other parts and the fix indented under it; every part escaped
+/// (a message may quote a container's user or group name).
 impl fmt::Display for Check {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{:<4}  {}: {}",
-            self.verdict.as_str(),
-            self.subject,
-            self.message
-        )?;
+        let prefix = format!("{:<4}  {}: ", self.verdict.as_str(), self.subject);
+        let mut parts: Vec<String> = self
+            .message
+            .split('\n')
+            .map(|p| escape(p).into_owned())
+            .collect();
         if let Some(fix) = &self.fix {
-            write!(f, "\n      fix: {fix}")?;
+            parts.push(format!("fix: {}", escape(fix)));
+        }
+        let lines = tasklog::lines_within(&prefix, &parts.join("\n"), tasklog::WIDTH - 4);
+        for (i, line) in lines.iter().enumerate() {
+            if i == 0 {
+                f.write_str(line)?;
+            } else {
+                write!(f, "\n    {line}")?;
+            }
         }
         Ok(())
     }

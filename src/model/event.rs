@@ -65,7 +65,7 @@ impl fmt::Display for Event {
             Level::Error => write!(f, "error: {}", self.message)?,
         }
         match &self.fix {
-            Some(fix) => write!(f, "; {fix}"),
+            Some(fix) => write!(f, "\nfix: {fix}"),
             None => Ok(()),
         }
     }

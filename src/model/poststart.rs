@@ -277,18 +277,7 @@ pub fn decide(seen: &Seen) -> Decision {
         .outcomes
         .iter()
         .filter(|o| o.created || o.member_added)
-        .map(|o| {
-            let base = if o.created {
-                format!("created group {} gid {}", o.name, o.gid)
-            } else {
-                format!("group {} gid {}", o.name, o.gid)
-            };
-            if o.member_added {
-                format!("{base}: added {}", r.name.as_deref().unwrap_or("?"))
-            } else {
-                base
-            }
-        })
+        .map(|o| group_line(o, r.name.as_deref()))
         .collect();
     changes.extend(r.problems.iter().cloned());
     Decision {
@@ -467,7 +456,10 @@ mod tests {
         };
         let d = decide_case(&c, &serial());
         assert!(d.fixed_late);
-        assert_eq!(d.changes, vec!["created group dialout gid 20: added node"]);
+        assert_eq!(
+            d.changes,
+            vec!["created group dialout (gid 20), added node"]
+        );
         let root = Case {
             now: proc_entry(0, 0, &[]),
             ..c

@@ -6,10 +6,12 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use crate::model::escape::escape;
 use crate::model::idmap::{self, IdKind, IdmapEntry};
 use crate::model::pveconf::PveConfig;
 use crate::model::state::{LastRun, State};
 use crate::model::subid::SubidFile;
+use crate::model::tasklog;
 
 /// The JSON object of `status --json`. `vmid`, `idmap` and `runtime_user`
 /// are the contract of DESIGN.md; the rest is documented in the README.
@@ -220,6 +222,15 @@ pub fn build(f: &StatusFacts) -> Status {
     }
 }
 
+/// Each line of `text` escaped (it may quote container text), line
+/// breaks kept as the parts of a task-log message.
+fn escape_parts(text: &str) -> String {
+    text.split('\n')
+        .map(|p| escape(p).into_owned())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// `g  20 20 1` as `g 20 20 1`.
 fn normalize(line: &str) -> String {
     line.split_ascii_whitespace().collect::<Vec<_>>().join(" ")
@@ -344,12 +355,25 @@ impl Status {
                     "unknown" => "not checked yet (post-start checks it)",
                     v => v,
                 };
-                let _ = writeln!(o, "  {} {}{node}: {verdict}{detail}", d.source, d.path);
+                let one = format!("  {} {}{node}: {verdict}", d.source, d.path);
+                if one.chars().count() <= tasklog::WIDTH {
+                    let _ = writeln!(o, "{one}");
+                } else {
+                    let _ = writeln!(o, "  {} {}", d.source, d.path);
+                    let _ = writeln!(o, "     {node}: {verdict}");
+                }
+                let detail = detail.trim_start_matches(": ");
+                if !detail.is_empty() {
+                    for l in tasklog::wrap(&escape(detail), tasklog::WIDTH - 6, tasklog::WIDTH - 6)
+                    {
+                        let _ = writeln!(o, "      {l}");
+                    }
+                }
             }
         }
         match &self.runtime_user {
             Some(u) => {
-                let name = u.name.as_deref().unwrap_or("(no passwd entry)");
+                let name = u.name.as_deref().map_or("(no passwd entry)".into(), escape);
                 let groups: Vec<String> = u.groups.iter().map(ToString::to_string).collect();
                 let _ = writeln!(
                     o,
@@ -370,11 +394,18 @@ impl Status {
             }
         }
         let n = &self.next_start;
-        let _ = match (&n.fix, n.message.is_empty()) {
-            (Some(fix), _) => writeln!(o, "next start: {}: {}\n  fix: {fix}", n.outcome, n.message),
-            (None, true) => writeln!(o, "next start: {}", n.outcome),
-            (None, false) => writeln!(o, "next start: {}: {}", n.outcome, n.message),
+        let mut next = n.message.clone();
+        if let Some(fix) = &n.fix {
+            next.push_str(&format!("\nfix: {fix}"));
+        }
+        let head = if next.is_empty() {
+            format!("next start: {}", n.outcome)
+        } else {
+            format!("next start: {}: ", n.outcome)
         };
+        for l in tasklog::lines(&head, &escape_parts(&next)) {
+            let _ = writeln!(o, "{l}");
+        }
         if self.files.pending > 0 {
             let _ = writeln!(
                 o,
@@ -391,18 +422,15 @@ impl Status {
         }
         match &self.last_run {
             Some(r) => {
-                let msg = if r.message.is_empty() {
-                    String::new()
+                let head = format!("last run: {} {} at {}", r.phase, r.outcome, utc(r.at));
+                let head = if r.message.is_empty() {
+                    head
                 } else {
-                    format!(": {}", r.message)
+                    format!("{head}: ")
                 };
-                let _ = writeln!(
-                    o,
-                    "last run: {} {} at {}{msg}",
-                    r.phase,
-                    r.outcome,
-                    utc(r.at)
-                );
+                for l in tasklog::lines(&head, &escape_parts(&r.message)) {
+                    let _ = writeln!(o, "{l}");
+                }
             }
             None => {
                 let _ = writeln!(o, "last run: none recorded");
@@ -534,7 +562,7 @@ mod tests {
         );
         assert!(
             text.contains(
-                "  dev0 /dev/serial/by-id/usb-x -> /dev/ttyUSB0: ok: node (uid 1000) can open it\n"
+                "  dev0 /dev/serial/by-id/usb-x -> /dev/ttyUSB0: ok\n      node (uid 1000) can open it\n"
             ),
             "{text}"
         );

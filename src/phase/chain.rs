@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use anyhow::{anyhow, bail, Result};
 
 use super::io;
+use crate::model::policy::Policy;
 use crate::model::storage;
 use crate::model::text::Limits;
 use crate::paths::{Paths, Vmid};
@@ -27,18 +28,32 @@ pub struct Chain {
 /// or without `chain`; an error for a bad volume, a chain to ourselves, or a
 /// file that PVE itself would refuse to run.
 pub fn find(paths: &Paths, vmid: Vmid) -> Result<Option<Chain>> {
-    let policy_path = paths.policy(vmid);
     let Some(policy) = io::read_policy(paths, vmid)? else {
         return Ok(None);
     };
-    let Some(volume) = policy.chain else {
+    if policy.chain.is_none() {
         return Ok(None);
-    };
-    let in_policy = || format!("'chain' in {}", policy_path.display());
+    }
     let own = io::read_conf_main(paths, vmid)
         .ok()
         .and_then(|c| c.hookscript().map(str::to_string));
-    if own.as_deref() == Some(volume.as_str()) {
+    resolve(paths, vmid, &policy, own.as_deref())
+}
+
+/// Resolves the `chain` of a policy already read; `own` is the container's
+/// registered hookscript.
+pub fn resolve(
+    paths: &Paths,
+    vmid: Vmid,
+    policy: &Policy,
+    own: Option<&str>,
+) -> Result<Option<Chain>> {
+    let Some(volume) = policy.chain.clone() else {
+        return Ok(None);
+    };
+    let policy_path = paths.policy(vmid);
+    let in_policy = || format!("'chain' in {}", policy_path.display());
+    if own == Some(volume.as_str()) {
         bail!(
             "{}: '{volume}' is this container's own hookscript (pct-passthrough); chaining it would run it forever; set chain to the hookscript the container had before, or remove it",
             in_policy()
@@ -73,6 +88,17 @@ pub fn run(paths: &Paths, vmid: Vmid, phase: &str, log: &mut Log, dry_run: bool)
     let Some(chain) = find(paths, vmid)? else {
         return Ok(());
     };
+    run_resolved(vmid, &chain, phase, log, dry_run)
+}
+
+/// Runs a resolved chained hookscript for `phase`.
+pub fn run_resolved(
+    vmid: Vmid,
+    chain: &Chain,
+    phase: &str,
+    log: &mut Log,
+    dry_run: bool,
+) -> Result<()> {
     if dry_run {
         log.info(
             "chain-dry-run",
@@ -90,11 +116,7 @@ pub fn run(paths: &Paths, vmid: Vmid, phase: &str, log: &mut Log, dry_run: bool)
             Some(c) => format!("exit code {c}"),
             None => format!("{status}"),
         };
-        bail!(
-            "chained hookscript {} failed ({how}); fix it, or remove 'chain' from {}",
-            chain.volume,
-            paths.policy(vmid).display()
-        );
+        bail!("chained hookscript {} failed ({how})", chain.volume);
     }
     Ok(())
 }

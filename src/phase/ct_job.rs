@@ -4,12 +4,11 @@
 //! (`model::group`), writes the files, and stats the device nodes.
 
 use crate::model::access::{NodeStat, OVERFLOW_ID};
+use crate::model::escape::name_refusal;
 use crate::model::group::{self, GroupWant};
 use crate::model::passwd;
 use crate::model::poststart::{CtReport, CtRequest, DEVICE_GROUPS};
-use crate::paths::Paths;
-use crate::sys::fs::{replace_file, Durability};
-use crate::sys::ns::{read_untrusted, Resolve};
+use crate::sys::ns::{self, read_untrusted, Resolve};
 
 /// Runs inside the container (see `sys::ns`): reads passwd and group files
 /// defensively, applies the Group rules, stats the device nodes.
@@ -18,20 +17,29 @@ pub fn ct_job(req: &CtRequest) -> Result<CtReport, String> {
     let mut r = CtReport::default();
     match read_untrusted(None, "/etc/passwd", Resolve::NoSymlinks, max) {
         Ok(Some(b)) => match group::check_text("/etc/passwd", &b) {
-            Ok(t) => r.name = passwd::by_uid(&passwd::parse(t), req.uid).map(|e| e.name.clone()),
+            Ok(t) => {
+                r.name = passwd::by_uid(&passwd::parse(t), req.uid).map(|e| e.name.clone());
+                if let Some(why) = r.name.as_deref().and_then(|n| name_refusal("user", n)) {
+                    r.problems.push(format!("/etc/passwd: {why}"));
+                    r.name = None;
+                }
+            }
             Err(e) => r.problems.push(e),
         },
         Ok(None) => r.problems.push("/etc/passwd: not found".into()),
         Err(e) => r.problems.push(e),
     }
     for p in &req.ct_paths {
-        r.nodes
-            .push(nix::sys::stat::stat(p.as_str()).ok().map(|st| NodeStat {
-                uid: st.st_uid,
-                gid: st.st_gid,
-                mode: st.st_mode,
-                is_char_device: st.st_mode & libc::S_IFMT == libc::S_IFCHR,
-            }));
+        let st = ns::stat_untrusted(p).unwrap_or_else(|e| {
+            r.problems.push(e);
+            None
+        });
+        r.nodes.push(st.map(|st| NodeStat {
+            uid: st.st_uid,
+            gid: st.st_gid,
+            mode: st.st_mode,
+            is_char_device: st.st_mode & libc::S_IFMT == libc::S_IFCHR,
+        }));
     }
     let mut wants: Vec<GroupWant> = Vec::new();
     let node_gids = r.nodes.iter().flatten().map(|n| n.gid);
@@ -46,13 +54,27 @@ pub fn ct_job(req: &CtRequest) -> Result<CtReport, String> {
             .unwrap_or_else(|| format!("pctdev{gid}"));
         wants.push(GroupWant { gid, name });
     }
-    let read = |path: &str| -> Result<Option<String>, String> {
-        match read_untrusted(None, path, Resolve::NoSymlinks, max)? {
-            None => Ok(None),
-            Some(b) => Ok(Some(group::check_text(path, &b)?.to_string())),
+    // Every read and write below is relative to this one checked directory.
+    let etc = match ns::CheckedDir::open("/etc") {
+        Ok(Some(d)) => d,
+        Ok(None) => {
+            r.problems.push("/etc: not found".into());
+            return Ok(r);
+        }
+        Err(e) => {
+            r.problems.push(format!("gave up editing groups: {e}"));
+            return Ok(r);
         }
     };
-    let group_text = match read("/etc/group") {
+    let read = |name: &str| -> Result<Option<String>, String> {
+        match etc.read(name, max)? {
+            None => Ok(None),
+            Some(b) => Ok(Some(
+                group::check_text(&format!("/etc/{name}"), &b)?.to_string(),
+            )),
+        }
+    };
+    let group_text = match read("group") {
         Ok(Some(t)) => t,
         Ok(None) => {
             r.problems
@@ -64,7 +86,7 @@ pub fn ct_job(req: &CtRequest) -> Result<CtReport, String> {
             return Ok(r);
         }
     };
-    let gshadow = match read("/etc/gshadow") {
+    let gshadow = match read("gshadow") {
         Ok(t) => t,
         Err(e) => {
             r.problems.push(format!("gave up editing groups: {e}"));
@@ -93,37 +115,23 @@ pub fn ct_job(req: &CtRequest) -> Result<CtReport, String> {
     let mut written = group_text.as_str();
     let mut gshadow_failed = false;
     if let Some(t) = &edit.gshadow {
-        match replace_file(
-            &Paths::with_root("/"),
-            std::path::Path::new("/etc/gshadow"),
-            t.as_bytes(),
-            0o640,
-            Durability::Flush,
-        ) {
+        match etc.replace("gshadow", t.as_bytes(), 0o640) {
             Ok(()) => r.wrote.push("/etc/gshadow".into()),
             Err(e) => {
-                r.problems
-                    .push(format!("gave up editing groups: /etc/gshadow: {e:#}"));
+                r.problems.push(format!("gave up editing groups: {e}"));
                 r.outcomes.clear();
                 gshadow_failed = true;
             }
         }
     }
     if let (Some(t), false) = (&edit.group, gshadow_failed) {
-        match replace_file(
-            &Paths::with_root("/"),
-            std::path::Path::new("/etc/group"),
-            t.as_bytes(),
-            0o644,
-            Durability::Flush,
-        ) {
+        match etc.replace("group", t.as_bytes(), 0o644) {
             Ok(()) => {
                 r.wrote.push("/etc/group".into());
                 written = t.as_str();
             }
             Err(e) => {
-                r.problems
-                    .push(format!("gave up editing groups: /etc/group: {e:#}"));
+                r.problems.push(format!("gave up editing groups: {e}"));
                 r.outcomes.clear();
             }
         }
@@ -139,7 +147,12 @@ pub fn ct_job(req: &CtRequest) -> Result<CtReport, String> {
     }
     for g in &req.lookup_gids {
         if let Some(n) = after.by_gid.get(g) {
-            r.names_by_gid.insert(*g, n.clone());
+            match name_refusal("group", n) {
+                None => {
+                    r.names_by_gid.insert(*g, n.clone());
+                }
+                Some(why) => r.problems.push(format!("/etc/group: {why}")),
+            }
         }
     }
     Ok(r)

@@ -114,7 +114,13 @@ pub fn run(ctx: &mut Ctx, phase: Phase) -> u8 {
     // In the other phases it runs after our work, and only warns.
     if phase != Phase::PreStart {
         if let Err(e) = chain::run(ctx.paths, ctx.vmid, phase.as_str(), ctx.log, dry_run) {
-            ctx.log.warn("chain-failed", format!("{e:#}"));
+            let fix = format!(
+                "fix it, or remove 'chain' from {}",
+                ctx.paths.policy(ctx.vmid).display()
+            );
+            ctx.log.emit(
+                &crate::model::event::Event::warn("chain-failed", format!("{e:#}")).with_fix(fix),
+            );
         }
     }
     match result {

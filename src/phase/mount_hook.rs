@@ -10,7 +10,7 @@ use caps::Capability;
 
 use super::ct_job::ct_job;
 use crate::model::firstboot::parse_args;
-use crate::model::poststart::CtRequest;
+use crate::model::poststart::{group_line, CtRequest};
 use crate::sys::log::Log;
 use crate::sys::ns::{run_in_container, Target};
 
@@ -52,17 +52,7 @@ pub fn run(args: &[String]) -> u8 {
             for o in r.outcomes.iter().filter(|o| o.created || o.member_added) {
                 log.audit(&crate::model::event::Event::info(
                     "group",
-                    format!(
-                        "before init: group {} (gid {}){}{}",
-                        o.name,
-                        o.gid,
-                        if o.created { " created" } else { "" },
-                        if o.member_added {
-                            format!(", added {}", r.name.as_deref().unwrap_or("?"))
-                        } else {
-                            String::new()
-                        }
-                    ),
+                    format!("before init: {}", group_line(o, r.name.as_deref())),
                 ));
             }
         }

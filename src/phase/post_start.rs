@@ -211,7 +211,7 @@ fn detect_and_apply(job: &Job, log: &mut Log) -> Result<()> {
         match runtime::choose(&t, &own, job.wanted_uid) {
             Choice::User(p) if stable_for >= STABLE || timed_out => {
                 if applied != Some(p.uid) {
-                    apply(job, log, &uid_map, &gid_map, &p, started)?;
+                    fix_groups_and_judge(job, log, &uid_map, &gid_map, &p, started)?;
                 }
                 return Ok(());
             }
@@ -225,7 +225,7 @@ fn detect_and_apply(job: &Job, log: &mut Log) -> Result<()> {
                     groups: Vec::new(),
                     start: 0,
                 });
-                apply(job, log, &uid_map, &gid_map, &p, started)?;
+                fix_groups_and_judge(job, log, &uid_map, &gid_map, &p, started)?;
                 applied = Some(0);
             }
             _ => {}
@@ -263,7 +263,7 @@ fn host_node_gid(paths: &Paths, path: &str) -> Option<u32> {
 /// Gathers (host groups, node groups), asks the model for the container
 /// child's request, runs it inside, re-reads the service's groups, asks the
 /// model for the verdicts, and logs and records them.
-fn apply(
+fn fix_groups_and_judge(
     job: &Job,
     log: &mut Log,
     uid_map: &IdMap,

@@ -11,7 +11,7 @@ use super::{chain, io, Ctx};
 use crate::model::device;
 use crate::model::idmap::IdKind;
 use crate::model::policy::Policy;
-use crate::model::prestart::{self, Decision, DeviceFact, Facts, HostFile, Refusal, Target};
+use crate::model::prestart::{self, Decision, DeviceFact, Facts, FileTarget, HostFile, Refusal};
 use crate::model::pveconf::{self, main_section, PveConfig};
 use crate::model::state::{Outcome, PhaseName, State};
 use crate::model::subid::SubidNeed;
@@ -120,14 +120,54 @@ fn input_refusal(e: anyhow::Error) -> Refusal {
 /// Reads everything and decides, writing nothing: what pre-start would do
 /// now. `state_problem` receives why a state file was ignored.
 pub fn plan(paths: &Paths, vmid: Vmid, state_problem: &mut Option<String>) -> Planned {
-    let conf_text = match io::read_conf_text(paths, vmid) {
-        Ok(t) => t,
-        Err(e) => return Planned::Refused(input_refusal(e)),
+    let inputs = match Inputs::read(paths, vmid) {
+        Ok(i) => i,
+        Err(r) => return Planned::Refused(r),
     };
-    let policy = match io::read_policy_with_text(paths, vmid) {
-        Ok(p) => p,
-        Err(e) => return Planned::Refused(input_refusal(e)),
-    };
+    if let Err(r) = inputs.chain(paths, vmid) {
+        return Planned::Refused(r);
+    }
+    plan_from(paths, vmid, inputs, state_problem)
+}
+
+/// What pre-start reads first, once: the policy and the config's text.
+pub struct Inputs {
+    policy: Option<(String, Policy)>,
+    conf_text: String,
+}
+
+impl Inputs {
+    /// The policy first: a policy that does not parse is the first refusal.
+    fn read(paths: &Paths, vmid: Vmid) -> Result<Inputs, Refusal> {
+        let policy = io::read_policy_with_text(paths, vmid).map_err(input_refusal)?;
+        let conf_text = io::read_conf_text(paths, vmid).map_err(input_refusal)?;
+        Ok(Inputs { policy, conf_text })
+    }
+
+    /// The policy's chained hookscript, resolved; a refusal when it cannot
+    /// run.
+    fn chain(&self, paths: &Paths, vmid: Vmid) -> Result<Option<chain::Chain>, Refusal> {
+        let Some((_, policy)) = self.policy.as_ref().filter(|(_, p)| p.chain.is_some()) else {
+            return Ok(None);
+        };
+        let main = PveConfig::parse(main_section(&self.conf_text));
+        chain::resolve(paths, vmid, policy, main.hookscript()).map_err(|e| {
+            Refusal::new(
+                format!("{e:#}"),
+                "pre-start runs the chained hookscript first and refuses the start while it cannot",
+            )
+        })
+    }
+}
+
+/// [`plan`] on inputs already read (and a chain already checked).
+fn plan_from(
+    paths: &Paths,
+    vmid: Vmid,
+    inputs: Inputs,
+    state_problem: &mut Option<String>,
+) -> Planned {
+    let Inputs { policy, conf_text } = inputs;
     if policy.as_ref().is_some_and(|(_, p)| !p.enabled) {
         return Planned::Disabled;
     }
@@ -139,12 +179,6 @@ pub fn plan(paths: &Paths, vmid: Vmid, state_problem: &mut Option<String>) -> Pl
         && !prestart::config_has_work(&PveConfig::parse(main_section(&conf_text)))
     {
         return Planned::Idle;
-    }
-    if let Err(e) = chain::find(paths, vmid) {
-        return Planned::Refused(Refusal::new(
-            format!("{e:#}"),
-            "pre-start runs the chained hookscript first and refuses the start while it cannot",
-        ));
     }
     let state = io::load_state(paths, vmid);
     *state_problem = state.problem.clone();
@@ -159,29 +193,32 @@ pub fn plan(paths: &Paths, vmid: Vmid, state_problem: &mut Option<String>) -> Pl
 }
 
 pub fn run(ctx: &mut Ctx) -> Result<()> {
-    // A policy that does not parse refuses before anything runs.
-    if let Err(e) = io::read_policy(ctx.paths, ctx.vmid) {
-        return Err(refuse(ctx, &input_refusal(e)));
-    }
+    let mut inputs = match Inputs::read(ctx.paths, ctx.vmid) {
+        Ok(i) => i,
+        Err(r) => return Err(refuse(ctx, &r)),
+    };
     // A chained hookscript runs first, and its failure aborts the start as
-    // it would without us.
-    if let Err(e) = chain::run(
-        ctx.paths,
-        ctx.vmid,
-        "pre-start",
-        ctx.log,
-        ctx.mode.dry_run(),
-    ) {
-        return Err(refuse(
-            ctx,
-            &Refusal::new(
-                format!("{e:#}"),
-                "pre-start runs the chained hookscript first and refuses the start while it fails",
-            ),
-        ));
+    // it would without us; it may edit the config, so that is read again.
+    match inputs.chain(ctx.paths, ctx.vmid) {
+        Err(r) => return Err(refuse(ctx, &r)),
+        Ok(None) => {}
+        Ok(Some(c)) => {
+            let dry = ctx.mode.dry_run();
+            if let Err(e) = chain::run_resolved(ctx.vmid, &c, "pre-start", ctx.log, dry) {
+                let fix = format!(
+                    "fix it, or remove 'chain' from {}",
+                    ctx.paths.policy(ctx.vmid).display()
+                );
+                return Err(refuse(ctx, &Refusal::new(format!("{e:#}"), fix)));
+            }
+            match Inputs::read(ctx.paths, ctx.vmid) {
+                Ok(i) => inputs = i,
+                Err(r) => return Err(refuse(ctx, &r)),
+            }
+        }
     }
     let mut state_problem = None;
-    let planned = plan(ctx.paths, ctx.vmid, &mut state_problem);
+    let planned = plan_from(ctx.paths, ctx.vmid, inputs, &mut state_problem);
     if let Some(p) = state_problem {
         ctx.log.warn("state-ignored", p);
     }
@@ -205,7 +242,7 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
         for c in &decision.changes {
             ctx.log.info(
                 "dry-run",
-                format!("dry run: would write {}: {}", c.path, c.reasons.join("; ")),
+                format!("dry run: would write {}\n{}", c.path, c.reasons.join("\n")),
             );
         }
         if decision.changes.is_empty() {
@@ -240,7 +277,7 @@ fn refuse(ctx: &mut Ctx, r: &Refusal) -> anyhow::Error {
 fn changed_files(decision: &Decision) -> String {
     let mut names: Vec<&str> = Vec::new();
     for c in &decision.changes {
-        if !matches!(c.target, Target::State | Target::StateInterim)
+        if !matches!(c.target, FileTarget::State | FileTarget::StateInterim)
             && !names.contains(&c.path.as_str())
         {
             names.push(&c.path);
@@ -254,13 +291,13 @@ pub fn apply(ctx: &mut Ctx, decision: &Decision) -> Result<()> {
     let mut subid_done = false;
     for c in &decision.changes {
         match c.target {
-            Target::Subuid | Target::Subgid if !subid_done => {
+            FileTarget::Subuid | FileTarget::Subgid if !subid_done => {
                 subid_done = true;
                 apply_subids(ctx, decision)?;
             }
-            Target::Subuid | Target::Subgid => {}
-            Target::StateInterim | Target::State => apply_state(ctx, decision, c)?,
-            Target::PveConf => {
+            FileTarget::Subuid | FileTarget::Subgid => {}
+            FileTarget::StateInterim | FileTarget::State => apply_state(ctx, decision, c)?,
+            FileTarget::PveConf => {
                 replace_file(
                     ctx.paths,
                     &ctx.paths.pve_conf(ctx.vmid),
@@ -271,10 +308,10 @@ pub fn apply(ctx: &mut Ctx, decision: &Decision) -> Result<()> {
                 .context("writing the container config")?;
                 ctx.log.info(
                     "conf-write",
-                    format!("{}: {}", c.path, c.reasons.join("; ")),
+                    format!("changed {}\n{}", c.path, c.reasons.join("\n")),
                 );
             }
-            Target::LxcConfig => {
+            FileTarget::LxcConfig => {
                 replace_file(
                     ctx.paths,
                     &ctx.paths.lxc_config(ctx.vmid),
@@ -283,8 +320,10 @@ pub fn apply(ctx: &mut Ctx, decision: &Decision) -> Result<()> {
                     Durability::Volatile,
                 )
                 .context("patching the LXC config for this start")?;
-                ctx.log
-                    .info("lxc-write", format!("{}: {}", c.path, c.reasons.join("; ")));
+                ctx.log.info(
+                    "lxc-write",
+                    format!("changed {}\n{}", c.path, c.reasons.join("\n")),
+                );
             }
         }
     }
@@ -299,8 +338,8 @@ fn apply_subids(ctx: &mut Ctx, decision: &Decision) -> Result<()> {
         .iter()
         .filter(|n| {
             let t = match n.kind {
-                IdKind::Uid => Target::Subuid,
-                IdKind::Gid => Target::Subgid,
+                IdKind::Uid => FileTarget::Subuid,
+                IdKind::Gid => FileTarget::Subgid,
             };
             decision.change(t).is_some()
         })
@@ -326,7 +365,7 @@ fn apply_subids(ctx: &mut Ctx, decision: &Decision) -> Result<()> {
 /// it was read.
 fn apply_state(ctx: &mut Ctx, decision: &Decision, c: &prestart::FileChange) -> Result<()> {
     let decided = State::parse(&c.new).map_err(|e| anyhow!("{}: {e}", c.path))?;
-    let last = (c.target == Target::State).then(|| crate::model::state::LastRun {
+    let last = (c.target == FileTarget::State).then(|| crate::model::state::LastRun {
         phase: PhaseName::PreStart,
         outcome: Outcome::Changed,
         message: changed_files(decision),

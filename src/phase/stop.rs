@@ -6,7 +6,7 @@ use anyhow::Result;
 use super::pre_start::{plan, Planned};
 use super::{io, Ctx};
 use crate::model::event::Event;
-use crate::model::prestart::Target;
+use crate::model::prestart::FileTarget;
 use crate::model::state::{Outcome, PhaseName};
 
 pub fn pre_stop(ctx: &mut Ctx) -> Result<()> {
@@ -25,7 +25,7 @@ fn next_start_changes(planned: &Planned) -> Vec<String> {
     let Planned::Decided(b) = planned else {
         return out;
     };
-    if let Some(c) = b.1.change(Target::PveConf) {
+    if let Some(c) = b.1.change(FileTarget::PveConf) {
         let text = c.old.as_deref().unwrap_or("");
         let old: Vec<&str> = text.lines().collect();
         let new_lines: Vec<&str> = c.new.lines().collect();

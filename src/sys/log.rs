@@ -1,10 +1,14 @@
 //! The two log sinks: short human lines on stderr (the Proxmox task log) and
 //! an audit trail in syslog (ident `pct-passthrough`). Syslog being
-//! unavailable is never an error.
+//! unavailable is never an error. Both sinks escape every message with
+//! [`escape`]: a message may quote a container's user name, `comm` or file
+//! text, and none of it reaches a terminal or the audit trail raw.
 
 use std::io::Write;
 
+use crate::model::escape::{escape, quoted};
 use crate::model::event::{Event, Level};
+use crate::model::tasklog;
 
 type SyslogWriter = syslog::Logger<syslog::LoggerBackend, syslog::Formatter3164>;
 
@@ -44,8 +48,45 @@ impl Log {
         }
     }
 
+    /// The task-log lines for `event` (`model::tasklog`'s style: a
+    /// headline, then indented parts and the fix), each part escaped.
+    pub fn task_line(&self, event: &Event) -> String {
+        let level = match event.level {
+            Level::Info => "",
+            Level::Warn => "warning: ",
+            Level::Error => "error: ",
+        };
+        let prefix = format!("{}: {level}", self.prefix());
+        let mut text: Vec<String> = event
+            .message
+            .split('\n')
+            .map(|part| escape(part).into_owned())
+            .collect();
+        if let Some(fix) = &event.fix {
+            text.push(format!("fix: {}", escape(fix)));
+        }
+        let mut out = tasklog::lines(&prefix, &text.join("\n")).join("\n");
+        out.push('\n');
+        out
+    }
+
+    /// The syslog record for `event`: `key=value` fields, the message quoted
+    /// and escaped.
+    pub fn audit_record(&self, event: &Event) -> String {
+        format!(
+            "vmid={} phase={} event={} msg={}",
+            escape(&self.vmid),
+            escape(&self.phase),
+            event.name,
+            quoted(&match &event.fix {
+                Some(fix) => format!("{} / fix: {fix}", event.message.replace('\n', " / ")),
+                None => event.message.replace('\n', " / "),
+            })
+        )
+    }
+
     pub fn emit(&mut self, event: &Event) {
-        let line = format!("{}: {}\n", self.prefix(), event);
+        let line = self.task_line(event);
         // A closed stderr (detached worker) is fine.
         let _ = std::io::stderr().lock().write_all(line.as_bytes());
         self.audit(event);
@@ -53,10 +94,7 @@ impl Log {
 
     /// Syslog only: for detail the task log does not need.
     pub fn audit(&mut self, event: &Event) {
-        let record = format!(
-            "vmid={} phase={} event={} msg={:?}",
-            self.vmid, self.phase, event.name, event.message
-        );
+        let record = self.audit_record(event);
         if let Some(w) = self.writer() {
             let r = match event.level {
                 Level::Info => w.info(&record),
@@ -103,6 +141,31 @@ impl Log {
         match &mut self.syslog {
             Syslog::Open(w) => Some(w),
             _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_sinks_escape_container_text() {
+        let log = Log::new(105, "post-start");
+        let hostile = "runtime user evil\x1b]0;owned\x07\r\x1b[2J (comm \u{9b}1m)";
+        let e = Event::warn("runtime-user", hostile);
+        let line = log.task_line(&e);
+        assert_eq!(
+            line,
+            "pct-passthrough 105 post-start: warning: runtime user evil\\x1b]0;owned\\x07\\x0d\\x1b[2J (comm \\x9b1m)\n"
+        );
+        let rec = log.audit_record(&e);
+        assert_eq!(
+            rec,
+            "vmid=105 phase=post-start event=runtime-user msg=\"runtime user evil\\x1b]0;owned\\x07\\x0d\\x1b[2J (comm \\x9b1m)\""
+        );
+        for out in [&line[..line.len() - 1], &rec[..]] {
+            assert!(!out.chars().any(char::is_control), "{out:?}");
         }
     }
 }

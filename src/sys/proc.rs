@@ -1,5 +1,6 @@
-//! Host-side process facts: finding a container's init (cgroup, then LXC's
-//! command socket through `lxc-info`), pinning it with a pidfd, and listing
+//! Host-side process facts: finding a container's init (LXC's command
+//! socket through `lxc-info`, then the top of its payload cgroup), pinning
+//! it with a pidfd, and listing
 //! the processes of its PID namespace. Reads `/proc` only; parsing is in
 //! `model::runtime`.
 
@@ -12,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
+use crate::model::escape::escape;
 use crate::model::runtime::{parse_status, IdMap, ProcStatus};
 use crate::paths::Vmid;
 
@@ -83,6 +85,56 @@ pub fn pidfd_alive(pidfd: &OwnedFd) -> bool {
     r == 0
 }
 
+/// Proof that this process has one thread, which [`fork`] requires: after a
+/// fork only the calling thread exists in the child, so a lock another
+/// thread held (malloc's, stdio's, std's) stays locked there forever.
+#[derive(Debug)]
+pub struct SingleThreaded(());
+
+impl SingleThreaded {
+    /// Checks `/proc/self/status` (`Threads: 1`) at run time.
+    pub fn check() -> Result<SingleThreaded, String> {
+        let s = read_small(Path::new("/proc/self/status"))
+            .ok_or("/proc/self/status: cannot read it to count this process's threads")?;
+        match threads_of(&s) {
+            Some(1) => Ok(SingleThreaded(())),
+            Some(n) => Err(format!(
+                "this process has {n} threads (/proc/self/status); forking it is only safe with one; this is a bug in pct-passthrough"
+            )),
+            None => Err("/proc/self/status: no Threads: line".into()),
+        }
+    }
+
+    /// For a caller that knows better than the thread count, such as a
+    /// test under the multi-threaded test harness.
+    ///
+    /// # Safety
+    ///
+    /// Until the child `_exit`s or `exec`s, it must not need a lock that
+    /// another thread of this process may hold at the fork: no stdio through
+    /// std's locked handles; allocation is fine (glibc resets malloc's locks
+    /// in the child).
+    pub unsafe fn assume() -> SingleThreaded {
+        SingleThreaded(())
+    }
+}
+
+/// The `Threads:` count of a `/proc/<pid>/status` text.
+fn threads_of(status: &str) -> Option<u32> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// `fork(2)` for a process proven single-threaded.
+pub fn fork(_proof: &SingleThreaded) -> nix::Result<nix::unistd::ForkResult> {
+    // SAFETY: with one thread (checked by `SingleThreaded::check`, or
+    // vouched for by the caller of `SingleThreaded::assume`) no lock can be
+    // held by a thread that does not exist in the child.
+    unsafe { nix::unistd::fork() }
+}
+
 /// The container's init, pinned.
 #[derive(Debug)]
 pub struct Pinned {
@@ -104,13 +156,30 @@ fn unified_root() -> Option<PathBuf> {
         .find(|p| p.join("cgroup.procs").exists())
 }
 
-/// cgroup directory names LXC and PVE use for a container's payload.
+/// cgroup directory names LXC and PVE use for a container: PVE's
+/// `lxc/<vmid>` (payload in its `ns` child, `lxc.cgroup.dir.container.inner`)
+/// and LXC's default `lxc.payload.<name>`.
 fn cgroup_names(vmid: Vmid) -> [String; 3] {
     [
         format!("lxc/{vmid}"),
         format!("lxc.payload.{vmid}"),
         format!("lxc.payload/{vmid}"),
     ]
+}
+
+/// Where a container's init sits: the top of its payload cgroup, or the
+/// `init.scope` systemd moves PID 1 into (cgroup paths under the unified
+/// root, without the leading `/`).
+fn init_cgroups(vmid: Vmid) -> Vec<String> {
+    let tops = [
+        format!("lxc/{vmid}/ns"),
+        format!("lxc/{vmid}"),
+        format!("lxc.payload.{vmid}"),
+        format!("lxc.payload/{vmid}"),
+    ];
+    tops.iter()
+        .flat_map(|t| [t.clone(), format!("{t}/init.scope")])
+        .collect()
 }
 
 /// Does `cgroup_path` (as in `/proc/<pid>/cgroup`) belong to `vmid`?
@@ -127,45 +196,67 @@ fn unified_cgroup_of(pid: u32) -> Option<String> {
         .find_map(|l| l.strip_prefix("0::").map(str::to_string))
 }
 
-/// True for the init of a child PID namespace.
+/// Is this the init of a container's PID namespace, seen from the host's?
+/// Exactly two levels (host, container) ending in 1: the init of a PID
+/// namespace nested inside the container (three levels or more) is a
+/// process the container made up, not its init.
 fn is_ns_init(st: &ProcStatus) -> bool {
-    st.nspid.len() >= 2 && st.nspid.last() == Some(&1)
+    st.nspid.len() == 2 && st.nspid[1] == 1
 }
 
-/// Searches the container's cgroup subtree for the init of its PID namespace.
-fn init_from_cgroup(vmid: Vmid) -> Option<u32> {
-    let root = unified_root()?;
-    for name in cgroup_names(vmid) {
-        let dir = root.join(&name);
-        if !dir.is_dir() {
+/// Why a process is not a container's init, for the log.
+fn not_init_reason(pid: u32, st: &ProcStatus) -> String {
+    let levels: Vec<String> = st.nspid.iter().map(u32::to_string).collect();
+    let what = match st.nspid.len() {
+        0 | 1 => "it is in the host's PID namespace",
+        2 => "it is not PID 1 of its PID namespace",
+        _ => "it is PID 1 of a PID namespace nested inside the container (a decoy, not the container's init)",
+    };
+    format!(
+        "pid {pid} ({}) has NSpid {}: {what}",
+        escape(&st.name),
+        levels.join(" ")
+    )
+}
+
+/// Looks for the container's init at the top of its payload cgroup (or its
+/// `init.scope`) only, never deeper: the container may make sub-cgroups and
+/// put anything in them. Errors say what was seen and refused.
+pub fn init_from_cgroup(vmid: Vmid) -> Result<u32, String> {
+    let root = unified_root().ok_or("no unified cgroup hierarchy found")?;
+    let mut refused = Vec::new();
+    let mut looked = 0;
+    for cg in init_cgroups(vmid) {
+        let Some(procs) = read_small(&root.join(&cg).join("cgroup.procs")) else {
             continue;
-        }
-        let mut stack = vec![(dir, 0u32)];
-        let mut visited = 0;
-        while let Some((d, depth)) = stack.pop() {
-            visited += 1;
-            if visited > 4096 {
-                break;
+        };
+        looked += 1;
+        for pid in procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()) {
+            let Some(st) = read_status(pid) else { continue };
+            if is_ns_init(&st) {
+                return Ok(pid);
             }
-            if let Some(procs) = read_small(&d.join("cgroup.procs")) {
-                for pid in procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()) {
-                    if read_status(pid).is_some_and(|s| is_ns_init(&s)) {
-                        return Some(pid);
-                    }
-                }
-            }
-            if depth < 8 {
-                if let Ok(rd) = fs::read_dir(&d) {
-                    stack.extend(
-                        rd.flatten()
-                            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                            .map(|e| (e.path(), depth + 1)),
-                    );
-                }
+            if st.nspid.last() == Some(&1) {
+                refused.push(not_init_reason(pid, &st));
             }
         }
     }
-    None
+    if looked == 0 {
+        return Err(format!(
+            "no cgroup of container {vmid} under {} (is it running?)",
+            root.display()
+        ));
+    }
+    if refused.is_empty() {
+        Err(format!(
+            "no init of container {vmid} at the top of its payload cgroup"
+        ))
+    } else {
+        Err(format!(
+            "no init of container {vmid} at the top of its payload cgroup; refused {}",
+            refused.join("; ")
+        ))
+    }
 }
 
 /// Asks LXC's command socket through `lxc-info -n <vmid> -p -H`, bounded.
@@ -201,17 +292,20 @@ fn init_from_lxc_info(vmid: Vmid, bound: Duration) -> Result<u32> {
     })
 }
 
-/// Finds the container's init and pins it with a pidfd. Refuses a PID that
-/// is not the init of a child PID namespace in the container's cgroup.
+/// Finds the container's init and pins it with a pidfd. LXC's own answer
+/// first (`lxc-info -p`: the PID its monitor cloned as init); only if LXC
+/// does not answer, the top of the container's payload cgroup. Either way
+/// [`pin`] refuses a PID that is not the init of a PID namespace one level
+/// below ours, in the container's cgroup.
 pub fn find_and_pin(vmid: Vmid) -> Result<Pinned> {
-    let (pid, found_by) = match init_from_cgroup(vmid) {
-        Some(p) => (p, "cgroup"),
-        None => (
-            init_from_lxc_info(vmid, Duration::from_secs(3))?,
-            "lxc-info",
-        ),
+    let lxc = match init_from_lxc_info(vmid, Duration::from_secs(3)) {
+        Ok(pid) => return pin(pid, vmid, "lxc-info"),
+        Err(e) => e,
     };
-    pin(pid, vmid, found_by)
+    match init_from_cgroup(vmid) {
+        Ok(pid) => pin(pid, vmid, "cgroup"),
+        Err(e) => bail!("{lxc:#}; and by cgroup: {e}"),
+    }
 }
 
 /// Pins `pid` and checks it is `vmid`'s init. The checks run after the
@@ -222,9 +316,8 @@ pub fn pin(pid: u32, vmid: Vmid, found_by: &'static str) -> Result<Pinned> {
     let st = read_status(pid).ok_or_else(|| anyhow!("pid {pid}: gone"))?;
     if !is_ns_init(&st) {
         bail!(
-            "pid {pid} ({}) is not the init of a container PID namespace (NSpid {:?}); refusing it",
-            st.name,
-            st.nspid
+            "{}; not the init of a container PID namespace, refusing it",
+            not_init_reason(pid, &st)
         );
     }
     let cg = unified_cgroup_of(pid).unwrap_or_default();
@@ -325,6 +418,79 @@ mod tests {
         assert!(!cgroup_is_container("/lxc/1050/ns", v));
         assert!(!cgroup_is_container("/lxc.payload.1051", v));
         assert!(!cgroup_is_container("/", v));
+    }
+
+    fn status(name: &str, nspid: &[u32]) -> ProcStatus {
+        ProcStatus {
+            name: name.into(),
+            ppid: 0,
+            uid: [0; 4],
+            gid: [0; 4],
+            groups: Vec::new(),
+            nspid: nspid.to_vec(),
+        }
+    }
+
+    #[test]
+    fn only_a_two_level_pid_1_is_a_container_init() {
+        assert!(is_ns_init(&status("init", &[3310, 1])));
+        // The decoy: PID 1 of a namespace nested inside the container.
+        let decoy = status("init", &[3332, 50, 1]);
+        assert!(!is_ns_init(&decoy));
+        let why = not_init_reason(3332, &decoy);
+        assert!(
+            why.contains("NSpid 3332 50 1") && why.contains("nested"),
+            "{why}"
+        );
+        assert!(!is_ns_init(&status("sh", &[3340, 7])));
+        assert!(!is_ns_init(&status("systemd", &[1])));
+        // A comm set with prctl is escaped in the reason.
+        let why = not_init_reason(9, &status("x\x1b[2J\x07", &[9, 5, 1]));
+        assert!(why.contains("x\\x1b[2J\\x07"), "{why}");
+    }
+
+    #[test]
+    fn init_is_looked_for_at_the_top_of_the_payload_cgroup_only() {
+        let v = Vmid::new(105).unwrap();
+        let c = init_cgroups(v);
+        for want in [
+            "lxc/105/ns",
+            "lxc/105/ns/init.scope",
+            "lxc.payload.105",
+            "lxc.payload.105/init.scope",
+        ] {
+            assert!(c.iter().any(|x| x == want), "{want}: {c:?}");
+        }
+        assert!(c.iter().all(|x| x.matches('/').count() <= 3), "{c:?}");
+        assert!(!c.iter().any(|x| x.contains("decoy")));
+    }
+
+    #[test]
+    fn fork_refuses_a_multi_threaded_process() {
+        assert_eq!(threads_of("Name:\tx\nThreads:\t1\nVmRSS: 1\n"), Some(1));
+        assert_eq!(threads_of("Threads:\t17\n"), Some(17));
+        assert_eq!(threads_of("Name:\tx\n"), None);
+        // The test harness runs this on a thread of its own: two at least.
+        let _other = std::thread::spawn(|| std::thread::sleep(Duration::from_secs(2)));
+        let e = SingleThreaded::check().unwrap_err();
+        assert!(
+            e.contains("threads") && e.contains("only safe with one"),
+            "{e}"
+        );
+        // A single-threaded child passes the check.
+        // SAFETY: the child only reads /proc and `_exit`s.
+        let proof = unsafe { SingleThreaded::assume() };
+        match fork(&proof).unwrap() {
+            nix::unistd::ForkResult::Child => {
+                let ok = SingleThreaded::check().is_ok();
+                // SAFETY: leave without running the harness's code.
+                unsafe { libc::_exit(i32::from(!ok)) }
+            }
+            nix::unistd::ForkResult::Parent { child } => {
+                let st = nix::sys::wait::waitpid(child, None).unwrap();
+                assert_eq!(st, nix::sys::wait::WaitStatus::Exited(child, 0));
+            }
+        }
     }
 
     #[test]

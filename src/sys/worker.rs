@@ -10,18 +10,29 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 use nix::sys::wait::waitpid;
-use nix::unistd::{fork, ForkResult};
+use nix::unistd::ForkResult;
 
 use crate::sys::ns::close_fds_except;
+use crate::sys::proc::{fork, SingleThreaded};
 
 /// Runs `work` in a detached grandchild and returns its PID at once. The
 /// grandchild keeps only `keep` (plus 0-2 on `/dev/null`) and is killed by
-/// SIGALRM after `hard_bound`.
+/// SIGALRM after `hard_bound`. Refuses to fork a multi-threaded process.
 pub fn detach<F: FnOnce()>(keep: &[RawFd], hard_bound: Duration, work: F) -> Result<u32> {
+    let proof = SingleThreaded::check().map_err(|e| anyhow!(e))?;
+    detach_as(&proof, keep, hard_bound, work)
+}
+
+/// [`detach`] for a caller that proves it is single-threaded.
+pub fn detach_as<F: FnOnce()>(
+    proof: &SingleThreaded,
+    keep: &[RawFd],
+    hard_bound: Duration,
+    work: F,
+) -> Result<u32> {
     let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe2")?;
-    // SAFETY: the hookscript is single-threaded; the child only forks again,
-    // reports a PID and leaves with `_exit`.
-    match unsafe { fork() }.context("fork")? {
+    // The child only forks again, reports a PID and leaves with `_exit`.
+    match fork(proof).context("fork")? {
         ForkResult::Parent { child } => {
             drop(wr);
             let mut s = String::new();
@@ -34,8 +45,8 @@ pub fn detach<F: FnOnce()>(keep: &[RawFd], hard_bound: Duration, work: F) -> Res
         ForkResult::Child => {
             drop(rd);
             let _ = nix::unistd::setsid();
-            // SAFETY: still single-threaded; see above.
-            match unsafe { fork() } {
+            // A forked child has one thread, so the proof still holds.
+            match fork(proof) {
                 Ok(ForkResult::Parent { child }) => {
                     let mut w = File::from(wr);
                     let _ = write!(w, "{child}");
@@ -90,7 +101,10 @@ mod tests {
         let out = d.path().join("out");
         let o2 = out.clone();
         let t = Instant::now();
-        let pid = detach(&[], Duration::from_secs(5), move || {
+        // SAFETY: the worker only sleeps, reads /proc and writes a file;
+        // it prints nothing through std's stdio.
+        let proof = unsafe { SingleThreaded::assume() };
+        let pid = detach_as(&proof, &[], Duration::from_secs(5), move || {
             std::thread::sleep(Duration::from_millis(300));
             let sid = nix::unistd::getsid(None).unwrap();
             let fd1 = std::fs::read_link("/proc/self/fd/1").unwrap();
@@ -114,5 +128,14 @@ mod tests {
         std::thread::sleep(Duration::from_millis(50));
         // Not a session leader (second fork), stdout on /dev/null.
         assert_eq!(std::fs::read_to_string(&out).unwrap(), "false /dev/null");
+    }
+
+    #[test]
+    fn detach_refuses_a_multi_threaded_caller() {
+        let _other = std::thread::spawn(|| std::thread::sleep(Duration::from_secs(2)));
+        let e = detach(&[], Duration::from_secs(5), || {})
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("threads"), "{e}");
     }
 }

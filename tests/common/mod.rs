@@ -69,8 +69,32 @@ fn walk(dir: &Path, out: &mut Vec<(PathBuf, Vec<u8>, std::time::SystemTime)>) {
     }
 }
 
+/// stderr with each task-log message on one line (see [`joined`]).
 pub fn stderr(o: &Output) -> String {
+    joined(&String::from_utf8_lossy(&o.stderr))
+}
+
+/// stderr exactly as written.
+pub fn stderr_raw(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
+}
+/// The task log with each message on one line: the indented lines the tool
+/// writes under a headline (details, wrapped parts, the fix) joined onto it
+/// with a space, so a test can look for a whole message. The line style
+/// itself is checked by `tests/task_log_style.rs`.
+pub fn joined(raw: &str) -> String {
+    let mut out = String::new();
+    for line in raw.lines() {
+        if line.starts_with("  ") && !out.is_empty() {
+            out.pop();
+            out.push(' ');
+            out.push_str(line.trim_start());
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    out
 }
 
 pub fn stdout(o: &Output) -> String {

@@ -712,7 +712,7 @@ fn apply_raw(d: &mut Draft, want: &Want, owned: &Owned) {
         if !keep {
             if d.conf.remove_raw(&line.key, &line.value) > 0 {
                 d.conf_reasons
-                    .push(format!("removed the tool's '{line}': no longer needed"));
+                    .push(format!("removed the tool's line: no longer needed\n{line}"));
             }
             d.state.owned.conf_lines.retain(|l| l != line);
         }
@@ -721,7 +721,7 @@ fn apply_raw(d: &mut Draft, want: &Want, owned: &Owned) {
         let line = OwnedLine::new(*key, value.clone());
         if !d.conf.raw_values(key).any(|v| v == value) {
             d.conf.push_raw(key, value);
-            d.conf_reasons.push(format!("{line}: {why}"));
+            d.conf_reasons.push(format!("{why}\n{line}"));
         }
         if !d.state.owned.conf_lines.contains(&line) {
             d.state.owned.conf_lines.push(line);
@@ -743,7 +743,7 @@ fn apply_devs(d: &mut Draft, want: &Want, owned: &Owned) {
                 |l| matches!(&l.kind, LineKind::Key { key: k, .. } if *k == key),
             );
             d.conf_reasons
-                .push(format!("removed the tool's '{line}': no longer needed"));
+                .push(format!("removed the tool's line: no longer needed\n{line}"));
         }
     }
     let mut new_owned = Vec::new();
@@ -752,7 +752,7 @@ fn apply_devs(d: &mut Draft, want: &Want, owned: &Owned) {
         if d.conf.get(&key) != Some(value.as_str()) {
             d.conf.set_key(&key, value);
             d.conf_reasons.push(format!(
-                "{key}: {value}: pass the device through as a private node"
+                "{key}: the device as a private node\n{key}: {value}"
             ));
         }
         new_owned.push(OwnedLine::new(key, value.clone()));
@@ -816,7 +816,7 @@ mod tests {
     use crate::model::device::NodeKind;
     use crate::model::policy::Policy;
     use crate::model::prestart::tests::apply;
-    use crate::model::prestart::{decide, Decision, HostFile, Target};
+    use crate::model::prestart::{decide, Decision, FileTarget, HostFile};
     use crate::model::pveconf::PveConfig;
     use crate::model::state::{DevFallback, RuntimeUser, State};
 
@@ -862,7 +862,7 @@ mod tests {
     }
 
     fn conf_of(d: &Decision) -> String {
-        d.change(Target::PveConf)
+        d.change(FileTarget::PveConf)
             .map(|c| c.new.clone())
             .unwrap_or_default()
     }
@@ -890,12 +890,12 @@ mod tests {
         assert_eq!(d.refusal, None);
         let conf = conf_of(&d);
         assert_eq!(conf, format!("arch: amd64\ndev0: {BYID},gid=20\n"));
-        let lxc = &d.change(Target::LxcConfig).unwrap().new;
+        let lxc = &d.change(FileTarget::LxcConfig).unwrap().new;
         assert!(
             lxc.ends_with("lxc.cgroup.devices.allow = c 188:0 rw\n"),
             "v1 dialect, PVE's devN rule: {lxc}"
         );
-        let state = State::parse(&d.change(Target::State).unwrap().new).unwrap();
+        let state = State::parse(&d.change(FileTarget::State).unwrap().new).unwrap();
         assert_eq!(
             state.owned.dev_entries,
             vec![OwnedLine::new("dev0", format!("{BYID},gid=20"))]
@@ -1015,7 +1015,7 @@ mod tests {
             "{w}"
         );
         assert!(w.contains("lacks optional,create=file"), "{w}");
-        let lxc = &d.change(Target::LxcConfig).unwrap().new;
+        let lxc = &d.change(FileTarget::LxcConfig).unwrap().new;
         assert!(
             lxc.contains(
                 "lxc.cgroup.devices.allow = c 166:0 rwm\nlxc.cgroup.devices.allow = c 188:0 rwm\n"
@@ -1042,7 +1042,7 @@ mod tests {
         assert!(c.contains("lxc.idmap: g 104 104 1\n"), "{c}");
         assert!(d.subid.iter().any(|n| n.kind == IdKind::Gid));
         // Unprivileged: PVE allows all devices, so no same-boot rule is needed.
-        let lxc = d.change(Target::LxcConfig).unwrap().new.clone();
+        let lxc = d.change(FileTarget::LxcConfig).unwrap().new.clone();
         assert!(!lxc.contains("226:128"), "{lxc}");
     }
 
@@ -1124,7 +1124,7 @@ mod tests {
             "{c}"
         );
         assert!(c.contains("lxc.idmap: g 20 20 1\n"), "{c}");
-        let lxc = &d.change(Target::LxcConfig).unwrap().new;
+        let lxc = &d.change(FileTarget::LxcConfig).unwrap().new;
         assert!(
             lxc.contains(
                 "lxc.mount.entry = /dev/ttyUSB0 dev/zigbee none bind,optional,create=file\n"

@@ -375,8 +375,8 @@ fn persons_map(
         d.events.push(Event::info(
             "idmap-kept",
             format!(
-                "the container's own lxc.idmap lines already give {}; left unchanged",
-                describe(passthroughs).join(", ")
+                "the container's own lxc.idmap lines already give what is needed; left unchanged\n{}",
+                describe(passthroughs).join("\n")
             ),
         ));
     }
@@ -417,9 +417,9 @@ fn tools_map(
             .conf_lines
             .extend(map.iter().map(owned_idmap_line));
         d.conf_reasons.push(format!(
-            "lxc.idmap {} for {}",
+            "lxc.idmap {}\nfor {}",
             values.join(", "),
-            described.join(", ")
+            described.join("\nfor ")
         ));
     }
     Ok(map)
@@ -502,7 +502,7 @@ fn adopt_default_copy(d: &mut Draft, lines: &[(usize, IdmapEntry)], mine_at: &Ha
         hit
     });
     d.conf_reasons.push(format!(
-        "replaced the container's copy of Proxmox's default map ({}) by the tool's; it comes back when no passthrough is needed",
+        "replaced the container's copy of Proxmox's default map by the tool's\nits lines {} come back when no passthrough is needed",
         adopted
             .iter()
             .map(|l| format!("'{l}'"))
@@ -566,7 +566,13 @@ fn conflict_message(
     unmet: &[(&Passthrough, String)],
     passthroughs: &[Passthrough],
 ) -> Refusal {
-    let what: Vec<String> = unmet.iter().map(|(p, why)| format!("{p}: {why}")).collect();
+    // One line per mapping, however many sources want it.
+    let mut what: Vec<String> = Vec::new();
+    for (i, (p, why)) in unmet.iter().enumerate() {
+        if !unmet[..i].iter().any(|(q, _)| q.entry() == p.entry()) {
+            what.push(format!("{p}: {why}"));
+        }
+    }
     let lines: Vec<String> = theirs.iter().map(|e| format!("'{e}'")).collect();
     let delete = "or delete them and pct-passthrough writes the whole map (lines it wrote on another node count as a person's after a migration)";
     let fix = match suggested_replacement(theirs, passthroughs) {
@@ -581,9 +587,9 @@ fn conflict_message(
     };
     Refusal::new(
         format!(
-            "{conf_path}: the container's own lxc.idmap lines {} do not give what is needed: {}; the tool never changes lines a person wrote",
+            "{conf_path}: the container's own lxc.idmap lines do not give what is needed\ntheir lines: {}\n{}\nthe tool never changes lines a person wrote",
             lines.join(", "),
-            what.join("; ")
+            what.join("\n")
         ),
         fix,
     )

@@ -94,7 +94,7 @@ impl Facts {
 
 /// Which file a change is for; `phase::pre_start` maps it to a path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Target {
+pub enum FileTarget {
     Subuid,
     Subgid,
     /// The state, written before the config so that a crash between the two
@@ -109,7 +109,7 @@ pub enum Target {
 /// `--dry-run`) and one line per reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileChange {
-    pub target: Target,
+    pub target: FileTarget,
     pub path: String,
     /// `None` when the file does not exist yet.
     pub old: Option<String>,
@@ -158,7 +158,7 @@ impl std::fmt::Display for Refusal {
         if self.fix.is_empty() {
             f.write_str(&self.what)
         } else {
-            write!(f, "{}; fix: {}", self.what, self.fix)
+            write!(f, "{}\nfix: {}", self.what, self.fix)
         }
     }
 }
@@ -174,7 +174,7 @@ impl From<String> for Refusal {
 }
 
 impl Decision {
-    pub fn change(&self, target: Target) -> Option<&FileChange> {
+    pub fn change(&self, target: FileTarget) -> Option<&FileChange> {
         self.changes.iter().find(|c| c.target == target)
     }
 }
@@ -248,9 +248,9 @@ impl Draft {
             final_state_written = first == self.state;
             changes.push(FileChange {
                 target: if final_state_written {
-                    Target::State
+                    FileTarget::State
                 } else {
-                    Target::StateInterim
+                    FileTarget::StateInterim
                 },
                 path: facts.state_path.clone(),
                 old: old_state_text.clone(),
@@ -261,7 +261,7 @@ impl Draft {
         changes.extend(self.subid_changes(facts));
         if conf_changes {
             changes.push(FileChange {
-                target: Target::PveConf,
+                target: FileTarget::PveConf,
                 path: facts.conf_path.clone(),
                 old: Some(old_conf),
                 new: new_conf,
@@ -272,7 +272,7 @@ impl Draft {
             let old = facts.lxc_config.text.clone();
             if old.as_deref() != Some(new.as_str()) {
                 changes.push(FileChange {
-                    target: Target::LxcConfig,
+                    target: FileTarget::LxcConfig,
                     path: facts.lxc_config.path.clone(),
                     old,
                     new: new.clone(),
@@ -282,7 +282,7 @@ impl Draft {
         }
         if state_changes && !final_state_written {
             changes.push(FileChange {
-                target: Target::State,
+                target: FileTarget::State,
                 path: facts.state_path.clone(),
                 old: old_state_text,
                 new: self.state.render(),
@@ -337,8 +337,8 @@ impl Draft {
                 let ranges: Vec<String> = missing.iter().map(ToString::to_string).collect();
                 changes.push(FileChange {
                     target: match need.kind {
-                        IdKind::Uid => Target::Subuid,
-                        IdKind::Gid => Target::Subgid,
+                        IdKind::Uid => FileTarget::Subuid,
+                        IdKind::Gid => FileTarget::Subgid,
                     },
                     path: file.path.clone(),
                     old,
@@ -428,12 +428,12 @@ pub(crate) mod tests {
         let mut f = f.clone();
         for c in &d.changes {
             match c.target {
-                Target::PveConf => f.conf = PveConfig::parse(&c.new),
-                Target::LxcConfig => f.lxc_config.text = Some(c.new.clone()),
-                Target::Subuid => f.subuid.text = Some(c.new.clone()),
-                Target::Subgid => f.subgid.text = Some(c.new.clone()),
-                Target::State => f.state = Some(State::parse(&c.new).unwrap()),
-                Target::StateInterim => {}
+                FileTarget::PveConf => f.conf = PveConfig::parse(&c.new),
+                FileTarget::LxcConfig => f.lxc_config.text = Some(c.new.clone()),
+                FileTarget::Subuid => f.subuid.text = Some(c.new.clone()),
+                FileTarget::Subgid => f.subgid.text = Some(c.new.clone()),
+                FileTarget::State => f.state = Some(State::parse(&c.new).unwrap()),
+                FileTarget::StateInterim => {}
             }
         }
         f
@@ -444,19 +444,19 @@ pub(crate) mod tests {
         let f = facts(SERIAL);
         let d = decide(&f);
         assert_eq!(d.refusal, None);
-        let conf = &d.change(Target::PveConf).unwrap().new;
+        let conf = &d.change(FileTarget::PveConf).unwrap().new;
         assert!(conf.ends_with("lxc.idmap: u 0 100000 65536\nlxc.idmap: g 0 100000 20\nlxc.idmap: g 20 20 1\nlxc.idmap: g 21 100021 65515\n"), "{conf}");
         assert_eq!(
-            d.change(Target::Subgid).unwrap().new,
+            d.change(FileTarget::Subgid).unwrap().new,
             "root:100000:65536\nroot:20:1\n"
         );
-        assert!(d.change(Target::Subuid).is_none());
-        let lxc = &d.change(Target::LxcConfig).unwrap().new;
+        assert!(d.change(FileTarget::Subuid).is_none());
+        let lxc = &d.change(FileTarget::LxcConfig).unwrap().new;
         assert_eq!(lxc, "lxc.arch = amd64\nlxc.idmap = u 0 100000 65536\nlxc.idmap = g 0 100000 20\nlxc.idmap = g 20 20 1\nlxc.idmap = g 21 100021 65515\nlxc.rootfs.path = /var/lib/lxc/105/rootfs\nlxc.hook.pre-start = /usr/bin/pct-passthrough lxc-shift-hook\n");
-        let state = State::parse(&d.change(Target::State).unwrap().new).unwrap();
+        let state = State::parse(&d.change(FileTarget::State).unwrap().new).unwrap();
         assert_eq!(state.owned.conf_lines.len(), 4);
         // No interim state: there was none before and the union is the same.
-        assert!(d.change(Target::StateInterim).is_none());
+        assert!(d.change(FileTarget::StateInterim).is_none());
 
         // Idempotent: the same inputs after applying change nothing.
         let again = decide(&apply(&f, &d));
@@ -472,7 +472,7 @@ pub(crate) mod tests {
         let f = with_policy(facts(conf), policy);
         let d = decide(&f);
         assert_eq!(d.refusal, None);
-        let c = &d.change(Target::PveConf).unwrap().new;
+        let c = &d.change(FileTarget::PveConf).unwrap().new;
         assert!(!c.contains("lxc.idmap: u 1000 1005 1"), "{c}");
         // Recorded svc uid 1000: host 1005 becomes container 1000.
         let mut f = with_policy(facts(conf), policy);
@@ -486,10 +486,10 @@ pub(crate) mod tests {
         f.state = Some(st);
         let d = decide(&f);
         assert_eq!(d.refusal, None);
-        let c = &d.change(Target::PveConf).unwrap().new;
+        let c = &d.change(FileTarget::PveConf).unwrap().new;
         assert!(c.contains("lxc.idmap: u 1000 1005 1\n"), "{c}");
         assert!(c.contains("lxc.idmap: g 44 44 1\n"), "{c}");
-        let why = d.change(Target::PveConf).unwrap().reasons.join(" ");
+        let why = d.change(FileTarget::PveConf).unwrap().reasons.join(" ");
         assert!(why.contains("runtime user svc uid 1000"), "{why}");
         // A bad runtime line names the policy line.
         let f = with_policy(facts(conf), "idmap = [\n\"uid 0 runtime\"]\n");
@@ -516,7 +516,7 @@ pub(crate) mod tests {
         let d = decide(&f);
         assert_eq!(d.refusal, None);
         assert!(d
-            .change(Target::PveConf)
+            .change(FileTarget::PveConf)
             .is_none_or(|c| c.new.contains("dev0: /dev/ttyACM0,gid=20\n")));
         let ev: Vec<String> = d.events.iter().map(ToString::to_string).collect();
         assert!(
@@ -553,21 +553,21 @@ pub(crate) mod tests {
         let d = decide(&f2);
         assert_eq!(d.refusal, None);
         assert_eq!(
-            d.change(Target::PveConf).unwrap().new,
+            d.change(FileTarget::PveConf).unwrap().new,
             "arch: amd64\nhostname: z2m\nunprivileged: 1\nlxc.cgroup2.devices.allow: c 1:3 rwm\n"
         );
         assert_eq!(
-            d.change(Target::LxcConfig).unwrap().new,
+            d.change(FileTarget::LxcConfig).unwrap().new,
             format!("{GENERATED}lxc.hook.pre-start = /usr/bin/pct-passthrough lxc-shift-hook\n"),
             "the map goes back to the default: gid 20 moves back"
         );
-        let state = State::parse(&d.change(Target::State).unwrap().new).unwrap();
+        let state = State::parse(&d.change(FileTarget::State).unwrap().new).unwrap();
         assert!(state.owned.conf_lines.is_empty());
         // The old state owns every line, but the map change's journal
         // entry must be recorded before the config changes.
-        let interim = State::parse(&d.change(Target::StateInterim).unwrap().new).unwrap();
+        let interim = State::parse(&d.change(FileTarget::StateInterim).unwrap().new).unwrap();
         assert_eq!(interim.shift.steps.len(), 1);
-        assert_eq!(d.changes[0].target, Target::StateInterim);
+        assert_eq!(d.changes[0].target, FileTarget::StateInterim);
         assert!(decide(&apply(&f2, &d)).changes.is_empty());
     }
 
@@ -577,19 +577,19 @@ pub(crate) mod tests {
         let f1 = apply(&f, &decide(&f));
         let f2 = with_policy(f1, "idmap = [\"gid 44 44\"]\n");
         let d = decide(&f2);
-        let targets: Vec<Target> = d.changes.iter().map(|c| c.target).collect();
+        let targets: Vec<FileTarget> = d.changes.iter().map(|c| c.target).collect();
         assert_eq!(
             targets,
             [
-                Target::StateInterim,
-                Target::Subgid,
-                Target::PveConf,
-                Target::LxcConfig,
-                Target::State
+                FileTarget::StateInterim,
+                FileTarget::Subgid,
+                FileTarget::PveConf,
+                FileTarget::LxcConfig,
+                FileTarget::State
             ]
         );
-        let interim = State::parse(&d.change(Target::StateInterim).unwrap().new).unwrap();
-        let last = State::parse(&d.change(Target::State).unwrap().new).unwrap();
+        let interim = State::parse(&d.change(FileTarget::StateInterim).unwrap().new).unwrap();
+        let last = State::parse(&d.change(FileTarget::State).unwrap().new).unwrap();
         assert!(interim
             .owned
             .conf_lines
@@ -611,7 +611,7 @@ pub(crate) mod tests {
                 "lxc.idmap",
                 "g 44 44 1"
             )));
-        let conf = &d.change(Target::PveConf).unwrap().new;
+        let conf = &d.change(FileTarget::PveConf).unwrap().new;
         assert_eq!(conf.matches("lxc.idmap").count(), 6, "{conf}");
     }
 
@@ -627,7 +627,7 @@ pub(crate) mod tests {
         assert_eq!(d.refusal, None);
         assert_eq!(d.changes.len(), 1, "{:#?}", d.changes);
         assert_eq!(
-            d.change(Target::Subgid).unwrap().new,
+            d.change(FileTarget::Subgid).unwrap().new,
             "root:100000:65536\nroot:20:1\n"
         );
     }
@@ -652,7 +652,7 @@ pub(crate) mod tests {
         let f = facts(&conf);
         let d = decide(&f);
         assert_eq!(d.refusal, None);
-        let new = &d.change(Target::PveConf).unwrap().new;
+        let new = &d.change(FileTarget::PveConf).unwrap().new;
         assert!(!new.contains("lxc.idmap: g 0 100000 65536"), "{new}");
         assert!(new.contains("lxc.idmap: g 20 20 1\n"), "{new}");
         let f1 = apply(&f, &d);
@@ -668,7 +668,7 @@ pub(crate) mod tests {
         let mut f2 = f1.clone();
         f2.conf = PveConfig::parse(&gone);
         let d2 = decide(&f2);
-        let back = &d2.change(Target::PveConf).unwrap().new;
+        let back = &d2.change(FileTarget::PveConf).unwrap().new;
         assert!(back.contains("lxc.idmap: u 0 100000 65536\n"), "{back}");
         assert!(back.contains("lxc.idmap: g 0 100000 65536\n"), "{back}");
         assert!(!back.contains("g 20 20 1"), "{back}");
@@ -735,7 +735,7 @@ pub(crate) mod tests {
         );
         let d = decide(&f);
         assert_eq!(d.refusal, None);
-        let conf = &d.change(Target::PveConf).unwrap().new;
+        let conf = &d.change(FileTarget::PveConf).unwrap().new;
         for want in [
             "lxc.idmap: u 1000 1000 2\n",
             "lxc.idmap: g 1000 1000 2\n",
@@ -744,11 +744,11 @@ pub(crate) mod tests {
             assert!(conf.contains(want), "{want} in {conf}");
         }
         assert_eq!(
-            d.change(Target::Subuid).unwrap().new,
+            d.change(FileTarget::Subuid).unwrap().new,
             "root:100000:65536\nroot:1000:2\n"
         );
         assert_eq!(
-            d.change(Target::Subgid).unwrap().new,
+            d.change(FileTarget::Subgid).unwrap().new,
             "root:100000:65536\nroot:20:1\nroot:1000:2\n"
         );
     }
@@ -771,7 +771,7 @@ pub(crate) mod tests {
         let conf = format!("{SERIAL}\n[snap1]\nunprivileged: 1\nlxc.idmap: u 0 100000 65536\n\n[pve:pending]\nmemory: 512\n");
         let d = decide(&facts(&conf));
         assert_eq!(d.refusal, None);
-        let new = &d.change(Target::PveConf).unwrap().new;
+        let new = &d.change(FileTarget::PveConf).unwrap().new;
         assert!(new.ends_with("lxc.idmap: g 21 100021 65515\n\n[snap1]\nunprivileged: 1\nlxc.idmap: u 0 100000 65536\n\n[pve:pending]\nmemory: 512\n"), "{new}");
     }
 
@@ -783,7 +783,7 @@ pub(crate) mod tests {
         let d = decide(&f);
         assert_eq!(d.refusal, None);
         assert_eq!(
-            d.change(Target::Subgid).unwrap().new,
+            d.change(FileTarget::Subgid).unwrap().new,
             "root:100000:65536\nroot:20:1\n"
         );
         assert!(d.idmap.is_some());
@@ -820,8 +820,8 @@ pub(crate) mod tests {
         f2.lxc_config.text = None;
         let d = decide(&f2);
         assert_eq!(d.refusal, None);
-        assert!(d.change(Target::PveConf).is_none(), "{:#?}", d.changes);
-        assert!(d.change(Target::Subuid).is_some());
+        assert!(d.change(FileTarget::PveConf).is_none(), "{:#?}", d.changes);
+        assert!(d.change(FileTarget::Subuid).is_some());
         assert_eq!(d.idmap.unwrap().len(), 5);
         // Their line alone maps no root: never strip the tool's lines then.
         let d = decide(&{
@@ -830,7 +830,7 @@ pub(crate) mod tests {
             f3
         });
         assert_eq!(d.refusal, None);
-        assert!(d.change(Target::PveConf).is_none(), "{:#?}", d.changes);
+        assert!(d.change(FileTarget::PveConf).is_none(), "{:#?}", d.changes);
     }
 
     #[test]
@@ -848,9 +848,9 @@ pub(crate) mod tests {
         f2.conf = PveConfig::parse(&conf);
         let d = decide(&f2);
         assert_eq!(d.refusal, None);
-        let new = &d.change(Target::PveConf).unwrap().new;
+        let new = &d.change(FileTarget::PveConf).unwrap().new;
         assert_eq!(new, &format!("arch: amd64\nhostname: z2m\nunprivileged: 1\nlxc.mount.entry: /dev/serial/by-id/usb-ITead_Sonoff_Zigbee_3.0-if00-port0 dev/ttyUSB0 none bind,optional,create=file\n{theirs}"));
-        let st = State::parse(&d.change(Target::State).unwrap().new).unwrap();
+        let st = State::parse(&d.change(FileTarget::State).unwrap().new).unwrap();
         assert!(st.owned.conf_lines.is_empty());
         assert!(decide(&apply(&f2, &d)).changes.is_empty());
     }
@@ -878,7 +878,7 @@ pub(crate) mod tests {
         let mut f = facts(SERIAL);
         f.lxc_config.text = None;
         let d = decide(&f);
-        assert!(d.change(Target::LxcConfig).is_none());
+        assert!(d.change(FileTarget::LxcConfig).is_none());
         assert!(d.events.iter().any(|e| e.name == "idmap-next-start"));
     }
 
@@ -889,9 +889,12 @@ pub(crate) mod tests {
         f.subgid.text = None;
         let d = decide(&f);
         assert_eq!(
-            d.change(Target::Subuid).unwrap().new,
+            d.change(FileTarget::Subuid).unwrap().new,
             "# nothing\nroot:100000:65536\n"
         );
-        assert_eq!(d.change(Target::Subgid).unwrap().new, "root:100000:65536\n");
+        assert_eq!(
+            d.change(FileTarget::Subgid).unwrap().new,
+            "root:100000:65536\n"
+        );
     }
 }

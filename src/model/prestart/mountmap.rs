@@ -197,14 +197,14 @@ mod tests {
         let f = facts(CONF, POLICY, Some("6.1.10"));
         let d = decide(&f);
         assert_eq!(d.refusal, None);
-        let conf = &d.change(Target::PveConf).unwrap().new;
+        let conf = &d.change(FileTarget::PveConf).unwrap().new;
         assert!(
             conf.contains("mp0: /tank/media,mp=/media,idmap=u:1000:1000:1;g:1000:1000:1\n"),
             "{conf}"
         );
         assert!(!conf.contains("lxc.idmap"), "{conf}");
-        assert!(d.change(Target::Subuid).is_none());
-        assert!(d.change(Target::LxcConfig).is_none(), "no shift hook");
+        assert!(d.change(FileTarget::Subuid).is_none());
+        assert!(d.change(FileTarget::LxcConfig).is_none(), "no shift hook");
         let f1 = apply(&f, &d);
         assert!(
             decide(&f1).changes.is_empty(),
@@ -215,7 +215,7 @@ mod tests {
         f2.policy = Some(Policy::parse("p.toml", "").unwrap());
         f2.policy_file.text = Some(String::new());
         let d2 = decide(&f2);
-        assert_eq!(d2.change(Target::PveConf).unwrap().new, CONF);
+        assert_eq!(d2.change(FileTarget::PveConf).unwrap().new, CONF);
     }
 
     #[test]
@@ -223,7 +223,7 @@ mod tests {
         let f = facts(CONF, POLICY, Some("6.1.5"));
         let d = decide(&f);
         assert_eq!(d.refusal, None);
-        let conf = &d.change(Target::PveConf).unwrap().new;
+        let conf = &d.change(FileTarget::PveConf).unwrap().new;
         assert!(conf.contains("lxc.idmap: u 1000 1000 1\n"), "{conf}");
         assert!(conf.contains("mp0: /tank/media,mp=/media\n"), "{conf}");
         let ev = d

@@ -199,7 +199,7 @@ mod tests {
         let f = facts(SERIAL);
         let d = decide(&f);
         assert_eq!(d.refusal, None);
-        let lxc = &d.change(Target::LxcConfig).unwrap().new;
+        let lxc = &d.change(FileTarget::LxcConfig).unwrap().new;
         assert!(
             lxc.ends_with(
                 "lxc.hook.pre-start = /var/lib/vz/snippets/pct-passthrough lxc-shift-hook\n"
@@ -208,7 +208,10 @@ mod tests {
         );
         // The journal is in the state the config write depends on.
         let first = &d.changes[0];
-        assert!(matches!(first.target, Target::State | Target::StateInterim));
+        assert!(matches!(
+            first.target,
+            FileTarget::State | FileTarget::StateInterim
+        ));
         let st = State::parse(&first.new).unwrap();
         assert_eq!(st.shift.steps.len(), 1);
         assert_eq!(
@@ -224,11 +227,11 @@ mod tests {
         f1b.lxc_config.text = Some(GENERATED.into());
         let d1 = decide(&f1b);
         assert!(d1
-            .change(Target::LxcConfig)
+            .change(FileTarget::LxcConfig)
             .unwrap()
             .new
             .contains("lxc-shift-hook"));
-        assert!(d1.change(Target::State).is_none());
+        assert!(d1.change(FileTarget::State).is_none());
     }
 
     #[test]
@@ -338,9 +341,9 @@ mod tests {
         let mut f = facts("arch: amd64\nunprivileged: 1\ndev0: /dev/ttyUSB0\n");
         f.subgid.text = Some("root:100000:65536\n".into());
         let d = decide(&f);
-        assert!(d.change(Target::LxcConfig).is_none());
+        assert!(d.change(FileTarget::LxcConfig).is_none());
         assert!(
-            d.change(Target::State).is_none(),
+            d.change(FileTarget::State).is_none(),
             "no state only for the map"
         );
     }
