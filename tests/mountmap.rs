@@ -57,7 +57,11 @@ fn new_proxmox_gets_idmap_on_the_mount_point_and_nothing_else() {
     let t = host(Some("6.1.10"), POLICY);
     let r = t.path();
     let o = run(r, &["105", "pre-start"]);
-    assert!(o.status.success(), "{}", common::joined(&String::from_utf8_lossy(&o.stderr)));
+    assert!(
+        o.status.success(),
+        "{}",
+        common::joined(&String::from_utf8_lossy(&o.stderr))
+    );
     assert_eq!(
         read(r, "etc/pve/lxc/105.conf"),
         CONF.replace("mp=/media", "mp=/media,idmap=u:1000:1000:1;g:1000:1000:1")

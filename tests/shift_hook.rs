@@ -83,7 +83,11 @@ fn the_inode_in_flight_is_finished_first() {
     let (t, _) = setup(0);
     let app = t.path().join("var/lib/lxc/105/rootfs/app");
     let o = hook(t.path());
-    assert!(o.status.success(), "{}", common::joined(&String::from_utf8_lossy(&o.stderr)));
+    assert!(
+        o.status.success(),
+        "{}",
+        common::joined(&String::from_utf8_lossy(&o.stderr))
+    );
     let m = fs::metadata(app.join("cap")).unwrap();
     assert_eq!(m.mode() & 0o7777, 0o4755, "set-user-ID bit back");
     assert_eq!((m.uid(), m.gid()), (1000, 101_000));
@@ -105,7 +109,11 @@ fn another_inode_at_that_path_is_left_alone() {
     let (t, _) = setup(1);
     let app = t.path().join("var/lib/lxc/105/rootfs/app");
     let o = hook(t.path());
-    assert!(o.status.success(), "{}", common::joined(&String::from_utf8_lossy(&o.stderr)));
+    assert!(
+        o.status.success(),
+        "{}",
+        common::joined(&String::from_utf8_lossy(&o.stderr))
+    );
     assert_eq!(
         fs::metadata(app.join("cap")).unwrap().mode() & 0o7777,
         0o755
