@@ -252,8 +252,13 @@ fn insert(src: &Path, dst: &Path, ns: Option<&OwnedFd>) -> Result<(), String> {
 /// Inserts every bind mount point of `conf` under `rootfs`; a privileged
 /// container ignores `idmap=` (Proxmox warns).
 pub fn insert_all(rootfs: &Path, conf: &PveConf) -> Result<(), String> {
+    let mps = bind_mps(conf)?;
+    if mps.is_empty() {
+        // Without mount points, a malformed map fails later, in LXC.
+        return Ok(());
+    }
     let ct_map = conf.effective_idmap()?;
-    for m in bind_mps(conf)? {
+    for m in mps {
         let dst = rootfs.join(m.mp.trim_start_matches('/'));
         fs::create_dir_all(&dst).map_err(|e| format!("{}: {e}", dst.display()))?;
         let ns = match (&m.idmap, ct_map.is_empty()) {
