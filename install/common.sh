@@ -127,3 +127,32 @@ need_pct() {
     command -v pct >/dev/null 2>&1 ||
         die "pct not found on PATH; run this on a Proxmox VE node as root"
 }
+
+# cluster_members: one "name<TAB>online<TAB>ip" line per node in
+# /etc/pve/.members (pmxcfs's member list; empty when not in a cluster).
+cluster_members() {
+    local members
+    members=$(r /etc/pve/.members)
+    [ -f "$members" ] || return 0
+    sed -nE 's/^[[:space:]]*"([^"]+)":[[:space:]]*\{[[:space:]]*"id":[[:space:]]*[0-9]+,[[:space:]]*"online":[[:space:]]*([01])(,[[:space:]]*"ip":[[:space:]]*"([^"]*)")?.*/\1\t\2\t\4/p' "$members"
+}
+
+# this_node: the local node's name, from /etc/pve/.members, else hostname.
+this_node() {
+    local members n=
+    members=$(r /etc/pve/.members)
+    [ -f "$members" ] && n=$(sed -nE 's/^[[:space:]]*"nodename":[[:space:]]*"([^"]+)".*/\1/p' "$members" | head -n1)
+    [ -n "$n" ] || n=$(hostname -s 2>/dev/null || hostname)
+    printf '%s' "$n"
+}
+
+# The node's root SSH, as Proxmox's own tools call it (BatchMode, the node
+# name as host key alias, no escape character). Remote commands start with
+# 'cd /' and use paths relative to /.
+node_ssh() { # node ip command
+    ssh -e none -o BatchMode=yes -o HostKeyAlias="$1" "root@$2" "$3"
+}
+
+node_scp() { # node ip local-file remote-path
+    scp -p -o BatchMode=yes -o HostKeyAlias="$1" "$3" "root@[$2]:$4"
+}

@@ -11,7 +11,7 @@ PROG=pct-passthrough-install
 
 usage() {
     cat <<EOF
-usage: install.sh [--storage ID] [--binary PATH] [VMID...]
+usage: install.sh [--storage ID] [--binary PATH] [--all-nodes] [VMID...]
 
 Copies the pct-passthrough binary to <storage>:snippets/pct-passthrough and
 runs 'pct set VMID --hookscript <storage>:snippets/pct-passthrough' for each
@@ -24,6 +24,9 @@ pct-passthrough runs it with the same arguments.
                  shared storage (nfs, cifs, cephfs) here.
   --binary PATH  the static binary (default: the one next to this script,
                  then /usr/bin/pct-passthrough)
+  --all-nodes    also put the binary on every other node of the cluster
+                 (from /etc/pve/.members, over the nodes' root SSH, as
+                 Proxmox's own tools do); on a shared storage, only say so
 
 Every change is recorded in /var/lib/pct-passthrough/install/manifest;
 uninstall.sh reverses it. PCT_PASSTHROUGH_ROOT prefixes every host path.
@@ -32,6 +35,7 @@ EOF
 
 STORAGE=local
 BINARY=
+ALL_NODES=0
 VMIDS=()
 while [ $# -gt 0 ]; do
     case $1 in
@@ -48,6 +52,10 @@ while [ $# -gt 0 ]; do
         [ $# -ge 2 ] || die "--binary needs a path"
         BINARY=$2
         shift 2
+        ;;
+    --all-nodes)
+        ALL_NODES=1
+        shift
         ;;
     -*) die "unknown option '$1' (see --help)" ;;
     *)
@@ -199,18 +207,62 @@ for vmid in "${VMIDS[@]}"; do
 done
 
 # 5. Clusters: local storage is per node.
-nodes_dir=$(r /etc/pve/nodes)
-if [ -d "$nodes_dir" ]; then
-    nodes=$(find "$nodes_dir" -mindepth 1 -maxdepth 1 -type d -printf '%f\n' | sort | tr '\n' ' ')
-    count=$(wc -w <<<"$nodes")
-    shared=$s_shared
-    case $s_type in nfs | cifs | cephfs | glusterfs) shared=1 ;; esac
-    if [ "$count" -gt 1 ] && [ "$shared" != 1 ]; then
-        say "note: this node is in a cluster (nodes: ${nodes% }); $STORAGE:snippets is per node, and a"
-        say "  container whose hookscript is missing fails to start. Install on every node:"
-        say "    for n in ${nodes% }; do scp $BINARY \$n:/tmp/$NAME && ssh \$n /usr/share/pct-passthrough/install/install.sh --binary /tmp/$NAME; done"
-        say "  or put it on shared storage: install.sh --storage <nfs-or-cephfs-id> VMID..."
-    fi
+shared=$s_shared
+case $s_type in nfs | cifs | cephfs | glusterfs) shared=1 ;; esac
+self=$(this_node)
+others=()
+while IFS=$'\t' read -r n online ip; do
+    [ -n "$n" ] && [ "$n" != "$self" ] && others+=("$n	$online	$ip")
+done < <(cluster_members)
+if [ ${#others[@]} -gt 0 ] && [ "$shared" = 1 ]; then
+    say "storage '$STORAGE' is shared: every node of the cluster sees $snip/$NAME"
+elif [ ${#others[@]} -gt 0 ] && [ "$ALL_NODES" = 0 ]; then
+    say "note: this node is in a cluster; $STORAGE:snippets is per node, and a container"
+    say "  whose hookscript is missing on a node fails to start there. Install on every node:"
+    say "    install.sh --all-nodes   (over the nodes' root SSH), or name a shared storage"
+    say "    (install.sh --storage <nfs-or-cephfs-id> VMID...)"
+elif [ ${#others[@]} -gt 0 ]; then
+    sum=$(sha256sum "$BINARY" | cut -d' ' -f1)
+    rel=${snip#/}
+    for entry in "${others[@]}"; do
+        IFS=$'\t' read -r n online ip <<<"$entry"
+        host=${ip:-$n}
+        if [ "$online" != 1 ]; then
+            warn "node $n is offline: $snip/$NAME not copied there; re-run install.sh --all-nodes when it is up"
+            failed=1
+            continue
+        fi
+        if ! have=$(node_ssh "$n" "$host" "cd / && if [ -e '$rel/$NAME' ]; then sha256sum '$rel/$NAME'; fi"); then
+            warn "node $n ($host): root SSH failed; is it in the cluster's SSH trust (pvecm updatecerts)?"
+            failed=1
+            continue
+        fi
+        if [ "${have%% *}" = "$sum" ]; then
+            say "node $n: $snip/$NAME is up to date ($VERSION)"
+            continue
+        fi
+        record=
+        if ! grep -q "^remote-binary	$n	" "$MANIFEST" 2>/dev/null; then
+            if [ -n "$have" ]; then
+                backup=var/lib/pct-passthrough/install/$NAME.orig
+                node_ssh "$n" "$host" "cd / && mkdir -p '${backup%/*}' && cp -p '$rel/$NAME' '$backup'" ||
+                    { warn "node $n: cannot keep its earlier $snip/$NAME; not replaced"; failed=1; continue; }
+                record="remote-binary	$n	$host	/$rel/$NAME	/$backup"
+            else
+                record="remote-binary	$n	$host	/$rel/$NAME	-"
+            fi
+        fi
+        tmp=$rel/$NAME.tmp.$$
+        if node_ssh "$n" "$host" "cd / && mkdir -p '$rel'" &&
+            node_scp "$n" "$host" "$BINARY" "/$tmp" &&
+            node_ssh "$n" "$host" "cd / && chmod 0755 '$tmp' && mv -f '$tmp' '$rel/$NAME'"; then
+            [ -z "$record" ] || manifest_add "$record"
+            say "node $n: installed $VERSION as $snip/$NAME"
+        else
+            warn "node $n ($host): copying $snip/$NAME failed"
+            failed=1
+        fi
+    done
 fi
 
 exit $failed

@@ -10,21 +10,27 @@ PROG=pct-passthrough-uninstall
 
 usage() {
     cat <<EOF
-usage: uninstall.sh [VMID...]
+usage: uninstall.sh [--all-nodes] [VMID...]
 
 Without VMIDs: undoes everything install.sh recorded on this node in
-/var/lib/pct-passthrough/install/manifest. With VMIDs: only unregisters those
+/var/lib/pct-passthrough/install/manifest; with --all-nodes also the
+copies 'install.sh --all-nodes' put on other nodes (over their root SSH). With VMIDs: only unregisters those
 containers (their previous hookscript comes back) and keeps the binary.
 Safe to re-run. PCT_PASSTHROUGH_ROOT prefixes every host path.
 EOF
 }
 
 ONLY=()
+ALL_NODES=0
 while [ $# -gt 0 ]; do
     case $1 in
     -h | --help)
         usage
         exit 0
+        ;;
+    --all-nodes)
+        ALL_NODES=1
+        shift
         ;;
     -*) die "unknown option '$1' (see --help)" ;;
     *)
@@ -121,6 +127,25 @@ for rec in "${records[@]}"; do
         else
             rm -f "$dest"
             say "removed ${dest#"$ROOT"}"
+        fi
+        ;;
+    remote-binary)
+        node=$a host=$b
+        IFS=$'\t' read -r _ _ _ dest backup <<<"$rec"
+        b=${backup#/}
+        if [ ${#ONLY[@]} -gt 0 ]; then
+            undone=0
+        elif [ "$ALL_NODES" = 0 ]; then
+            say "node $node: kept $dest (uninstall.sh --all-nodes removes it)"
+            undone=0
+        elif [ "$backup" != - ] &&
+            node_ssh "$node" "$host" "cd / && if [ -f '$b' ]; then mv -f '$b' '${dest#/}'; rmdir '${b%/*}' '${b%/*/*}' 2>/dev/null || true; fi"; then
+            say "node $node: restored the earlier $dest"
+        elif [ "$backup" = - ] && node_ssh "$node" "$host" "cd / && rm -f '${dest#/}'"; then
+            say "node $node: removed $dest"
+        else
+            warn "node $node ($host): root SSH failed; $dest left there"
+            failed=1 undone=0
         fi
         ;;
     dir)

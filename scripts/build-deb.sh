@@ -68,7 +68,7 @@ d=$stage/$NAME
 doc=$d/usr/share/doc/$NAME
 share=$d/usr/share/$NAME
 install -d "$d/DEBIAN" "$d/usr/bin" "$d/usr/share/man/man1" "$doc/examples/policies" \
-    "$share/install" "$share/hooks" "$d/usr/share/lintian/overrides"
+    "$share/install" "$share/hooks" "$d/usr/share/lintian/overrides" "$d/usr/lib/udev/rules.d"
 
 install -m 0755 "$BINARY" "$d/usr/bin/$NAME"
 # As dh_strip does: no symbols, no compiler version notes (lintian's
@@ -81,6 +81,9 @@ install -m 0755 install/install.sh install/uninstall.sh "$share/install/"
 install -m 0644 install/common.sh "$share/install/"
 install -m 0755 hooks/example-chained-hook.sh "$share/hooks/"
 install -m 0644 hooks/README.md "$share/hooks/"
+# Replug without restart: udevd picks up new rules by itself (it checks the
+# rules directories' timestamps), so postinst needs no reload.
+install -m 0644 packaging/udev/99-pct-passthrough.rules "$d/usr/lib/udev/rules.d/"
 install -m 0644 packaging/lintian-overrides "$d/usr/share/lintian/overrides/$NAME"
 # A native package: the changelog is changelog.gz, compressed without a date.
 gzip -9nc packaging/changelog >"$doc/changelog.gz"
@@ -155,7 +158,8 @@ Description: Proxmox VE hookscript for devices and IDs in unprivileged container
  A static binary that Proxmox VE runs as a container hookscript. It writes the
  lxc.idmap lines, /etc/subuid and /etc/subgid entries, cgroup device rules and
  the in-container group membership that USB serial sticks and GPU render nodes
- need in unprivileged (and OCI-based) containers.
+ need in unprivileged (and OCI-based) containers. A udev rule puts a
+ replugged stick back into its running container, even under another name.
  .
  Register it with /usr/share/pct-passthrough/install/install.sh VMID.
 EOF

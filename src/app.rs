@@ -61,6 +61,7 @@ pub fn run(cmd: Command, paths: &Paths) -> u8 {
         Command::Doctor { vmid } => crate::cmd::doctor::run(paths, vmid),
         Command::Plan { vmid } => crate::cmd::plan::run(paths, vmid),
         Command::Status { vmid, json } => crate::cmd::status::run(paths, vmid, json),
+        Command::Udev { action, devnode } => phase::udev::run(paths, &action, &devnode),
         Command::LxcMountHook { args } => crate::phase::mount_hook::run(&args),
         Command::LxcShiftHook { args } => crate::phase::shift::run_hook(paths, &args),
     }

@@ -13,6 +13,7 @@ usage:
   pct-passthrough plan <vmid>                         what pre-start would change, as a diff
   pct-passthrough status <vmid> [--json]              map, coverage, devices, runtime user
   pct-passthrough doctor [<vmid>]                     host and container checks, each with a fix
+  pct-passthrough udev <add|remove> <devnode>         run by the package's udev rule (replug)
   pct-passthrough --help | --version
 
 phases: pre-start, post-start, pre-stop, post-stop
@@ -58,6 +59,12 @@ pub enum Command {
     },
     Doctor {
         vmid: Option<Vmid>,
+    },
+    /// `udev <action> <devnode>`: the package's udev rule, on a tty or DRM
+    /// node's add or remove (other actions do nothing).
+    Udev {
+        action: String,
+        devnode: String,
     },
     /// `lxc-mount-hook ...`: run by LXC from an `lxc.hook.mount` line that
     /// pre-start put in the generated config (first-boot group setup).
@@ -200,6 +207,20 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageE
             "missing <vmid>: pct-passthrough status <vmid> [--json]",
         )),
         ["doctor"] => no_json(Command::Doctor { vmid: None }),
+        ["udev", action, devnode] => {
+            if !devnode.starts_with("/dev/") {
+                return Err(usage(format!(
+                    "udev: '{devnode}' is not a node under /dev/: pct-passthrough udev <add|remove> <devnode>"
+                )));
+            }
+            no_json(Command::Udev {
+                action: action.to_string(),
+                devnode: devnode.to_string(),
+            })
+        }
+        ["udev", ..] => Err(usage(
+            "udev takes an action and a node: pct-passthrough udev <add|remove> <devnode>",
+        )),
         ["doctor", vmid] => no_json(Command::Doctor {
             vmid: Some(parse_vmid(vmid)?),
         }),
@@ -329,6 +350,15 @@ mod tests {
             })
         );
         assert_eq!(p(&["doctor"]), Ok(Command::Doctor { vmid: None }));
+        assert_eq!(
+            p(&["udev", "add", "/dev/ttyUSB1"]),
+            Ok(Command::Udev {
+                action: "add".into(),
+                devnode: "/dev/ttyUSB1".into()
+            })
+        );
+        assert!(p(&["udev", "add", "ttyUSB1"]).is_err());
+        assert!(p(&["udev", "add"]).is_err());
         assert_eq!(p(&["--help"]), Ok(Command::Help));
         assert_eq!(p(&["-V"]), Ok(Command::Version));
     }

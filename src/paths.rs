@@ -88,6 +88,26 @@ impl Paths {
         self.host(format!("/etc/pve/pct-passthrough/{vmid}.toml"))
     }
 
+    /// The cluster file system (pmxcfs on Proxmox).
+    pub fn pve_dir(&self) -> PathBuf {
+        self.host("/etc/pve")
+    }
+
+    /// The cluster's member list, as pmxcfs shows it.
+    pub fn members(&self) -> PathBuf {
+        self.host("/etc/pve/.members")
+    }
+
+    /// The part of the state that follows the container across nodes.
+    pub fn cluster_state(&self, vmid: Vmid) -> PathBuf {
+        self.host(format!("/etc/pve/pct-passthrough/{vmid}.state.json"))
+    }
+
+    /// `install.sh`'s record of what it changed (node-local).
+    pub fn install_manifest(&self) -> PathBuf {
+        self.host("/var/lib/pct-passthrough/install/manifest")
+    }
+
     pub fn storage_cfg(&self) -> PathBuf {
         self.host("/etc/pve/storage.cfg")
     }
@@ -118,6 +138,7 @@ impl Paths {
         self.host("/var/lib/pct-passthrough")
     }
 
+    /// The node-local part of the state (all of it in version 1).
     pub fn state(&self, vmid: Vmid) -> PathBuf {
         self.state_dir().join(format!("{vmid}.json"))
     }

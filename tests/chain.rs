@@ -2,6 +2,8 @@
 //! chained script gets the same argv, runs before our work in pre-start and
 //! blocks it there, only warns in the other phases, and is never ourselves.
 
+mod common;
+
 use std::fs;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::PathBuf;
@@ -60,26 +62,7 @@ impl Host {
 
 /// stderr with each task-log message on one line.
 fn stderr(o: &Output) -> String {
-    joined(&String::from_utf8_lossy(&o.stderr))
-}
-
-/// The task log with each message on one line: the indented lines the tool
-/// writes under a headline (details, wrapped parts, the fix) joined onto it
-/// with a space, so a test can look for a whole message. The line style
-/// itself is checked by `tests/task_log_style.rs`.
-fn joined(raw: &str) -> String {
-    let mut out = String::new();
-    for line in raw.lines() {
-        if line.starts_with("  ") && !out.is_empty() {
-            out.pop();
-            out.push(' ');
-            out.push_str(line.trim_start());
-        } else {
-            out.push_str(line);
-        }
-        out.push('\n');
-    }
-    out
+    common::joined(&String::from_utf8_lossy(&o.stderr))
 }
 
 #[test]

@@ -74,6 +74,7 @@ fn package_builds_with_the_expected_contents() {
     assert_eq!(
         files,
         [
+            "-rw-r--r-- root/root ./usr/lib/udev/rules.d/99-pct-passthrough.rules",
             "-rw-r--r-- root/root ./usr/share/doc/pct-passthrough/README.md",
             "-rw-r--r-- root/root ./usr/share/doc/pct-passthrough/changelog.gz",
             "-rw-r--r-- root/root ./usr/share/doc/pct-passthrough/copyright",
@@ -118,6 +119,29 @@ fn package_builds_with_the_expected_contents() {
     for gone in [" .symtab ", " .comment ", " .debug_info "] {
         assert!(!sections.contains(gone), "{gone} in {sections}");
     }
+    // The udev rule runs the packaged binary's udev entry for tty and DRM
+    // adds and removes, with arguments the binary accepts.
+    let rule =
+        std::fs::read_to_string(x.join("usr/lib/udev/rules.d/99-pct-passthrough.rules")).unwrap();
+    assert!(rule.contains(r#"SUBSYSTEM!="tty|drm""#), "{rule}");
+    assert!(rule.contains(r#"ACTION!="add|remove""#), "{rule}");
+    let run = rule
+        .lines()
+        .find_map(|l| l.strip_prefix("RUN+=\""))
+        .and_then(|l| l.strip_suffix('"'))
+        .unwrap();
+    assert_eq!(
+        run,
+        "/usr/bin/pct-passthrough udev $env{ACTION} $env{DEVNAME}"
+    );
+    let r = Command::new(&packaged)
+        .args(["udev", "change", "/dev/ttyUSB0"])
+        .output()
+        .unwrap();
+    assert!(
+        r.status.success() && r.stdout.is_empty() && r.stderr.is_empty(),
+        "{r:?}"
+    );
     // The copyright file carries the whole license: Debian 12 has no
     // /usr/share/common-licenses/AGPL-3 to point at.
     let copyright =

@@ -2,6 +2,8 @@
 //! broken fixture per check: the expected verdict line, its fix, and the
 //! exit code (1 only when something fails).
 
+mod common;
+
 use std::fs;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::PathBuf;
@@ -37,7 +39,7 @@ impl Host {
         );
         fs::create_dir_all(h.root.join("var/lib/vz/snippets")).unwrap();
         symlink(BIN, h.root.join("var/lib/vz/snippets/pct-passthrough")).unwrap();
-        serial_node(&h.root.join("dev/ttyUSB0"));
+        common::device_node(&h.root.join("dev/ttyUSB0"), false, 188, 0, 20);
         fs::create_dir_all(h.root.join("dev/serial/by-id")).unwrap();
         symlink("../../ttyUSB0", h.root.join(&BY_ID[1..])).unwrap();
         h.write(
@@ -154,7 +156,7 @@ fn device_kernel_name_no_link(h: &Host) {
     fs::remove_file(h.root.join(&BY_ID[1..])).unwrap();
 }
 fn render_collision(h: &Host) {
-    char_node(&h.root.join("dev/dri/renderD128"), 226, 128, 104);
+    common::device_node(&h.root.join("dev/dri/renderD128"), false, 226, 128, 104);
     h.edit_conf(
         "hookscript:",
         "dev1: /dev/dri/renderD128,gid=104\nhookscript:",
@@ -354,26 +356,6 @@ fn person_written_device_entries_that_cannot_work_are_warned_about() {
     );
 }
 
-/// The stick's node as udev makes it: char 188:0, root:dialout 0660 (needs
-/// root, as every test run here has).
-fn serial_node(path: &std::path::Path) {
-    char_node(path, 188, 0, 20);
-}
-
-/// A char node `major:minor`, `root:<gid>` 0660 (needs root).
-fn char_node(path: &std::path::Path, major: u64, minor: u64, gid: u32) {
-    use nix::sys::stat::{mknod, Mode, SFlag};
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    mknod(
-        path,
-        SFlag::S_IFCHR,
-        Mode::from_bits_truncate(0o660),
-        nix::sys::stat::makedev(major, minor),
-    )
-    .unwrap_or_else(|e| panic!("mknod {}: {e} (the tests need root)", path.display()));
-    std::os::unix::fs::chown(path, Some(0), Some(gid)).unwrap();
-}
-
 /// doctor's report as (message, fix) per check: a check starts with its
 /// verdict; its indented lines continue it, the `fix:` one is its fix.
 fn checks_of(out: &str) -> Vec<(String, Option<String>)> {
@@ -397,4 +379,43 @@ fn checks_of(out: &str) -> Vec<(String, Option<String>)> {
         }
     }
     checks
+}
+
+/// In a cluster, a hookscript on per-node storage must be on every node:
+/// doctor warns about the nodes install.sh --all-nodes did not reach, and
+/// says nothing when the storage is shared.
+#[test]
+fn cluster_node_without_the_hookscript_is_warned_about() {
+    let h = Host::healthy();
+    h.write(
+        "etc/pve/.members",
+        "{\n\"nodename\": \"pve1\",\n\"version\": 5,\n\"cluster\": { \"name\": \"lab\", \"version\": 2, \"nodes\": 2, \"quorate\": 1 },\n\"nodelist\": {\n  \"pve1\": { \"id\": 1, \"online\": 1, \"ip\": \"10.0.0.1\"},\n  \"pve2\": { \"id\": 2, \"online\": 1, \"ip\": \"10.0.0.2\"}\n  }\n}\n",
+    );
+    let (code, out) = h.doctor(&["105"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("warn  105: hookscript local:snippets/pct-passthrough is on per-node storage, and node pve2 is not known to have it"),
+        "{out}"
+    );
+    assert!(
+        out.contains("fix: /usr/share/pct-passthrough/install/install.sh --all-nodes"),
+        "{out}"
+    );
+    // install.sh --all-nodes recorded its copy on pve2.
+    h.write(
+        "var/lib/pct-passthrough/install/manifest",
+        "binary\tcreated\t/var/lib/vz/snippets/pct-passthrough\nremote-binary\tpve2\t10.0.0.2\t/var/lib/vz/snippets/pct-passthrough\t-\n",
+    );
+    let (_, out) = h.doctor(&["105"]);
+    assert!(out.contains("ok    105: hookscript local:snippets/pct-passthrough: install.sh --all-nodes put it on every other node"), "{out}");
+    // A shared storage is seen by every node.
+    h.write(
+        "etc/pve/storage.cfg",
+        "dir: local\n\tpath /var/lib/vz\n\tcontent iso,snippets\n\tshared 1\n",
+    );
+    let (_, out) = h.doctor(&["105"]);
+    assert!(
+        !out.contains("per-node") && !out.contains("other node"),
+        "{out}"
+    );
 }

@@ -7,7 +7,7 @@
 mod e2e;
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
@@ -121,22 +121,20 @@ int main(int c, char **v) {
 }
 "#;
 
-/// Reads the state once it satisfies `ok`, or panics after `within`.
-fn wait_state(path: &Path, within: Duration, ok: impl Fn(&Value) -> bool) -> Value {
+/// Reads the state (both files) once it satisfies `ok`, or panics after `within`.
+fn wait_state(ct: &Ct, within: Duration, ok: impl Fn(&Value) -> bool) -> Value {
     let start = Instant::now();
     loop {
-        if let Ok(t) = fs::read_to_string(path) {
-            if let Ok(v) = serde_json::from_str::<Value>(&t) {
-                if ok(&v) {
-                    return v;
-                }
+        if let Some(v) = ct.state() {
+            if ok(&v) {
+                return v;
             }
         }
         assert!(
             start.elapsed() < within,
-            "state {} did not reach the expected shape within {within:?}: {}",
-            path.display(),
-            fs::read_to_string(path).unwrap_or_default()
+            "state of {} did not reach the expected shape within {within:?}: {:?}",
+            ct.vmid,
+            ct.state()
         );
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -190,7 +188,9 @@ fn symlink_swapped_in_after_the_read_is_never_written_through() {
     let target_text = "not a group file\n";
     let mut outcomes = Vec::new();
     let mut hit = 0;
-    for vmid in 990_170..990_174 {
+    // The race is the container's: under load it may take a few tries to
+    // land between the read and the write; stop at the first that does.
+    for vmid in 990_170..990_178 {
         let pty = bed.pty_serial();
         let mut ct = bed
             .container(vmid)
@@ -207,7 +207,7 @@ fn symlink_swapped_in_after_the_read_is_never_written_through() {
         // The group file lacks dialout: post-start has something to write.
         fs::write(ct.rootfs().join("etc/group"), "root:x:0:\nsvc:x:1000:\n").unwrap();
         ct.start().expect_started();
-        let v = wait_state(&ct.state_path(), Duration::from_secs(20), |v| {
+        let v = wait_state(&ct, Duration::from_secs(20), |v| {
             v["last_run"]["phase"] == "post-start"
         });
         let target = fs::read_to_string(ct.rootfs().join("etc/target")).unwrap();
@@ -229,6 +229,9 @@ fn symlink_swapped_in_after_the_read_is_never_written_through() {
             .collect();
         assert!(temps.is_empty(), "{vmid}: temp files left: {temps:?}");
         ct.stop();
+        if hit > 0 && outcomes.len() >= 2 {
+            break;
+        }
     }
     eprintln!("{}", outcomes.join("\n"));
     assert!(
@@ -294,7 +297,7 @@ fn nested_pid_namespace_decoy_is_not_taken_for_init() {
         .hook(Hook::Binary)
         .create();
     ct.start().expect_started();
-    wait_state(&ct.state_path(), Duration::from_secs(20), |v| {
+    wait_state(&ct, Duration::from_secs(20), |v| {
         v["runtime_user"]["uid"].as_u64().is_some()
     });
     let init = ct.init_pid().unwrap();
@@ -345,11 +348,11 @@ fn nested_pid_namespace_decoy_is_not_taken_for_init() {
     );
 
     // post-start again, from a clean slate: the real user, never 4242.
-    fs::remove_file(ct.state_path()).unwrap();
+    ct.remove_state();
     let run = exec_hookscript(&Bed::hook_binary(), vmid, "post-start");
     assert!(run.success(), "{run}");
     assert!(run.stderr.contains("(lxc-info)"), "{}", run.stderr);
-    let st = wait_state(&ct.state_path(), Duration::from_secs(20), |v| {
+    let st = wait_state(&ct, Duration::from_secs(20), |v| {
         v["runtime_user"]["uid"].as_u64().is_some()
     });
     assert_eq!(st["runtime_user"]["uid"], 1000, "{st:#}");
@@ -380,7 +383,7 @@ fn control_characters_in_names_never_reach_a_log_raw() {
         .create();
     let rep = ct.start();
     rep.expect_started();
-    let v = wait_state(&ct.state_path(), Duration::from_secs(20), |v| {
+    let v = wait_state(&ct, Duration::from_secs(20), |v| {
         v["runtime_user"]["uid"] == 1000
     });
     assert!(v["runtime_user"]["name"].is_null(), "{v:#}");
@@ -442,7 +445,7 @@ fn fuse_over_etc_is_refused_and_the_worker_finishes() {
     let started = Instant::now();
     ct.start().expect_started();
     let init = ct.init_pid().unwrap();
-    let v = wait_state(&ct.state_path(), Duration::from_secs(30), |v| {
+    let v = wait_state(&ct, Duration::from_secs(30), |v| {
         v["last_run"]["phase"] == "post-start"
     });
     eprintln!("state after {:?}: {v:#}", started.elapsed());

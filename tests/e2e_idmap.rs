@@ -80,8 +80,7 @@ fn serial_bind_works_on_the_first_boot_with_the_hook() {
         pty.read_until(b"zigbee\n", Duration::from_secs(5)),
         b"zigbee\n"
     );
-    let state: serde_json::Value =
-        serde_json::from_str(&fs::read_to_string(ct.state_path()).unwrap()).unwrap();
+    let state = ct.state().expect("state recorded");
     assert_eq!(
         state["owned"]["conf_lines"].as_array().map(Vec::len),
         Some(5),
@@ -130,12 +129,9 @@ fn hand_written_map_without_subgid_line_starts_with_the_hook() {
         bed.subgid()
     );
     assert_eq!(ct.pve_conf(), conf_before);
-    assert!(
-        !ct.state_path().exists() || {
-            let s = fs::read_to_string(ct.state_path()).unwrap();
-            !s.contains("lxc.idmap")
-        }
-    );
+    assert!(ct
+        .state()
+        .is_none_or(|s| !s.to_string().contains("lxc.idmap")));
 }
 
 #[test]
@@ -193,7 +189,7 @@ fn second_start_writes_nothing_and_removing_the_device_removes_the_lines() {
         started.contains("lxc.idmap = g 0 100000 65536\n") && !started.contains("g 20 20 1"),
         "{started}"
     );
-    let state = fs::read_to_string(ct.state_path()).unwrap();
+    let state = ct.state().expect("state recorded").to_string();
     assert!(!state.contains("lxc.idmap"), "{state}");
 }
 

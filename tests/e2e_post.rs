@@ -16,22 +16,20 @@ use serde_json::Value;
 /// The bed's default map: container ID + 100000.
 const BASE: u32 = 100_000;
 
-/// Reads the state once it satisfies `ok`, or panics after `within`.
-fn wait_state(path: &Path, within: Duration, ok: impl Fn(&Value) -> bool) -> (Value, Instant) {
+/// Reads the state (both files) once it satisfies `ok`, or panics after `within`.
+fn wait_state(ct: &Ct, within: Duration, ok: impl Fn(&Value) -> bool) -> (Value, Instant) {
     let start = Instant::now();
     loop {
-        if let Ok(t) = fs::read_to_string(path) {
-            if let Ok(v) = serde_json::from_str::<Value>(&t) {
-                if ok(&v) {
-                    return (v, Instant::now());
-                }
+        if let Some(v) = ct.state() {
+            if ok(&v) {
+                return (v, Instant::now());
             }
         }
         assert!(
             start.elapsed() < within,
-            "state {} did not reach the expected shape within {within:?}: {}",
-            path.display(),
-            fs::read_to_string(path).unwrap_or_default()
+            "state of {} did not reach the expected shape within {within:?}: {:?}",
+            ct.vmid,
+            ct.state()
         );
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -142,9 +140,7 @@ fn privilege_drop_is_detected_within_a_second_and_recorded() {
     assert!(post.stderr.contains("pinned"), "{post}");
     let init = ct.init_pid().unwrap();
     let dropped = wait_host_uid(init, BASE + 1000, Duration::from_secs(10));
-    let (v, at) = wait_state(&ct.state_path(), Duration::from_secs(10), |v| {
-        has_runtime_uid(v, 1000)
-    });
+    let (v, at) = wait_state(&ct, Duration::from_secs(10), |v| has_runtime_uid(v, 1000));
     let lag = at.saturating_duration_since(dropped);
     eprintln!("recorded {lag:?} after the drop");
     assert!(lag < Duration::from_secs(1), "{lag:?}");
@@ -182,9 +178,7 @@ fn group_fix_creates_dialout_and_the_service_gets_it_after_a_restart() {
     }
     let mut ct = b.create();
     ct.start().expect_started();
-    let (v, _) = wait_state(&ct.state_path(), Duration::from_secs(10), |v| {
-        has_runtime_uid(v, 1000)
-    });
+    let (v, _) = wait_state(&ct, Duration::from_secs(10), |v| has_runtime_uid(v, 1000));
     let group = fs::read_to_string(ct.rootfs().join("etc/group")).unwrap();
     assert_eq!(group, "root:x:0:\nsvc:x:1000:\ndialout:x:20:svc\n");
     let meta = fs::metadata(ct.rootfs().join("etc/group")).unwrap();
@@ -202,11 +196,9 @@ fn group_fix_creates_dialout_and_the_service_gets_it_after_a_restart() {
     ct.stop();
 
     // Next boot: the service starts with the group and can open the node.
-    fs::remove_file(ct.state_path()).unwrap();
+    ct.remove_state();
     ct.start().expect_started();
-    let (v, _) = wait_state(&ct.state_path(), Duration::from_secs(10), |v| {
-        has_runtime_uid(v, 1000)
-    });
+    let (v, _) = wait_state(&ct, Duration::from_secs(10), |v| has_runtime_uid(v, 1000));
     assert_eq!(v["devices"][0]["verdict"], "ok", "{v:#}");
     assert_eq!(v["runtime_user"]["groups"], serde_json::json!([20, 1000]));
     assert_eq!(v["runtime_user"]["keeps_supplementary_groups"], true);
@@ -241,9 +233,7 @@ fn dropped_supplementary_groups_are_recorded_with_the_devn_fallback() {
     }
     let mut ct = b.create();
     ct.start().expect_started();
-    let (v, _) = wait_state(&ct.state_path(), Duration::from_secs(10), |v| {
-        has_runtime_uid(v, 1000)
-    });
+    let (v, _) = wait_state(&ct, Duration::from_secs(10), |v| has_runtime_uid(v, 1000));
     let u = &v["runtime_user"];
     assert_eq!(u["groups"], serde_json::json!([]), "{v:#}");
     assert_eq!(u["keeps_supplementary_groups"], false, "{v:#}");
@@ -364,7 +354,7 @@ fn hostile_containers_never_touch_the_host_and_say_why() {
             post.success() && post.closed_after.is_some(),
             "{what}: {post}"
         );
-        let (v, _) = wait_state(&ct.state_path(), Duration::from_secs(15), |v| {
+        let (v, _) = wait_state(&ct, Duration::from_secs(15), |v| {
             v["last_run"]["phase"] == "post-start"
         });
         let changes = v["changes"].to_string();
@@ -405,9 +395,7 @@ fn eight_containers_at_once_each_get_their_own_state() {
     });
     for (i, ct) in cts.iter().enumerate() {
         let uid = 2000 + u64::try_from(i).unwrap();
-        let (v, _) = wait_state(&ct.state_path(), Duration::from_secs(20), |v| {
-            has_runtime_uid(v, uid)
-        });
+        let (v, _) = wait_state(ct, Duration::from_secs(20), |v| has_runtime_uid(v, uid));
         assert_eq!(v["vmid"], 990_170 + u64::try_from(i).unwrap());
         assert_eq!(v["runtime_user"]["name"], format!("u{i}"));
         // dev0 gid=20: the group exists, u<i> is added; the running service needs a restart.
@@ -441,18 +429,16 @@ fn first_boot_mount_hook_puts_the_recorded_user_in_dialout_before_init() {
         "{}",
         ct.lxc_config()
     );
-    let (v, _) = wait_state(&ct.state_path(), Duration::from_secs(10), |v| {
-        has_runtime_uid(v, 1000)
-    });
+    let (v, _) = wait_state(&ct, Duration::from_secs(10), |v| has_runtime_uid(v, 1000));
     assert_eq!(v["devices"][0]["verdict"], "needs-restart", "{v:#}");
     ct.stop();
 
     // The rootfs is rebuilt (an image update): the group is gone again.
     fs::write(ct.rootfs().join("etc/group"), BARE).unwrap();
     let mut st: Value =
-        serde_json::from_str(&fs::read_to_string(ct.state_path()).unwrap()).unwrap();
+        serde_json::from_str(&fs::read_to_string(ct.cluster_state_path()).unwrap()).unwrap();
     st["runtime_user"]["detected_at"] = serde_json::json!(0);
-    fs::write(ct.state_path(), st.to_string()).unwrap();
+    fs::write(ct.cluster_state_path(), st.to_string()).unwrap();
 
     // Boot 2: the user is known, so the mount hook edits before init.
     let rep = ct.start();
@@ -465,7 +451,7 @@ fn first_boot_mount_hook_puts_the_recorded_user_in_dialout_before_init() {
     assert!(lxc.lines().any(|l| l == line), "{lxc}");
     let pre = rep.pre_start.as_ref().unwrap();
     assert!(pre.stderr.contains("before init runs"), "{pre}");
-    let (v, _) = wait_state(&ct.state_path(), Duration::from_secs(10), |v| {
+    let (v, _) = wait_state(&ct, Duration::from_secs(10), |v| {
         v["runtime_user"]["detected_at"].as_u64() > Some(0)
     });
     // The service started with the group: it works on this boot.
@@ -567,9 +553,7 @@ fn privileged_container_gets_the_group_fix_without_a_user_namespace() {
     rep.expect_started();
     let init = ct.init_pid().unwrap();
     let dropped = wait_host_uid(init, 1000, Duration::from_secs(10));
-    let (v, at) = wait_state(&ct.state_path(), Duration::from_secs(10), |v| {
-        has_runtime_uid(v, 1000)
-    });
+    let (v, at) = wait_state(&ct, Duration::from_secs(10), |v| has_runtime_uid(v, 1000));
     eprintln!(
         "privileged: recorded {:?} after the drop",
         at.saturating_duration_since(dropped)
@@ -597,7 +581,7 @@ fn all_root_container_records_root_and_the_devn_fallback() {
         .hook(Hook::Binary)
         .create();
     ct.start().expect_started();
-    let (v, _) = wait_state(&ct.state_path(), Duration::from_secs(10), |v| {
+    let (v, _) = wait_state(&ct, Duration::from_secs(10), |v| {
         v["runtime_user"]["uid"].as_u64() == Some(0)
     });
     assert_eq!(v["runtime_user"]["name"], "root");

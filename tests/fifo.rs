@@ -3,6 +3,8 @@
 //! each place it may read, under a timeout: a hang fails the test. Needs
 //! root (the sample host has a device node).
 
+mod common;
+
 #[path = "../benches/support/shapes.rs"]
 mod shapes;
 
@@ -61,23 +63,11 @@ fn run_bounded(root: &Path, args: &[&str], what: &str) -> Ran {
                 code: o.status.code(),
                 // Each task-log message on one line (its indented parts
                 // joined), so a test can look for a whole message.
-                out: format!(
+                out: common::joined(&format!(
                     "{}{}",
                     String::from_utf8_lossy(&o.stdout),
                     String::from_utf8_lossy(&o.stderr)
-                )
-                .lines()
-                .fold(String::new(), |mut acc, l| {
-                    if l.starts_with("  ") && !acc.is_empty() {
-                        acc.pop();
-                        acc.push(' ');
-                        acc.push_str(l.trim_start());
-                    } else {
-                        acc.push_str(l);
-                    }
-                    acc.push('\n');
-                    acc
-                }),
+                )),
             };
         }
         if start.elapsed() > TIMEOUT {

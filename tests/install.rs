@@ -1,6 +1,8 @@
 //! install/install.sh and install/uninstall.sh against a temp root, with a
 //! fake `pct` on PATH that records its calls and edits the config as PVE
-//! would: idempotent re-runs, chaining, and a byte-exact uninstall.
+//! would: idempotent re-runs, chaining, and a byte-exact uninstall. A fake
+//! `ssh`/`scp` pair records its calls and runs them on other nodes' roots
+//! (`nodes/<ip>/` next to this one) for `--all-nodes`.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -48,6 +50,35 @@ awk -v id="$2" -v c="$4" '/^[a-z]+: / { s = ($2 == id) } s && /^\tcontent / { pr
 mv "$cfg.new" "$cfg"
 "#;
 
+/// `ssh [-e X] [-o X]... root@HOST 'cd / && CMD'`: records the call and
+/// runs CMD in the fake node's root.
+const FAKE_SSH: &str = r#"#!/bin/sh
+echo "ssh $*" >>"$PCT_LOG"
+while [ $# -gt 0 ]; do
+    case $1 in -e | -o) shift 2 ;; *) break ;; esac
+done
+host=${1#root@}
+cmd=$2
+case $cmd in "cd / && "*) cmd=${cmd#"cd / && "} ;; *) echo "fake ssh: not 'cd / && ...': $cmd" >&2; exit 255 ;; esac
+[ -d "$FAKE_NODES/$host" ] || { echo "ssh: connect to host $host port 22: No route to host" >&2; exit 255; }
+cd "$FAKE_NODES/$host" && exec sh -c "$cmd"
+"#;
+
+/// `scp -p [-o X]... FILE root@[HOST]:/PATH`: records the call and copies
+/// FILE into the fake node's root.
+const FAKE_SCP: &str = r#"#!/bin/sh
+echo "scp $*" >>"$PCT_LOG"
+while [ $# -gt 0 ]; do
+    case $1 in -p) shift ;; -o) shift 2 ;; *) break ;; esac
+done
+src=$1
+dest=${2#root@\[}
+host=${dest%%\]:*}
+path=${dest#*\]:}
+[ -d "$FAKE_NODES/$host" ] || { echo "scp: No route to host" >&2; exit 255; }
+cp -p "$src" "$FAKE_NODES/$host$path"
+"#;
+
 struct Host {
     _dir: tempfile::TempDir,
     root: PathBuf,
@@ -64,6 +95,11 @@ impl Host {
         fs::create_dir_all(&bin).unwrap();
         fs::write(bin.join("pct"), FAKE_PCT).unwrap();
         fs::write(bin.join("pvesm"), FAKE_PVESM).unwrap();
+        fs::write(bin.join("ssh"), FAKE_SSH).unwrap();
+        fs::write(bin.join("scp"), FAKE_SCP).unwrap();
+        for f in ["ssh", "scp"] {
+            fs::set_permissions(bin.join(f), fs::Permissions::from_mode(0o755)).unwrap();
+        }
         fs::set_permissions(bin.join("pvesm"), fs::Permissions::from_mode(0o755)).unwrap();
         fs::set_permissions(bin.join("pct"), fs::Permissions::from_mode(0o755)).unwrap();
         let h = Host {
@@ -124,6 +160,7 @@ impl Host {
             .env("PATH", path)
             .env("PCT_PASSTHROUGH_ROOT", &self.root)
             .env("PCT_LOG", self.root.join("pct.log"))
+            .env("FAKE_NODES", self.nodes())
             .output()
             .unwrap()
     }
@@ -145,6 +182,52 @@ impl Host {
         let mut a = vec!["--binary", BIN];
         a.extend_from_slice(args);
         self.run("install.sh", &a)
+    }
+
+    /// Where the fake `ssh`/`scp` find other nodes' roots, by address.
+    fn nodes(&self) -> PathBuf {
+        self.root.parent().unwrap().join("nodes")
+    }
+
+    /// A cluster of three: this node pve1, pve2 and pve3 (online or not)
+    /// in `/etc/pve/.members`, each other node a root with its snippets
+    /// directory.
+    fn cluster(&self, pve3_online: bool) {
+        let online = u8::from(pve3_online);
+        self.write(
+            "etc/pve/.members",
+            &format!("{{\n\"nodename\": \"pve1\",\n\"version\": 7,\n\"cluster\": {{ \"name\": \"lab\", \"version\": 3, \"nodes\": 3, \"quorate\": 1 }},\n\"nodelist\": {{\n  \"pve1\": {{ \"id\": 1, \"online\": 1, \"ip\": \"10.0.0.1\"}},\n  \"pve2\": {{ \"id\": 2, \"online\": 1, \"ip\": \"10.0.0.2\"}},\n  \"pve3\": {{ \"id\": 3, \"online\": {online}, \"ip\": \"10.0.0.3\"}}\n  }}\n}}\n"),
+        );
+        for ip in ["10.0.0.2", "10.0.0.3"] {
+            fs::create_dir_all(self.nodes().join(ip).join("var/lib/vz/snippets")).unwrap();
+        }
+    }
+
+    /// A file on another node's root.
+    fn remote(&self, ip: &str, abs: &str) -> PathBuf {
+        self.nodes().join(ip).join(abs.trim_start_matches('/'))
+    }
+
+    /// Every file of the other nodes' roots with its bytes.
+    fn remote_snapshot(&self) -> Vec<(PathBuf, Vec<u8>)> {
+        let mut out = Vec::new();
+        for ip in ["10.0.0.2", "10.0.0.3"] {
+            let dir = self.nodes().join(ip);
+            let mut stack = vec![dir];
+            while let Some(d) = stack.pop() {
+                for e in fs::read_dir(&d).unwrap() {
+                    let p = e.unwrap().path();
+                    if p.is_dir() {
+                        stack.push(p.clone());
+                        out.push((p, Vec::new()));
+                    } else {
+                        out.push((p.clone(), fs::read(&p).unwrap()));
+                    }
+                }
+            }
+        }
+        out.sort();
+        out
     }
 
     fn pct_calls(&self) -> Vec<String> {
@@ -332,10 +415,113 @@ fn directories_it_created_go_and_others_stay() {
 #[test]
 fn cluster_with_local_storage_says_how_to_install_everywhere() {
     let h = Host::new();
-    fs::create_dir_all(h.path("etc/pve/nodes/pve2")).unwrap();
+    h.cluster(true);
     let out = ok(&h.install(&["105"]));
-    assert!(out.contains("in a cluster (nodes: pve1 pve2)"), "{out}");
-    assert!(out.contains("for n in pve1 pve2; do scp"), "{out}");
+    assert!(out.contains("this node is in a cluster"), "{out}");
+    assert!(out.contains("install.sh --all-nodes"), "{out}");
+    assert!(!h
+        .pct_calls()
+        .iter()
+        .any(|c| c.starts_with("ssh") || c.starts_with("scp")));
+}
+
+#[test]
+fn all_nodes_copies_over_root_ssh_idempotently_and_uninstall_undoes_it() {
+    let h = Host::new();
+    h.cluster(true);
+    // pve3 already has another file there: it is kept and comes back.
+    fs::write(
+        h.remote("10.0.0.3", "/var/lib/vz/snippets/pct-passthrough"),
+        "old\n",
+    )
+    .unwrap();
+    let before = h.snapshot();
+    let remote_before = h.remote_snapshot();
+    let out = ok(&h.install(&["--all-nodes", "105"]));
+    let bin = fs::read(BIN).unwrap();
+    for (node, ip) in [("pve2", "10.0.0.2"), ("pve3", "10.0.0.3")] {
+        let f = h.remote(ip, "/var/lib/vz/snippets/pct-passthrough");
+        assert_eq!(fs::read(&f).unwrap(), bin, "{node}");
+        assert_eq!(
+            fs::metadata(&f).unwrap().permissions().mode() & 0o7777,
+            0o755
+        );
+        assert!(out.contains(&format!("node {node}: installed")), "{out}");
+    }
+    assert_eq!(
+        fs::read_to_string(h.remote(
+            "10.0.0.3",
+            "/var/lib/pct-passthrough/install/pct-passthrough.orig"
+        ))
+        .unwrap(),
+        "old\n"
+    );
+    let calls = h.pct_calls();
+    // As Proxmox's tools call it: batch mode, the node name as host key
+    // alias, never this node itself.
+    assert!(
+        calls.iter().any(|c| c.starts_with(
+            "ssh -e none -o BatchMode=yes -o HostKeyAlias=pve2 root@10.0.0.2 cd / && "
+        )),
+        "{calls:#?}"
+    );
+    assert!(
+        calls.iter().any(
+            |c| c.starts_with("scp -p -o BatchMode=yes -o HostKeyAlias=pve3 ")
+                && c.contains(" root@[10.0.0.3]:/var/lib/vz/snippets/pct-passthrough.tmp.")
+        ),
+        "{calls:#?}"
+    );
+    assert!(!calls.iter().any(|c| c.contains("10.0.0.1")), "{calls:#?}");
+
+    // Again: every node is up to date, nothing is copied.
+    let manifest = h.read("var/lib/pct-passthrough/install/manifest");
+    let n = calls.len();
+    let out = ok(&h.install(&["--all-nodes", "105"]));
+    assert!(
+        out.contains("node pve2: ") && out.contains("is up to date"),
+        "{out}"
+    );
+    let again = &h.pct_calls()[n..];
+    assert!(again.iter().all(|c| !c.starts_with("scp")), "{again:#?}");
+    assert_eq!(h.read("var/lib/pct-passthrough/install/manifest"), manifest);
+
+    // uninstall.sh without --all-nodes keeps the other nodes' copies.
+    let out = ok(&h.run("uninstall.sh", &["105"]));
+    assert!(
+        h.remote("10.0.0.2", "/var/lib/vz/snippets/pct-passthrough")
+            .exists(),
+        "{out}"
+    );
+    let out = ok(&h.run("uninstall.sh", &["--all-nodes"]));
+    assert!(out.contains("node pve2: removed"), "{out}");
+    assert_eq!(h.remote_snapshot(), remote_before, "{out}");
+    assert_eq!(h.snapshot(), before, "{out}");
+}
+
+#[test]
+fn all_nodes_warns_about_an_offline_node_and_skips_shared_storage() {
+    let h = Host::new();
+    h.cluster(false);
+    let out = h.install(&["--all-nodes", "105"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("node pve3 is offline"), "{err}");
+    assert!(h
+        .remote("10.0.0.2", "/var/lib/vz/snippets/pct-passthrough")
+        .exists());
+    assert!(!h
+        .remote("10.0.0.3", "/var/lib/vz/snippets/pct-passthrough")
+        .exists());
+
+    let h = Host::new();
+    h.cluster(true);
+    let out = ok(&h.install(&["--all-nodes", "--storage", "shared-nfs", "105"]));
+    assert!(out.contains("storage 'shared-nfs' is shared"), "{out}");
+    assert!(!h
+        .pct_calls()
+        .iter()
+        .any(|c| c.starts_with("ssh") || c.starts_with("scp")));
 }
 
 #[test]

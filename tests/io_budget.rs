@@ -304,6 +304,7 @@ fn other_phases_with_nothing_to_do_only_read() {
             &[
                 "/etc/pve/lxc/105.conf",
                 "/etc/pve/pct-passthrough/105.toml",
+                "/etc/pve/pct-passthrough/105.state.json",
                 "/var/lib/pct-passthrough/105.json",
             ][..],
         ),
@@ -327,13 +328,14 @@ fn typical_first_start_replaces_exactly_its_files_and_never_truncates() {
         t.renamed_to(),
         set(&[
             "/etc/pve/lxc/105.conf",
+            "/etc/pve/pct-passthrough/105.state.json",
             "/etc/subgid",
             "/etc/subgid-",
             "/var/lib/lxc/105/config",
             "/var/lib/pct-passthrough/105.json",
         ]),
         "GID 20 for the stick: the config, subgid and its backup, this start's LXC \
-         config and the state are replaced, nothing else"
+         config and the state (both parts) are replaced, nothing else"
     );
     for c in t.write_opens() {
         assert!(!c.flags.contains("O_TRUNC"), "{c:?} truncates in place");
@@ -492,13 +494,12 @@ fn typical_first_start_flushes_only_what_a_crash_must_not_lose() {
         synced,
         [
             "/etc",
-            "/etc/pve/lxc",
-            "/etc/pve/lxc/105.conf.tmp.PID",
             "/etc/subgid.tmp.PID",
             "/var/lib/pct-passthrough",
             "/var/lib/pct-passthrough/105.json.tmp.PID",
         ],
-        "the state, /etc/subgid and the container config, each file and directory once"
+        "the node state and /etc/subgid, each file and directory once; nothing on \
+         /etc/pve (pmxcfs has no fsync)"
     );
     assert!(
         t.synced().iter().all(|p| !p.starts_with("/var/lib/lxc")),
@@ -513,7 +514,7 @@ fn typical_first_start_flushes_only_what_a_crash_must_not_lose() {
                 .iter()
                 .any(|s| SYNCS.contains(&s.syscall.as_str()) && s.path == c.path);
             assert!(
-                flushed || c.path.contains("subgid-"),
+                flushed || c.path.contains("subgid-") || c.path.starts_with("/etc/pve/"),
                 "{c:?} renamed unflushed"
             );
         }

@@ -2,6 +2,8 @@
 //! (re-bless with PCT_PASSTHROUGH_BLESS=1), every file byte-identical
 //! afterwards, "nothing to do" once pre-start has run, refusals exit 1.
 
+mod common;
+
 use std::fs;
 use std::os::unix::fs::symlink;
 use std::os::unix::fs::MetadataExt;
@@ -29,7 +31,7 @@ impl Host {
         h.write("etc/subuid", "root:100000:65536\n");
         h.write("etc/subgid", "root:100000:65536\n");
         h.write("var/lib/lxc/105/config", GENERATED);
-        serial_node(&h.root.join("dev/ttyUSB0"));
+        common::device_node(&h.root.join("dev/ttyUSB0"), false, 188, 0, 20);
         fs::create_dir_all(h.root.join("dev/serial/by-id")).unwrap();
         symlink("../../ttyUSB0", h.root.join(&BY_ID[1..])).unwrap();
         h
@@ -209,19 +211,4 @@ fn missing_config_is_an_error() {
     let (code, _, err) = h.plan();
     assert_eq!(code, 1);
     assert!(err.contains("105.conf: not found"), "{err}");
-}
-
-/// The stick's node as udev makes it: char 188:0, root:dialout 0660 (needs
-/// root, as every test run here has).
-fn serial_node(path: &std::path::Path) {
-    use nix::sys::stat::{mknod, Mode, SFlag};
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    mknod(
-        path,
-        SFlag::S_IFCHR,
-        Mode::from_bits_truncate(0o660),
-        nix::sys::stat::makedev(188, 0),
-    )
-    .unwrap_or_else(|e| panic!("mknod {}: {e} (the tests need root)", path.display()));
-    std::os::unix::fs::chown(path, Some(0), Some(20)).unwrap();
 }

@@ -2,6 +2,8 @@
 //! inject, same-boot patch, subordinate IDs, idempotence (same bytes and
 //! mtimes), the fast path, dry runs, refusals, and 32 concurrent writers.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -83,26 +85,7 @@ impl Root {
 
 /// stderr with each task-log message on one line.
 fn stderr(o: &Output) -> String {
-    joined(&String::from_utf8_lossy(&o.stderr))
-}
-
-/// The task log with each message on one line: the indented lines the tool
-/// writes under a headline (details, wrapped parts, the fix) joined onto it
-/// with a space, so a test can look for a whole message. The line style
-/// itself is checked by `tests/task_log_style.rs`.
-fn joined(raw: &str) -> String {
-    let mut out = String::new();
-    for line in raw.lines() {
-        if line.starts_with("  ") && !out.is_empty() {
-            out.pop();
-            out.push(' ');
-            out.push_str(line.trim_start());
-        } else {
-            out.push_str(line);
-        }
-        out.push('\n');
-    }
-    out
+    common::joined(&String::from_utf8_lossy(&o.stderr))
 }
 
 #[test]
@@ -124,7 +107,7 @@ fn serial_bind_first_boot_then_nothing_to_do() {
         format!("lxc.arch = amd64\nlxc.include = /usr/share/lxc/config/debian.common.conf\nlxc.idmap = u 0 100000 65536\nlxc.idmap = g 0 100000 20\nlxc.idmap = g 20 20 1\nlxc.idmap = g 21 100021 65515\nlxc.rootfs.path = /var/lib/lxc/105/rootfs\nlxc.hook.pre-start = {BIN} lxc-shift-hook\n")
     );
     let state: serde_json::Value =
-        serde_json::from_str(&r.read("var/lib/pct-passthrough/105.json")).unwrap();
+        serde_json::from_str(&r.read("etc/pve/pct-passthrough/105.state.json")).unwrap();
     assert_eq!(
         state["owned"]["conf_lines"],
         serde_json::json!([

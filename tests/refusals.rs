@@ -16,22 +16,7 @@ const HOOK: &str = "hookscript: local:snippets/pct-passthrough\n";
 const BIND: &str = "lxc.mount.entry: /dev/serial/by-id/usb-ITead_Sonoff_Zigbee_3.0-if00-port0 dev/ttyUSB0 none bind,optional,create=file\n";
 
 fn node(root: &TempRoot, abs: &str, block: bool, major: u64, minor: u64, gid: u32) {
-    use nix::sys::stat::{makedev, mknod, Mode, SFlag};
-    let p = root.at(abs);
-    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-    let kind = if block {
-        SFlag::S_IFBLK
-    } else {
-        SFlag::S_IFCHR
-    };
-    mknod(
-        &p,
-        kind,
-        Mode::from_bits_truncate(0o660),
-        makedev(major, minor),
-    )
-    .unwrap_or_else(|e| panic!("mknod {}: {e} (the tests need root)", p.display()));
-    std::os::unix::fs::chown(&p, Some(0), Some(gid)).unwrap();
+    common::device_node(&root.at(abs), block, major, minor, gid);
 }
 
 /// A node with the hook registered, a stick plugged in, subids for root.

@@ -96,8 +96,9 @@ fn the_inode_in_flight_is_finished_first() {
         Some(cap_v3(100_000))
     );
     assert_eq!(fs::metadata(app.join("later")).unwrap().uid(), 1000);
+    // The journal and the files' map follow the container: the cluster file.
     let st: serde_json::Value = serde_json::from_str(
-        &fs::read_to_string(t.path().join("var/lib/pct-passthrough/105.json")).unwrap(),
+        &fs::read_to_string(t.path().join("etc/pve/pct-passthrough/105.state.json")).unwrap(),
     )
     .unwrap();
     assert_eq!(st["shift"], serde_json::Value::Null, "{st}");

@@ -3,6 +3,8 @@
 //! `runtime_user` object or null), before and after pre-start and with a
 //! recorded runtime user; the text report names the same facts.
 
+mod common;
+
 use std::fs;
 use std::path::PathBuf;
 use std::process::Command;
@@ -31,7 +33,7 @@ impl Host {
         );
         h.write("etc/subuid", "root:100000:65536\n");
         h.write("etc/subgid", "root:100000:65536\n");
-        serial_node(&h.root.join("dev/ttyUSB0"));
+        common::device_node(&h.root.join("dev/ttyUSB0"), false, 188, 0, 20);
         h
     }
 
@@ -172,19 +174,4 @@ fn missing_container_exits_1() {
     assert_eq!(o.status.code(), Some(1));
     assert!(o.stdout.is_empty());
     assert!(String::from_utf8_lossy(&o.stderr).contains("105.conf: not found"));
-}
-
-/// The stick's node as udev makes it: char 188:0, root:dialout 0660 (needs
-/// root, as every test run here has).
-fn serial_node(path: &std::path::Path) {
-    use nix::sys::stat::{mknod, Mode, SFlag};
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    mknod(
-        path,
-        SFlag::S_IFCHR,
-        Mode::from_bits_truncate(0o660),
-        nix::sys::stat::makedev(188, 0),
-    )
-    .unwrap_or_else(|e| panic!("mknod {}: {e} (the tests need root)", path.display()));
-    std::os::unix::fs::chown(path, Some(0), Some(20)).unwrap();
 }

@@ -17,7 +17,6 @@ use pct_passthrough::model::tasklog::WIDTH;
 const BY_ID: &str = "/dev/serial/by-id/usb-ITead_Sonoff_Zigbee_3.0_USB_Dongle_Plus_4c004e9c53c9ec118f6c5b3d-if00-port0";
 
 fn host(extra_conf: &str, policy: Option<&str>) -> TempRoot {
-    use nix::sys::stat::{makedev, mknod, Mode, SFlag};
     let root = TempRoot::new();
     root.write(
         "/etc/pve/lxc/105.conf",
@@ -34,16 +33,7 @@ fn host(extra_conf: &str, policy: Option<&str>) -> TempRoot {
         "/var/lib/lxc/105/config",
         "lxc.arch = amd64\nlxc.idmap = u 0 100000 65536\nlxc.idmap = g 0 100000 65536\nlxc.cgroup2.devices.allow = a\n",
     );
-    let node = root.at("/dev/ttyUSB0");
-    std::fs::create_dir_all(node.parent().unwrap()).unwrap();
-    mknod(
-        &node,
-        SFlag::S_IFCHR,
-        Mode::from_bits_truncate(0o660),
-        makedev(188, 0),
-    )
-    .unwrap_or_else(|e| panic!("mknod {}: {e} (this test needs root)", node.display()));
-    std::os::unix::fs::chown(&node, Some(0), Some(20)).unwrap();
+    common::device_node(&root.at("/dev/ttyUSB0"), false, 188, 0, 20);
     std::fs::create_dir_all(root.at("/dev/serial/by-id")).unwrap();
     symlink("../../ttyUSB0", root.at(BY_ID)).unwrap();
     root

@@ -6,7 +6,7 @@ use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
 use crate::model::device;
-use crate::model::doctor::{self, Check, DeviceFacts, HookFile};
+use crate::model::doctor::{self, Check, ClusterFacts, DeviceFacts, HookFile};
 use crate::model::idmap::{IdKind, IdRange};
 use crate::model::policy::Policy;
 use crate::model::prestart::devices;
@@ -138,12 +138,48 @@ fn containers_using_us(paths: &Paths) -> Vec<Vmid> {
     out
 }
 
-fn hook_file(paths: &Paths, volume: &str) -> HookFile {
-    let defs = read_text(paths, &paths.storage_cfg(), Limits::HOST_FILE)
+fn storage_defs(paths: &Paths) -> Vec<storage::StorageDef> {
+    read_text(paths, &paths.storage_cfg(), Limits::HOST_FILE)
         .ok()
         .flatten()
         .map(|t| storage::parse(&t))
+        .unwrap_or_default()
+}
+
+/// The other cluster nodes (`/etc/pve/.members`) and those install.sh's
+/// manifest says it put the binary on; empty outside a cluster.
+fn cluster_facts(paths: &Paths) -> ClusterFacts {
+    let members: serde_json::Value = read_text(paths, &paths.members(), Limits::HOST_FILE)
+        .ok()
+        .flatten()
+        .and_then(|t| serde_json::from_str(&t).ok())
         .unwrap_or_default();
+    let me = members["nodename"].as_str().unwrap_or_default();
+    let others = members["nodelist"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter(|(n, _)| n.as_str() != me)
+                .map(|(n, v)| (n.clone(), v["online"].as_u64() == Some(1)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let installed_on = read_text(paths, &paths.install_manifest(), Limits::HOST_FILE)
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.strip_prefix("remote-binary\t")?.split('\t').next())
+        .map(str::to_string)
+        .collect();
+    ClusterFacts {
+        others,
+        installed_on,
+    }
+}
+
+fn hook_file(paths: &Paths, volume: &str) -> HookFile {
+    let defs = storage_defs(paths);
     let abs = match storage::snippet_path(volume, &defs) {
         Ok(p) => p,
         Err(e) => return HookFile::Unresolvable(e),
@@ -189,7 +225,7 @@ fn container_checks(paths: &Paths, vmid: Vmid, subuid: &str, subgid: &str) -> Ve
         out.push(Check::warn(
             &id,
             p.clone(),
-            "the next phase that records keeps it aside as .json.corrupt and starts a new state",
+            "the next phase that records keeps it aside as <name>.corrupt and starts a new state",
         ));
     }
     let state = state.state;
@@ -202,6 +238,15 @@ fn container_checks(paths: &Paths, vmid: Vmid, subuid: &str, subgid: &str) -> Ve
         file.as_ref(),
         crate::app::VERSION,
     ));
+    if let Some(v) = volume {
+        let shared = storage::is_shared(v, &storage_defs(paths));
+        out.extend(doctor::hookscript_on_nodes(
+            &id,
+            v,
+            shared,
+            &cluster_facts(paths),
+        ));
+    }
     let runs_us = volume.is_some_and(|v| v.rsplit('/').next() == Some("pct-passthrough"))
         && policy.as_ref().is_none_or(|p| p.enabled);
     out.extend(doctor::container_map(&id, &conf, subuid, subgid, runs_us));

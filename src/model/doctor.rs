@@ -471,6 +471,50 @@ pub fn hookscript(
     }
 }
 
+/// The cluster as doctor sees it: the other nodes (name, online) from
+/// `/etc/pve/.members`, and those `install.sh --all-nodes` put the binary on
+/// (its manifest): what this node can tell about the others' files.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterFacts {
+    pub others: Vec<(String, bool)>,
+    pub installed_on: Vec<String>,
+}
+
+/// A hookscript on per-node storage must be on every node that may start
+/// the container; warns about the nodes not known to have it.
+pub fn hookscript_on_nodes(
+    vmid: &str,
+    volume: &str,
+    shared: bool,
+    cluster: &ClusterFacts,
+) -> Option<Check> {
+    if cluster.others.is_empty() || shared {
+        return None;
+    }
+    let lacking: Vec<&str> = cluster
+        .others
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .filter(|n| !cluster.installed_on.iter().any(|i| i == n))
+        .collect();
+    if lacking.is_empty() {
+        return Some(Check::ok(
+            vmid,
+            format!("hookscript {volume}: install.sh --all-nodes put it on every other node"),
+        ));
+    }
+    Some(Check::warn(
+        vmid,
+        format!(
+            "hookscript {volume} is on per-node storage, and node{} {} {} not known to have it (install.sh --all-nodes did not put it there): a start or migration there fails",
+            if lacking.len() == 1 { "" } else { "s" },
+            lacking.join(", "),
+            if lacking.len() == 1 { "is" } else { "are" },
+        ),
+        "/usr/share/pct-passthrough/install/install.sh --all-nodes, or register it from a shared storage (install.sh --storage <id>)",
+    ))
+}
+
 /// Devices the container names, as `(source, path, required)`: `devN`
 /// entries (a missing one fails the start), binds of `/dev` nodes in
 /// `lxc.mount.entry` (required unless `optional`), and policy devices not
@@ -888,5 +932,27 @@ mod tests {
         assert!(c
             .message
             .starts_with("service user node (uid 1000) runs without supplementary groups"));
+    }
+
+    #[test]
+    fn a_hookscript_on_per_node_storage_must_be_on_every_node() {
+        let mut c = ClusterFacts {
+            others: vec![("pve2".into(), true), ("pve3".into(), false)],
+            installed_on: vec!["pve2".into()],
+        };
+        let w = hookscript_on_nodes("105", "local:snippets/pct-passthrough", false, &c).unwrap();
+        assert_eq!(w.verdict, Verdict::Warn, "{w:?}");
+        assert!(w.message.contains("node pve3 is not known"), "{w:?}");
+        assert_eq!(
+            hookscript_on_nodes("105", "nfs:snippets/pct-passthrough", true, &c),
+            None
+        );
+        c.installed_on.push("pve3".into());
+        let ok = hookscript_on_nodes("105", "local:snippets/pct-passthrough", false, &c).unwrap();
+        assert_eq!(ok.verdict, Verdict::Ok);
+        assert_eq!(
+            hookscript_on_nodes("105", "local:snippets/x", false, &ClusterFacts::default()),
+            None
+        );
     }
 }

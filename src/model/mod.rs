@@ -9,6 +9,7 @@ pub mod escape;
 pub mod event;
 pub mod firstboot;
 pub mod group;
+pub mod hotplug;
 pub mod idmap;
 pub mod idset;
 pub mod lxcconf;

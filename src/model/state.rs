@@ -1,13 +1,38 @@
-//! Node-local state of earlier runs (`/var/lib/pct-passthrough/<vmid>.json`):
-//! versioned JSON. It records what the tool applied, so a later run can undo
-//! exactly that, and what post-start learned about the running container.
-//! An unknown version or corrupt file is reported and treated as no state.
+//! State of earlier runs, versioned JSON. It records what the tool applied,
+//! so a later run can undo exactly that, and what post-start learned about
+//! the running container. Two files hold it: what must follow the container
+//! across a cluster ([`CLUSTER_KEYS`]: owned lines, runtime user, fallbacks)
+//! in `/etc/pve/pct-passthrough/<vmid>.state.json`, the rest in the
+//! node-local `/var/lib/pct-passthrough/<vmid>.json`; [`State::join`] makes
+//! one value of them. Version 1 (one node-local file with everything) is
+//! read and migrated. An unknown version or corrupt file is reported and
+//! treated as no state.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-pub const STATE_VERSION: u32 = 1;
+pub const STATE_VERSION: u32 = 2;
+
+/// Version 1: everything in the node-local file (release 0.1).
+pub const LEGACY_VERSION: u32 = 1;
+
+/// The fields that follow the container across nodes (the cluster file);
+/// every other field is node-local.
+pub const CLUSTER_KEYS: &[&str] = &[
+    "owned",
+    "runtime_user",
+    "container_groups",
+    "dev_fallback",
+    "first_boot_groups",
+    // The container's files move with it: the map they are owned under and
+    // the journal of changes not yet applied to them.
+    "files_idmap",
+    "shift",
+];
+
+/// Fields both files carry.
+const COMMON_KEYS: &[&str] = &["version", "vmid"];
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
@@ -57,6 +82,10 @@ pub struct State {
     /// What the last shift re-owned; post-start puts it in the task log.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_shift: Option<ShiftRecord>,
+    /// The last hotplug event per device (`udev add|remove`), newest
+    /// handling only: one entry per host path and container path.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hotplug: Vec<HotplugRecord>,
 }
 
 /// Pending map changes of the container's files (see `model::shift`).
@@ -83,6 +112,56 @@ pub struct ShiftRecord {
     /// Set once post-start printed it.
     #[serde(default)]
     pub reported: bool,
+}
+
+/// What the last udev event did for one device of the running container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HotplugRecord {
+    /// The device path as declared (host side, a by-id link usually).
+    pub path: String,
+    pub container_path: String,
+    pub action: HotplugAction,
+    /// The kernel's node the event named (`/dev/ttyUSB1`).
+    pub node: String,
+    /// `c 188:1`: the numbers put in place or taken away.
+    #[serde(default)]
+    pub rule_id: Option<String>,
+    pub outcome: Outcome,
+    #[serde(default)]
+    pub detail: String,
+    /// Seconds since the epoch.
+    pub at: u64,
+}
+
+/// A udev event's action, as far as hotplug acts on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HotplugAction {
+    Add,
+    Remove,
+}
+
+impl HotplugAction {
+    pub fn parse(s: &str) -> Option<HotplugAction> {
+        match s {
+            "add" => Some(HotplugAction::Add),
+            "remove" => Some(HotplugAction::Remove),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HotplugAction::Add => "add",
+            HotplugAction::Remove => "remove",
+        }
+    }
+}
+
+impl std::fmt::Display for HotplugAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -346,6 +425,20 @@ impl State {
         self.dev_fallback.iter().find(|f| f.path == path)
     }
 
+    /// The last hotplug record for a device.
+    pub fn hotplug_for(&self, path: &str, container_path: &str) -> Option<&HotplugRecord> {
+        self.hotplug
+            .iter()
+            .find(|r| r.path == path && r.container_path == container_path)
+    }
+
+    /// Keeps `rec` as the last hotplug record of its device.
+    pub fn record_hotplug(&mut self, rec: HotplugRecord) {
+        self.hotplug
+            .retain(|r| !(r.path == rec.path && r.container_path == rec.container_path));
+        self.hotplug.push(rec);
+    }
+
     pub fn new(vmid: u32) -> State {
         State {
             version: STATE_VERSION,
@@ -354,21 +447,67 @@ impl State {
         }
     }
 
-    /// Parses state text. A problem means "treat as no state".
+    /// Parses state text (either file, or version 1's single file). A
+    /// problem means "treat as no state".
     pub fn parse(text: &str) -> Result<State, StateProblem> {
         let value: serde_json::Value =
             serde_json::from_str(text).map_err(|e| StateProblem::Corrupt(e.to_string()))?;
         match value.get("version").and_then(serde_json::Value::as_u64) {
-            Some(v) if v == u64::from(STATE_VERSION) => {}
+            Some(v) if v == u64::from(STATE_VERSION) || v == u64::from(LEGACY_VERSION) => {}
             Some(v) => return Err(StateProblem::UnknownVersion(v)),
             None => return Err(StateProblem::Corrupt("no version field".into())),
         }
         serde_json::from_value(value).map_err(|e| StateProblem::Corrupt(e.to_string()))
     }
 
+    /// The whole state as one JSON text (plan diffs, tests).
     pub fn render(&self) -> String {
-        let mut s = serde_json::to_string_pretty(self).unwrap_or_else(|_| "{}".into());
+        self.render_keys(|_| true)
+    }
+
+    /// The cluster file's text: the fields that follow the container.
+    pub fn render_cluster(&self) -> String {
+        self.render_keys(|k| CLUSTER_KEYS.contains(&k))
+    }
+
+    /// The node-local file's text: every field that does not follow.
+    pub fn render_node(&self) -> String {
+        self.render_keys(|k| !CLUSTER_KEYS.contains(&k))
+    }
+
+    fn render_keys(&self, keep: impl Fn(&str) -> bool) -> String {
+        let mut value = serde_json::to_value(self).unwrap_or_default();
+        if let serde_json::Value::Object(map) = &mut value {
+            map.retain(|k, _| COMMON_KEYS.contains(&k.as_str()) || keep(k));
+            map.insert("version".into(), STATE_VERSION.into());
+        }
+        let mut s = serde_json::to_string_pretty(&value).unwrap_or_else(|_| "{}".into());
         s.push('\n');
+        s
+    }
+
+    /// True when the fields that follow the container hold anything.
+    pub fn has_cluster_part(&self) -> bool {
+        let empty = State::new(self.vmid);
+        self.render_cluster() != empty.render_cluster()
+    }
+
+    /// One state from the two files: the fields that follow the container
+    /// from the cluster file when there is one, else from the node file
+    /// (version 1 kept them there: migration); the rest from the node file.
+    pub fn join(vmid: u32, cluster: Option<State>, node: Option<State>) -> State {
+        let mut s = node.unwrap_or_else(|| State::new(vmid));
+        if let Some(c) = cluster {
+            s.owned = c.owned;
+            s.runtime_user = c.runtime_user;
+            s.container_groups = c.container_groups;
+            s.dev_fallback = c.dev_fallback;
+            s.first_boot_groups = c.first_boot_groups;
+            s.files_idmap = c.files_idmap;
+            s.shift = c.shift;
+        }
+        s.version = STATE_VERSION;
+        s.vmid = vmid;
         s
     }
 }
@@ -391,6 +530,61 @@ mod tests {
             ..RuntimeUser::default()
         });
         assert_eq!(State::parse(&s.render()).unwrap(), s);
+    }
+
+    /// The two files hold disjoint fields, and joining them gives the
+    /// state back; the cluster file wins over a version-1 node file.
+    #[test]
+    fn splits_into_cluster_and_node_files_and_joins_back() {
+        let mut s = State::new(105);
+        s.owned
+            .conf_lines
+            .push(OwnedLine::new("lxc.idmap", "g 20 20 1"));
+        s.runtime_user = Some(RuntimeUser {
+            uid: 1000,
+            ..RuntimeUser::default()
+        });
+        s.first_boot_groups = true;
+        s.files_idmap = Some(vec!["u 0 100000 65536".into()]);
+        s.shift.steps.push(crate::model::shift::ShiftStep {
+            from: vec!["g 0 100000 65536".into()],
+            to: vec!["g 0 100000 20".into()],
+        });
+        s.last_shift = Some(ShiftRecord::default());
+        s.changes.push("added svc to dialout".into());
+        s.last_run = Some(LastRun {
+            phase: PhaseName::PreStart,
+            outcome: Outcome::Ok,
+            message: String::new(),
+            at: 1,
+        });
+        let cluster: serde_json::Value = serde_json::from_str(&s.render_cluster()).unwrap();
+        let node: serde_json::Value = serde_json::from_str(&s.render_node()).unwrap();
+        assert_eq!(cluster["version"], 2);
+        assert_eq!(node["version"], 2);
+        assert!(cluster.get("last_run").is_none() && cluster.get("changes").is_none());
+        assert!(node.get("owned").is_none() && node.get("runtime_user").is_none());
+        assert!(node.get("shift").is_none() && cluster.get("shift").is_some());
+        assert!(node.get("files_idmap").is_none() && cluster.get("last_shift").is_none());
+        assert_eq!(cluster["owned"]["conf_lines"][0], "lxc.idmap: g 20 20 1");
+        let c = State::parse(&s.render_cluster()).unwrap();
+        let n = State::parse(&s.render_node()).unwrap();
+        assert_eq!(State::join(105, Some(c.clone()), Some(n)), s);
+        assert!(c.has_cluster_part());
+        assert!(!State::parse(&s.render_node()).unwrap().has_cluster_part());
+        // A version-1 node file: its fields are used without a cluster file,
+        // and the cluster file wins when there is one.
+        let mut v1 = s.clone();
+        v1.version = LEGACY_VERSION;
+        v1.owned.conf_lines[0].value = "g 44 44 1".into();
+        assert_eq!(
+            State::join(105, None, Some(v1.clone())).owned.conf_lines[0].value,
+            "g 44 44 1"
+        );
+        assert_eq!(
+            State::join(105, Some(c), Some(v1)).owned.conf_lines[0].value,
+            "g 20 20 1"
+        );
     }
 
     /// A state file as release 0.1 wrote it: every field still reads, and

@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::model::escape::escape;
 use crate::model::idmap::{self, IdKind, IdmapEntry};
 use crate::model::pveconf::PveConfig;
-use crate::model::state::{LastRun, State};
+use crate::model::state::{HotplugRecord, LastRun, State};
 use crate::model::subid::SubidFile;
 use crate::model::tasklog;
 
@@ -89,6 +89,8 @@ pub struct DeviceStatus {
     /// or `unknown` before the first start with the hook.
     pub verdict: String,
     pub detail: String,
+    /// The last udev event hotplug handled for this device, or null.
+    pub hotplug: Option<HotplugRecord>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -187,6 +189,9 @@ pub fn build(f: &StatusFacts) -> Status {
                     (None, Some(_)) => "unknown".into(),
                 },
                 detail: v.map(|v| v.detail.clone()).unwrap_or_default(),
+                hotplug: state
+                    .and_then(|s| s.hotplug.iter().rev().find(|r| r.path == *path))
+                    .cloned(),
             }
         })
         .collect();
@@ -367,6 +372,24 @@ impl Status {
                     for l in tasklog::wrap(&escape(detail), tasklog::WIDTH - 6, tasklog::WIDTH - 6)
                     {
                         let _ = writeln!(o, "      {l}");
+                    }
+                }
+                if let Some(h) = &d.hotplug {
+                    let text = format!(
+                        "last hotplug: {} {}{} at {}, {} ({}): {}",
+                        h.action,
+                        h.node,
+                        h.rule_id
+                            .as_deref()
+                            .map(|r| format!(" [{r}]"))
+                            .unwrap_or_default(),
+                        h.container_path,
+                        h.outcome,
+                        utc(h.at),
+                        escape(&h.detail)
+                    );
+                    for l in tasklog::wrap(&text, tasklog::WIDTH - 4, tasklog::WIDTH - 6) {
+                        let _ = writeln!(o, "    {l}");
                     }
                 }
             }

@@ -83,6 +83,19 @@ pub fn parse_volume(volume: &str) -> Result<SnippetVolume<'_>, String> {
     Ok(SnippetVolume { storage, file })
 }
 
+/// True when every node sees the same files on the volume's storage:
+/// network types, or `shared 1` (a directory mounted on every node).
+/// `local` and other directories are per node.
+pub fn is_shared(volume: &str, defs: &[StorageDef]) -> bool {
+    let Ok(v) = parse_volume(volume) else {
+        return false;
+    };
+    defs.iter().find(|d| d.id == v.storage).is_some_and(|d| {
+        matches!(d.kind.as_str(), "nfs" | "cifs" | "cephfs" | "glusterfs")
+            || d.props.get("shared").is_some_and(|s| s == "1")
+    })
+}
+
 /// The host path of a snippet volume, given the parsed storage.cfg. `local`
 /// is `/var/lib/vz` unless storage.cfg says otherwise, as in PVE.
 pub fn snippet_path(volume: &str, defs: &[StorageDef]) -> Result<String, String> {

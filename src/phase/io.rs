@@ -1,18 +1,21 @@
 //! The one reader of a container's inputs (config, policy, state) for every
-//! phase and command, and the one writer of the state. One policy for a
-//! state that cannot be used: it is reported, treated as no state, and kept
-//! aside as `<vmid>.json.corrupt` before anything replaces it.
+//! phase and command, and the one writer of the state. The state is two
+//! files: what follows the container across a cluster on `/etc/pve`, the
+//! rest node-local (`model::state`). One policy for a state file that
+//! cannot be used: it is reported, treated as no state, and kept aside as
+//! `<name>.corrupt` before anything replaces it.
 
+use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, Context, Result};
 
 use crate::model::policy::Policy;
 use crate::model::pveconf::{self, main_section, PveConfig};
-use crate::model::state::{LastRun, Outcome, PhaseName, State};
+use crate::model::state::{LastRun, Outcome, PhaseName, State, LEGACY_VERSION};
 use crate::model::text::{check_size, Limits};
 use crate::paths::{Paths, Vmid};
-use crate::sys::fs::{read_bytes, read_text, replace_file, Durability};
+use crate::sys::fs::{is_read_only, read_bytes, read_text, replace_file, Durability};
 use crate::sys::lock::flock_exclusive;
 
 /// Seconds since the epoch.
@@ -64,47 +67,170 @@ pub fn read_policy(paths: &Paths, vmid: Vmid) -> Result<Option<Policy>> {
     Ok(read_policy_with_text(paths, vmid)?.map(|(_, p)| p))
 }
 
-/// The state as read: `state` is `None` when there is none or it cannot be
-/// used, and then `problem` says why (file named).
+/// The state as read (both files joined): `state` is `None` when there is
+/// none or it cannot be used, and then `problem` says why (file named).
 #[derive(Debug, Clone, Default)]
 pub struct StateRead {
     pub state: Option<State>,
     pub problem: Option<String>,
     /// A state file exists (usable or not).
     pub exists: bool,
+    /// The node file is version 1 and there is no cluster file yet: the
+    /// next write moves what follows the container to `/etc/pve`.
+    pub migrates: bool,
 }
 
-/// Reads the state with the one policy every phase and command shares.
-pub fn load_state(paths: &Paths, vmid: Vmid) -> StateRead {
-    let path = paths.state(vmid);
-    let text = match read_text(paths, &path, Limits::HOST_FILE) {
-        Ok(Some(t)) => t,
-        Ok(None) => return StateRead::default(),
-        Err(e) => {
-            return StateRead {
-                state: None,
-                problem: Some(format!("{e:#}; ignored, treated as no state")),
-                exists: true,
-            }
+/// One state file as read.
+enum StateFile {
+    Absent,
+    Usable(String, Box<State>),
+    /// Parsed but unusable (corrupt, unknown version): set aside on write.
+    Unusable(String),
+    /// Not readable as a file (a FIFO, a directory, an I/O error): never
+    /// replaced, a write fails naming it.
+    Unreadable(String),
+}
+
+impl StateFile {
+    fn read(paths: &Paths, path: &Path) -> StateFile {
+        match read_text(paths, path, Limits::HOST_FILE) {
+            Ok(None) => StateFile::Absent,
+            Ok(Some(t)) => match State::parse(&t) {
+                Ok(s) => StateFile::Usable(t, Box::new(s)),
+                Err(p) => StateFile::Unusable(format!("{}: {p}", path.display())),
+            },
+            Err(e) => StateFile::Unreadable(format!("{e:#}; ignored, treated as no state")),
         }
-    };
-    match State::parse(&text) {
-        Ok(s) => StateRead {
-            state: Some(s),
-            problem: None,
-            exists: true,
-        },
-        Err(p) => StateRead {
-            state: None,
-            problem: Some(format!("{}: {p}", path.display())),
-            exists: true,
-        },
+    }
+
+    fn state(&self) -> Option<State> {
+        match self {
+            StateFile::Usable(_, s) => Some((**s).clone()),
+            _ => None,
+        }
+    }
+
+    fn text(&self) -> Option<&str> {
+        match self {
+            StateFile::Usable(t, _) => Some(t),
+            _ => None,
+        }
+    }
+
+    fn problem(&self) -> Option<&str> {
+        match self {
+            StateFile::Unusable(p) | StateFile::Unreadable(p) => Some(p),
+            _ => None,
+        }
     }
 }
 
-/// Read-modify-write of the state under the tool's own lock. A state that
-/// cannot be used is never silently replaced: it is renamed to
-/// `<vmid>.json.corrupt` first, and the returned note says so.
+/// True when either state file exists.
+pub fn state_exists(paths: &Paths, vmid: Vmid) -> bool {
+    paths.cluster_state(vmid).exists() || paths.state(vmid).exists()
+}
+
+/// Reads the state with the one policy every phase and command shares:
+/// what follows the container from `/etc/pve/pct-passthrough/`, the rest
+/// from `/var/lib/pct-passthrough/` (see [`State::join`]).
+pub fn load_state(paths: &Paths, vmid: Vmid) -> StateRead {
+    let cluster = StateFile::read(paths, &paths.cluster_state(vmid));
+    let node = StateFile::read(paths, &paths.state(vmid));
+    joined(vmid, &cluster, &node)
+}
+
+fn joined(vmid: Vmid, cluster: &StateFile, node: &StateFile) -> StateRead {
+    let problems: Vec<&str> = [cluster.problem(), node.problem()]
+        .into_iter()
+        .flatten()
+        .collect();
+    let exists = !matches!((cluster, node), (StateFile::Absent, StateFile::Absent));
+    let (c, n) = (cluster.state(), node.state());
+    let migrates = matches!(cluster, StateFile::Absent)
+        && n.as_ref()
+            .is_some_and(|s| s.version == LEGACY_VERSION && s.has_cluster_part());
+    let state = (c.is_some() || n.is_some()).then(|| State::join(vmid.get(), c, n));
+    StateRead {
+        state,
+        problem: (!problems.is_empty()).then(|| problems.join("; ")),
+        exists,
+        migrates,
+    }
+}
+
+/// Why the cluster file system cannot take writes now (read-only mount, or
+/// `.members` says this node has no quorum); `None` when it can.
+pub fn cluster_read_only(paths: &Paths) -> Option<String> {
+    let dir = paths.pve_dir();
+    match is_read_only(&dir) {
+        Ok(true) => {
+            return Some(format!(
+                "{} is read-only (no cluster quorum?)",
+                dir.display()
+            ))
+        }
+        Ok(false) => {}
+        Err(e) => return Some(format!("{e:#}")),
+    }
+    let members = paths.members();
+    let text = read_text(paths, &members, Limits::HOST_FILE).ok()??;
+    let value: serde_json::Value = serde_json::from_str(&text).ok()?;
+    (value["cluster"]["quorate"].as_u64() == Some(0)).then(|| {
+        format!(
+            "this node has no cluster quorum ({}: quorate 0), so /etc/pve is read-only",
+            members.display()
+        )
+    })
+}
+
+/// Moves an unusable state file aside (`<name>.corrupt`), saying so.
+fn set_aside(path: &Path, problem: &str) -> Result<String> {
+    let mut aside = path.as_os_str().to_owned();
+    aside.push(".corrupt");
+    let aside = std::path::PathBuf::from(aside);
+    std::fs::rename(path, &aside).with_context(|| {
+        format!(
+            "{}: cannot move the unusable state aside to {}",
+            path.display(),
+            aside.display()
+        )
+    })?;
+    Ok(format!(
+        "{problem}; kept as {} and replaced by a new state",
+        aside.display()
+    ))
+}
+
+/// Writes the cluster file the way pmxcfs allows: mode 0600, no flock, no
+/// fsync (it has neither), at most 1 MiB.
+fn write_cluster_state(paths: &Paths, vmid: Vmid, text: &str) -> Result<()> {
+    let path = paths.cluster_state(vmid);
+    check_size(
+        &path.display().to_string(),
+        text.as_bytes(),
+        Limits::PVE_CONFIG,
+    )?;
+    if let Some(why) = cluster_read_only(paths) {
+        return Err(anyhow!("{}: cannot write: {why}", path.display()));
+    }
+    let dir = paths.host("/etc/pve/pct-passthrough");
+    let made = !dir.exists();
+    crate::sys::fs::create_dir_all(paths, &dir)?;
+    let written = replace_file(paths, &path, text.as_bytes(), 0o600, Durability::Volatile);
+    if written.is_err() && made {
+        let _ = std::fs::remove_dir(&dir);
+    }
+    written
+}
+
+/// Read-modify-write of the state under the tool's own (node-local) lock.
+/// What follows the container goes to the cluster file, written only when
+/// it changes, first; the rest to the node file. A state that cannot be
+/// used is never silently replaced: it is renamed to `<name>.corrupt`
+/// first, and the returned note says so. When the cluster file must change
+/// and cannot be written (no quorum), nothing is written and the error says
+/// why, except before the first cluster write (a new or version-1 state):
+/// then the whole state stays in the node file until `/etc/pve` takes it.
 pub fn update_state(
     paths: &Paths,
     vmid: Vmid,
@@ -112,39 +238,80 @@ pub fn update_state(
 ) -> Result<Option<String>> {
     let _g = flock_exclusive(paths, &paths.own_lock(vmid), Duration::from_secs(5))
         .map_err(|e| anyhow!("{e}"))?;
-    let path = paths.state(vmid);
-    let read = load_state(paths, vmid);
-    let mut note = None;
-    let mut state = match read.state {
-        Some(s) => s,
-        None if read.exists => {
-            let aside = path.with_extension("json.corrupt");
-            std::fs::rename(&path, &aside).with_context(|| {
-                format!(
-                    "{}: cannot move the unusable state aside to {}",
-                    path.display(),
-                    aside.display()
-                )
-            })?;
-            note = Some(format!(
-                "{}; kept as {} and replaced by a new state",
-                read.problem.unwrap_or_default(),
-                aside.display()
-            ));
-            State::new(vmid.get())
+    let (cluster_path, node_path) = (paths.cluster_state(vmid), paths.state(vmid));
+    let mut cluster = StateFile::read(paths, &cluster_path);
+    let mut node = StateFile::read(paths, &node_path);
+    let mut notes = Vec::new();
+    for (file, path) in [(&mut cluster, &cluster_path), (&mut node, &node_path)] {
+        match file {
+            StateFile::Unusable(p) => {
+                notes.push(set_aside(path, p)?);
+                *file = StateFile::Absent;
+            }
+            StateFile::Unreadable(p) => return Err(anyhow!("{p}; nothing written")),
+            _ => {}
         }
-        None => State::new(vmid.get()),
-    };
+    }
+    let mut state = joined(vmid, &cluster, &node)
+        .state
+        .unwrap_or_else(|| State::new(vmid.get()));
     f(&mut state);
+    let new_cluster = state.render_cluster();
+    let cluster_changes = match cluster.text() {
+        Some(old) => old != new_cluster,
+        None => state.has_cluster_part(),
+    };
+    let mut node_text = state.render_node();
+    if cluster_changes {
+        if let Err(e) = write_cluster_state(paths, vmid, &new_cluster) {
+            if cluster.text().is_some() || cluster_read_only(paths).is_none() {
+                return Err(e.context("recording what the tool owns; nothing written"));
+            }
+            notes.push(format!(
+                "{e:#}; the whole state stays in {} until /etc/pve can be written",
+                node_path.display()
+            ));
+            node_text = state.render();
+        }
+    }
     crate::sys::fs::create_dir_all(paths, &paths.state_dir())?;
     replace_file(
         paths,
-        &path,
-        state.render().as_bytes(),
+        &node_path,
+        node_text.as_bytes(),
         0o644,
         Durability::Flush,
     )?;
-    Ok(note)
+    Ok((!notes.is_empty()).then(|| notes.join("; ")))
+}
+
+/// Moves what follows the container out of a version-1 node file onto
+/// `/etc/pve` (the first run of this release that reads it); the note says
+/// what happened, `None` when there was nothing to move.
+pub fn migrate_state(paths: &Paths, vmid: Vmid) -> Result<Option<String>> {
+    // Checked without opening anything: a container without a node file, or
+    // already with a cluster file, has nothing to move.
+    if !paths.state(vmid).exists()
+        || paths.cluster_state(vmid).exists()
+        || !load_state(paths, vmid).migrates
+    {
+        return Ok(None);
+    }
+    if let Some(why) = cluster_read_only(paths) {
+        return Ok(Some(format!(
+            "{} stays where it is until /etc/pve can be written: {why}",
+            paths.state(vmid).display()
+        )));
+    }
+    let note = update_state(paths, vmid, |_| {})?;
+    let moved = format!(
+        "state of release 0.1 migrated: what follows the container is now in {}",
+        paths.cluster_state(vmid).display()
+    );
+    Ok(Some(match note {
+        Some(n) => format!("{moved}; {n}"),
+        None => moved,
+    }))
 }
 
 /// Records how a phase ended in the state's `last_run`.

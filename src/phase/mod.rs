@@ -10,6 +10,7 @@ pub mod post_start;
 pub mod pre_start;
 pub mod shift;
 pub mod stop;
+pub mod udev;
 
 use std::time::Duration;
 

@@ -82,7 +82,7 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
     // Only main-section accessors are used here.
     let conf = io::read_conf_main(ctx.paths, ctx.vmid)?;
     let policy = io::read_policy(ctx.paths, ctx.vmid)?;
-    let state_exists = ctx.paths.state(ctx.vmid).exists();
+    let state_exists = io::state_exists(ctx.paths, ctx.vmid);
     if policy.is_none() && !state_exists && !prestart::config_has_work(&conf) {
         // Same gate as pre-start: nothing the tool acts on, so nothing to learn.
         return Ok(());

@@ -90,7 +90,7 @@ fn gather(
         policy,
         policy_file,
         state,
-        state_path: paths.state(vmid).display().to_string(),
+        state_path: paths.cluster_state(vmid).display().to_string(),
         subuid: host_file(paths, paths.subuid())?,
         subgid: host_file(paths, paths.subgid())?,
         // Only matters when there is a map to cover.
@@ -175,7 +175,7 @@ fn plan_from(
     // the tool leaves alone does not get its snapshots parsed, nor its state
     // opened.
     if policy.is_none()
-        && !paths.state(vmid).exists()
+        && !io::state_exists(paths, vmid)
         && !prestart::config_has_work(&PveConfig::parse(main_section(&conf_text)))
     {
         return Planned::Idle;
@@ -217,6 +217,13 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
             }
         }
     }
+    if !ctx.mode.dry_run() {
+        match io::migrate_state(ctx.paths, ctx.vmid) {
+            Ok(Some(note)) => ctx.log.info("state-migrated", note),
+            Ok(None) => {}
+            Err(e) => ctx.log.warn("state-migrated", format!("{e:#}")),
+        }
+    }
     let mut state_problem = None;
     let planned = plan_from(ctx.paths, ctx.vmid, inputs, &mut state_problem);
     if let Some(p) = state_problem {
@@ -250,7 +257,47 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
         }
         return Ok(());
     }
+    if let Some(why) = cluster_blocked(ctx.paths, &decision) {
+        return no_quorum(ctx, &decision, &why);
+    }
     apply(ctx, &decision)
+}
+
+/// Why the decision cannot be applied now: it writes on `/etc/pve` (the
+/// config, or the state that owns the tool's lines) and that is read-only.
+fn cluster_blocked(paths: &Paths, decision: &Decision) -> Option<String> {
+    let on_pve = decision.changes.iter().any(|c| {
+        matches!(
+            c.target,
+            FileTarget::PveConf | FileTarget::State | FileTarget::StateInterim
+        )
+    });
+    on_pve.then(|| io::cluster_read_only(paths)).flatten()
+}
+
+/// Without quorum: change nothing (a line the tool cannot record would
+/// become a person's), say why, record it node-locally, let the start go on.
+fn no_quorum(ctx: &mut Ctx, decision: &Decision, why: &str) -> Result<()> {
+    let mut files: Vec<&str> = decision.changes.iter().map(|c| c.path.as_str()).collect();
+    files.dedup();
+    let msg = format!(
+        "{why}: nothing changed (pre-start would write {}); the container starts with its config as it is, and the next start with quorum applies it",
+        files.join(", ")
+    );
+    ctx.log.warn("no-quorum", msg.clone());
+    if let Err(e) = io::record_last_run(
+        ctx.paths,
+        ctx.vmid,
+        PhaseName::PreStart,
+        Outcome::Failed,
+        msg,
+    ) {
+        ctx.log.audit(&crate::model::event::Event::warn(
+            "state",
+            format!("could not record the skipped start: {e:#}"),
+        ));
+    }
+    Ok(())
 }
 
 /// Records a refusal in the state's `last_run` (where the state directory
@@ -303,7 +350,8 @@ pub fn apply(ctx: &mut Ctx, decision: &Decision) -> Result<()> {
                     &ctx.paths.pve_conf(ctx.vmid),
                     &pveconf::text_to_bytes(&c.new),
                     0o640,
-                    Durability::Flush,
+                    // pmxcfs has no fsync: it commits each write itself.
+                    Durability::Volatile,
                 )
                 .context("writing the container config")?;
                 ctx.log.info(

@@ -422,6 +422,25 @@ pub fn create_dir_all(paths: &Paths, dir: &Path) -> Result<()> {
         .with_context(|| format!("{}: not a directory", dir.display()))
 }
 
+/// True when the file system holding `path` (or its nearest existing
+/// ancestor) is mounted read-only: `/etc/pve` of a read-only bind, or a
+/// remount. Symlinks are followed.
+pub fn is_read_only(path: &Path) -> Result<bool> {
+    let mut at = path;
+    loop {
+        match nix::sys::statvfs::statvfs(at) {
+            Ok(st) => return Ok(st.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY)),
+            Err(Errno::ENOENT) => match at.parent() {
+                Some(p) => at = p,
+                None => return Ok(false),
+            },
+            Err(e) => {
+                return Err(io_err(e)).with_context(|| format!("{}: cannot statvfs", at.display()))
+            }
+        }
+    }
+}
+
 /// Errors that mean "this filesystem does not do fsync" (pmxcfs and others).
 fn fsync_unsupported(e: Errno) -> bool {
     matches!(

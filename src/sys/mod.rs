@@ -4,6 +4,7 @@
 pub mod devnode;
 pub mod fs;
 pub mod hook;
+pub mod hotplug;
 pub mod lock;
 pub mod log;
 pub mod ns;

@@ -109,3 +109,23 @@ pub fn fixture_dir() -> PathBuf {
 pub fn fixture(name: &str) -> String {
     fs::read_to_string(fixture_dir().join(name)).unwrap()
 }
+
+/// A device node `major:minor` (char, or block), `root:<gid>` 0660, as udev
+/// makes a stick's node (needs root, as every test run here has).
+pub fn device_node(path: &Path, block: bool, major: u64, minor: u64, gid: u32) {
+    use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let kind = if block {
+        SFlag::S_IFBLK
+    } else {
+        SFlag::S_IFCHR
+    };
+    mknod(
+        path,
+        kind,
+        Mode::from_bits_truncate(0o660),
+        makedev(major, minor),
+    )
+    .unwrap_or_else(|e| panic!("mknod {}: {e} (the tests need root)", path.display()));
+    std::os::unix::fs::chown(path, Some(0), Some(gid)).unwrap();
+}

@@ -403,6 +403,7 @@ pub(crate) fn destroy_vmid(vmid: u32) {
     let _ = fs::remove_file(format!("/run/lock/lxc/pve-config-{vmid}.lock"));
     remove_prefixed("/etc/pve/lxc", &format!("{vmid}.conf."));
     remove_prefixed("/etc/pve/pct-passthrough", &format!("{vmid}.toml."));
+    remove_prefixed("/etc/pve/pct-passthrough", &format!("{vmid}.state."));
     remove_prefixed("/var/lib/pct-passthrough", &format!("{vmid}."));
     remove_prefixed(SNIPPETS, &format!("e2e-{vmid}-"));
 }

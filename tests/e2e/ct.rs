@@ -541,19 +541,60 @@ impl Ct<'_> {
         fs::read_to_string(self.dir.join("lxc.log")).unwrap_or_default()
     }
 
+    /// pmxcfs takes only modes 0640 and 0600: the files the hook writes on
+    /// `/etc/pve` (the config, the state that follows the container) must
+    /// have one of them after each start.
+    pub fn assert_pmxcfs_modes(&self) {
+        for f in [self.pve_conf_path(), self.cluster_state_path()] {
+            if let Ok(m) = fs::metadata(&f) {
+                let mode = std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777;
+                assert!(
+                    mode == 0o640 || mode == 0o600,
+                    "e2e: {} has mode {mode:o}; pmxcfs takes only 0640 and 0600",
+                    f.display()
+                );
+            }
+        }
+    }
+
+    /// The node-local part of the state.
     pub fn state_path(&self) -> PathBuf {
         PathBuf::from(format!("/var/lib/pct-passthrough/{}.json", self.vmid))
     }
 
-    /// `/var/lib/pct-passthrough/<vmid>.json` parsed, if present.
+    /// The part of the state that follows the container (on `/etc/pve`).
+    pub fn cluster_state_path(&self) -> PathBuf {
+        PathBuf::from(format!("/etc/pve/pct-passthrough/{}.state.json", self.vmid))
+    }
+
+    /// Both state files, removed: the container forgets what it learned.
+    pub fn remove_state(&self) {
+        for p in [self.state_path(), self.cluster_state_path()] {
+            let _ = fs::remove_file(p);
+        }
+    }
+
+    /// The state as the tool sees it: both files' fields in one object
+    /// (`None` if neither exists), read under the tool's own state lock so
+    /// that a write between the two files is never seen half done.
     pub fn state(&self) -> Option<serde_json::Value> {
-        let text = fs::read_to_string(self.state_path()).ok()?;
-        Some(serde_json::from_str(&text).unwrap_or_else(|e| {
-            panic!(
-                "e2e: {}: not JSON: {e}\n{text}",
-                self.state_path().display()
-            )
-        }))
+        let _lock = fs::File::open(format!("/run/lock/pct-passthrough/{}.lock", self.vmid))
+            .ok()
+            .and_then(|f| nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockShared).ok());
+        let mut merged = serde_json::Map::new();
+        let mut any = false;
+        for path in [self.state_path(), self.cluster_state_path()] {
+            let Ok(text) = fs::read_to_string(&path) else {
+                continue;
+            };
+            any = true;
+            let v: serde_json::Value = serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("e2e: {}: not JSON: {e}\n{text}", path.display()));
+            if let serde_json::Value::Object(m) = v {
+                merged.extend(m);
+            }
+        }
+        any.then_some(serde_json::Value::Object(merged))
     }
 
     /// A file of the rootfs, read from the host (test inspection only).
@@ -582,6 +623,7 @@ impl Ct<'_> {
         self.start_locked(&mut rep);
         rep.lock_held = locked_at.elapsed();
         drop(lock);
+        self.assert_pmxcfs_modes();
         if let Some(e) = &rep.error {
             rep.task_log.push_str(&format!("TASK ERROR: {e}\n"));
         }

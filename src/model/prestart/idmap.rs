@@ -574,7 +574,7 @@ fn conflict_message(
         }
     }
     let lines: Vec<String> = theirs.iter().map(|e| format!("'{e}'")).collect();
-    let delete = "or delete them and pct-passthrough writes the whole map (lines it wrote on another node count as a person's after a migration)";
+    let delete = "or delete them and pct-passthrough writes the whole map (lines that differ from what it would write now count as a person's)";
     let fix = match suggested_replacement(theirs, passthroughs) {
         Some(map) => format!(
             "replace them with: {}; {delete}",
@@ -583,7 +583,7 @@ fn conflict_message(
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
-        None => "delete them and pct-passthrough writes the whole map (lines it wrote on another node count as a person's after a migration)".to_string(),
+        None => "delete them and pct-passthrough writes the whole map (lines that differ from what it would write now count as a person's)".to_string(),
     };
     Refusal::new(
         format!(

@@ -3,10 +3,11 @@
 //! change, events, or a refusal). No I/O here; `phase::pre_start` gathers
 //! and applies.
 //!
-//! Planning works on a [`Draft`]: each step, one file each (`idmap`,
-//! `devices`, `fallback`, `first_boot`), edits the draft, and
+//! Planning works on a [`Draft`]: each step, one file each (`adopt`,
+//! `idmap`, `devices`, `fallback`, `first_boot`), edits the draft, and
 //! [`Draft::finish`] turns it into file changes.
 
+pub mod adopt;
 pub mod devices;
 pub mod fallback;
 pub mod first_boot;
@@ -79,7 +80,7 @@ impl Facts {
             policy: None,
             policy_file: HostFile::default(),
             state: None,
-            state_path: format!("/var/lib/pct-passthrough/{vmid}.json"),
+            state_path: format!("/etc/pve/pct-passthrough/{vmid}.state.json"),
             subuid: HostFile::new("/etc/subuid", None),
             subgid: HostFile::new("/etc/subgid", None),
             nsswitch: None,
@@ -238,7 +239,7 @@ impl Draft {
         let new_conf = self.conf.render();
         let conf_changes = new_conf != old_conf;
         let old_state = facts.state.clone();
-        let old_state_text = old_state.as_ref().map(State::render);
+        let old_state_text = old_state.as_ref().map(State::render_cluster);
         let state_changes = old_state.as_ref() != Some(&self.state)
             && !(old_state.is_none() && self.state == State::new(facts.vmid));
         let mut changes = Vec::new();
@@ -254,7 +255,7 @@ impl Draft {
                 },
                 path: facts.state_path.clone(),
                 old: old_state_text.clone(),
-                new: first.render(),
+                new: first.render_cluster(),
                 reasons: vec!["record the lines the tool owns before writing them".into()],
             });
         }
@@ -285,7 +286,7 @@ impl Draft {
                 target: FileTarget::State,
                 path: facts.state_path.clone(),
                 old: old_state_text,
-                new: self.state.render(),
+                new: self.state.render_cluster(),
                 reasons: vec!["record the lines the tool owns in the container config".into()],
             });
         }
@@ -363,9 +364,11 @@ pub type Step = fn(&Facts, &mut Draft) -> Result<(), Refusal>;
 /// edits the generated LXC config from `d.lxc_text(facts)` into `d.lxc`
 /// (reasons in `d.lxc_reasons`), and adds events. ID passthroughs go
 /// through [`PASSTHROUGH_SOURCES`], not through a step of their own.
+/// `plan_adopt` stays first: it plans with the steps after it.
 /// `plan_first_boot` comes after the device steps: it reads the devices they
 /// settled; `plan_shift` is last: it reads the map and the generated config.
 pub const STEPS: &[Step] = &[
+    adopt::plan_adopt,
     mountmap::plan_mount_maps,
     idmap::plan_idmap,
     devices::plan_devices,
@@ -632,6 +635,8 @@ pub(crate) mod tests {
         );
     }
 
+    /// Lines equal to the tool's for this container (a restore or copy of a
+    /// config it wrote) become its own: the config stays, the state owns them.
     #[test]
     fn own_lines_that_satisfy_are_left_alone() {
         let conf = format!(
@@ -642,8 +647,16 @@ pub(crate) mod tests {
         f.lxc_config.text = None;
         let d = decide(&f);
         assert_eq!(d.refusal, None);
-        assert!(d.changes.is_empty(), "{:#?}", d.changes);
-        assert!(d.events.iter().any(|e| e.name == "idmap-kept"));
+        let targets: Vec<FileTarget> = d.changes.iter().map(|c| c.target).collect();
+        assert_eq!(targets, [FileTarget::State], "{:#?}", d.changes);
+        assert!(d.events.iter().any(|e| e.name == "adopt-lines"));
+        let again = decide(&apply(&f, &d));
+        assert!(again.changes.is_empty(), "{:#?}", again.changes);
+        assert_eq!(
+            again.idmap.map(|m| m.len()),
+            Some(4),
+            "the same map, now the tool's"
+        );
     }
 
     #[test]
