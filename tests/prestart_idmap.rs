@@ -146,7 +146,8 @@ fn removing_the_device_removes_the_tools_lines_next_start() {
         r.read("etc/pve/lxc/106.conf"),
         "arch: amd64\nhostname: z2m\nmemory: 512\nunprivileged: 1\n"
     );
-    // Back to the default map: gid 20 moves back, before init.
+    // Back to the default map (the first run's shift hook line stays: this
+    // test does not regenerate the file as Proxmox does at every start).
     assert_eq!(
         r.read("var/lib/lxc/106/config"),
         format!(

@@ -127,6 +127,25 @@ pub fn parse_map(values: &[String]) -> Result<Vec<IdmapEntry>, String> {
 pub struct ShiftStep {
     pub from: Vec<String>,
     pub to: Vec<String>,
+    /// Set by the shift hook before it re-owns anything for this step: a
+    /// step never started moved nothing, so a later map change replaces it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub started: bool,
+}
+
+impl ShiftStep {
+    pub fn new(from: Vec<String>, to: Vec<String>) -> ShiftStep {
+        ShiftStep {
+            from,
+            to,
+            started: false,
+        }
+    }
+
+    /// The same map change, started or not.
+    pub fn same_change(&self, other: &ShiftStep) -> bool {
+        self.from == other.from && self.to == other.to
+    }
 }
 
 /// An inode between its chown and the restore of what chown clears (set-ID

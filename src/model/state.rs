@@ -546,10 +546,10 @@ mod tests {
         });
         s.first_boot_groups = true;
         s.files_idmap = Some(vec!["u 0 100000 65536".into()]);
-        s.shift.steps.push(crate::model::shift::ShiftStep {
-            from: vec!["g 0 100000 65536".into()],
-            to: vec!["g 0 100000 20".into()],
-        });
+        s.shift.steps.push(crate::model::shift::ShiftStep::new(
+            vec!["g 0 100000 65536".into()],
+            vec!["g 0 100000 20".into()],
+        ));
         s.last_shift = Some(ShiftRecord::default());
         s.changes.push("added svc to dialout".into());
         s.last_run = Some(LastRun {

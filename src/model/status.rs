@@ -473,10 +473,10 @@ mod tests {
     fn pending_and_last_shifts_are_shown() {
         let conf = PveConfig::parse("unprivileged: 1\n");
         let mut st = State::new(105);
-        st.shift.steps.push(crate::model::shift::ShiftStep {
-            from: vec!["g 0 100000 65536".into()],
-            to: vec!["g 0 100000 20".into()],
-        });
+        st.shift.steps.push(crate::model::shift::ShiftStep::new(
+            vec!["g 0 100000 65536".into()],
+            vec!["g 0 100000 20".into()],
+        ));
         st.last_shift = Some(crate::model::state::ShiftRecord {
             at: 1_700_000_000,
             summary: "gid 100020 -> 20: 2".into(),

@@ -202,6 +202,13 @@ fn hook(paths: &Paths, vmid: Vmid, log: &mut Log) -> Result<()> {
     let mut total = ShiftReport::default();
     for step in &st.shift.steps {
         let moves = moves_of(step)?;
+        if !step.started {
+            io::update_state(paths, vmid, |s| {
+                if let Some(first) = s.shift.steps.first_mut().filter(|f| f.same_change(step)) {
+                    first.started = true;
+                }
+            })?;
+        }
         for root in roots(&rootfs, &conf)? {
             let label = root.label.clone();
             let r = shift_root(root, &moves, true, &mut |inflight| {
@@ -212,7 +219,7 @@ fn hook(paths: &Paths, vmid: Vmid, log: &mut Log) -> Result<()> {
         }
         let done = step.clone();
         io::update_state(paths, vmid, |s| {
-            if s.shift.steps.first() == Some(&done) {
+            if s.shift.steps.first().is_some_and(|f| f.same_change(&done)) {
                 s.shift.steps.remove(0);
             }
             s.files_idmap = Some(done.to.clone());

@@ -42,16 +42,24 @@ pub fn hook_value(exe: &str) -> Result<String, String> {
     Ok(format!("{exe} {SUBCOMMAND}"))
 }
 
-/// The pending map changes after this start's: the journal's, then the one
-/// from the last recorded map to `new`, if it moves anything.
+/// The pending map changes after this start's: the journal's steps the hook
+/// has started, then the one from the map the files are under to `new`, if
+/// it moves anything. Steps never started moved nothing: they are replaced.
 pub fn pending_steps(facts: &Facts, new: &[IdmapEntry]) -> Result<Vec<ShiftStep>, Refusal> {
     let state = facts.state.as_ref();
     let mut steps = state.map(|s| s.shift.steps.clone()).unwrap_or_default();
-    let base = steps
-        .last()
-        .map(|s| s.to.clone())
-        .or_else(|| state.and_then(|s| s.files_idmap.clone()))
-        .unwrap_or_else(|| config_map(facts));
+    let base = match steps.iter().position(|s| !s.started) {
+        Some(i) => {
+            let from = steps[i].from.clone();
+            steps.truncate(i);
+            from
+        }
+        None => steps
+            .last()
+            .map(|s| s.to.clone())
+            .or_else(|| state.and_then(|s| s.files_idmap.clone()))
+            .unwrap_or_else(|| config_map(facts)),
+    };
     let base_map = parse_map(&base).map_err(|e| {
         Refusal::new(
             format!("{}: the recorded ID map of the container's files: {e}", facts.state_path),
@@ -65,10 +73,7 @@ pub fn pending_steps(facts: &Facts, new: &[IdmapEntry]) -> Result<Vec<ShiftStep>
         )
     })?;
     if !moves.is_empty() {
-        steps.push(ShiftStep {
-            from: base,
-            to: render_values(new),
-        });
+        steps.push(ShiftStep::new(base, render_values(new)));
     }
     Ok(steps)
 }
@@ -79,9 +84,18 @@ pub fn plan_shift(facts: &Facts, d: &mut Draft) -> Result<(), Refusal> {
     };
     let steps = pending_steps(facts, &new)?;
     if steps.is_empty() {
-        // Recorded where a state is kept anyway: without one, the config's
-        // map is still the files' map at the next start.
-        if facts.state.is_some() || d.state != crate::model::state::State::new(facts.vmid) {
+        d.state.shift.steps.clear();
+        // Recorded where the state is written anyway, or kept up to date:
+        // without it, the config's map is still the files' map next time.
+        let had = facts
+            .state
+            .as_ref()
+            .is_some_and(|s| s.files_idmap.is_some());
+        let written = match &facts.state {
+            Some(s) => *s != d.state,
+            None => d.state != crate::model::state::State::new(facts.vmid),
+        };
+        if had || written {
             d.state.files_idmap = Some(render_values(&new));
         }
         return Ok(());
@@ -296,20 +310,49 @@ mod tests {
     }
 
     #[test]
-    fn a_map_changed_before_the_hook_ran_becomes_a_further_step() {
+    fn a_map_changed_before_the_hook_started_replaces_its_step_after_it_a_further_one() {
         let f = facts(SERIAL);
         let f1 = apply(&f, &decide(&f));
+        let policy =
+            crate::model::policy::Policy::parse("p", "idmap = [\"both 1000 1000\"]\n").unwrap();
+        // Never started: one step from the files' map to the new one.
         let mut f2 = f1.clone();
-        f2.policy = Some(
-            crate::model::policy::Policy::parse("p", "idmap = [\"both 1000 1000\"]\n").unwrap(),
-        );
+        f2.policy = Some(policy.clone());
         let d = decide(&f2);
         let st = State::parse(&d.changes[0].new).unwrap();
-        assert_eq!(st.shift.steps.len(), 2);
-        assert_eq!(st.shift.steps[1].from, st.shift.steps[0].to);
+        assert_eq!(st.shift.steps.len(), 1);
+        assert_eq!(
+            st.shift.steps[0].from,
+            ["u 0 100000 65536", "g 0 100000 65536"]
+        );
         assert!(d.events.iter().any(|e| e
             .message
             .contains("container uid 1000: host 101000 -> 1000")));
+        // Started (the hook began, then the start failed): kept, and a
+        // further step from where it leads.
+        let mut f3 = f1.clone();
+        f3.state.as_mut().unwrap().shift.steps[0].started = true;
+        f3.policy = Some(policy);
+        let d = decide(&f3);
+        let st = State::parse(&d.changes[0].new).unwrap();
+        assert_eq!(st.shift.steps.len(), 2);
+        assert!(st.shift.steps[0].started);
+        assert_eq!(st.shift.steps[1].from, st.shift.steps[0].to);
+        // The map goes back before the hook started: nothing to re-own.
+        let mut f4 = f1.clone();
+        f4.conf = PveConfig::parse(
+            &f1.conf
+                .render()
+                .replace("lxc.mount.entry", "#lxc.mount.entry"),
+        );
+        // Proxmox regenerated this start's config from the config.
+        f4.lxc_config.text = Some(GENERATED.into());
+        let d = decide(&f4);
+        assert!(d
+            .change(FileTarget::LxcConfig)
+            .is_none_or(|c| !c.new.contains("lxc-shift-hook")));
+        let st = State::parse(&d.change(FileTarget::State).unwrap().new).unwrap();
+        assert!(st.shift.steps.is_empty());
     }
 
     #[test]
