@@ -63,5 +63,6 @@ pub fn run(cmd: Command, paths: &Paths) -> u8 {
         Command::Status { vmid, json } => crate::cmd::status::run(paths, vmid, json),
         Command::Udev { action, devnode } => phase::udev::run(paths, &action, &devnode),
         Command::LxcMountHook { args } => crate::phase::mount_hook::run(&args),
+        Command::LxcShiftHook { args } => crate::phase::shift::run_hook(paths, &args),
     }
 }

@@ -71,6 +71,11 @@ pub enum Command {
     LxcMountHook {
         args: Vec<String>,
     },
+    /// `lxc-shift-hook ...`: run by LXC from an `lxc.hook.pre-start` line
+    /// pre-start put in the generated config (re-own files for a new map).
+    LxcShiftHook {
+        args: Vec<String>,
+    },
     Help,
     Version,
 }
@@ -117,6 +122,17 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageE
     {
         // LXC's own argv: parsed by the hook, which never fails a start.
         return Ok(Command::LxcMountHook {
+            args: args[1..]
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect(),
+        });
+    }
+    if args
+        .first()
+        .is_some_and(|a| a == crate::model::prestart::shift::SUBCOMMAND)
+    {
+        return Ok(Command::LxcShiftHook {
             args: args[1..]
                 .iter()
                 .map(|a| a.to_string_lossy().into_owned())

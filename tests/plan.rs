@@ -6,6 +6,7 @@ mod common;
 
 use std::fs;
 use std::os::unix::fs::symlink;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -93,9 +94,14 @@ impl Host {
             o.status.code().unwrap(),
             // Messages name host files under the temp root; goldens hold
             // the paths as on a real host.
+            // and the shift hook's binary as installed.
             String::from_utf8(o.stdout)
                 .unwrap()
-                .replace(&self.root.display().to_string(), ""),
+                .replace(&self.root.display().to_string(), "")
+                .replace(
+                    env!("CARGO_BIN_EXE_pct-passthrough"),
+                    "/usr/bin/pct-passthrough",
+                ),
             String::from_utf8(o.stderr).unwrap(),
         )
     }
@@ -124,12 +130,36 @@ const BIND_CONF: &str = "arch: amd64\nhookscript: local:snippets/pct-passthrough
 #[test]
 fn serial_bind_plans_map_subgid_and_generated_config_then_nothing() {
     let h = Host::new(BIND_CONF, None);
+    // A directory rootfs with one file of container gid 20 (host 100020).
+    let spool = h.root.join("var/lib/lxc/105/rootfs/var/spool");
+    fs::create_dir_all(&spool).unwrap();
+    fs::write(spool.join("x"), "x").unwrap();
+    std::os::unix::fs::chown(spool.join("x"), Some(100_000), Some(100_020)).unwrap();
     let (code, out, err) = h.plan();
     assert_eq!(code, 0, "{err}");
     golden("serial-bind", &out);
     // What the plan showed is what a start does.
     let o = h.run(&["105", "pre-start"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Until LXC ran the shift hook, the re-owning is still to do.
+    let (code, out, _) = h.plan();
+    assert_eq!(code, 0);
+    assert!(
+        out.starts_with("re-own: the map moves container gid 20: host 100020 -> 20\n"),
+        "{out}"
+    );
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_pct-passthrough"))
+        .args(["lxc-shift-hook", "105", "lxc", "pre-start"])
+        .env("PCT_PASSTHROUGH_ROOT", &h.root)
+        .env("LXC_NAME", "105")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        fs::metadata(spool.join("x")).unwrap().gid(),
+        20,
+        "the hook did what the plan said"
+    );
     let (code, out, _) = h.plan();
     assert_eq!(code, 0);
     assert_eq!(

@@ -3,7 +3,7 @@
 //! check with its fix. Exit 1 if any check fails.
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
 use crate::model::device;
 use crate::model::doctor::{self, Check, ClusterFacts, DeviceFacts, HookFile};
@@ -272,7 +272,104 @@ fn container_checks(paths: &Paths, vmid: Vmid, subuid: &str, subgid: &str) -> Ve
     }
     out.extend(doctor::group_collisions(&id, state.as_ref()));
     out.push(doctor::runtime_user(&id, state.as_ref()));
+    out.extend(file_owner_checks(paths, vmid, &id, &conf, &planned));
+    out.extend(mount_form_checks(paths, &id, &conf, policy.as_ref()));
     out
+}
+
+/// Files the map does not map (they show as nobody inside), found where the
+/// rootfs is reachable; a pending shift is reported instead.
+fn file_owner_checks(
+    paths: &Paths,
+    vmid: Vmid,
+    id: &str,
+    conf: &PveConfig,
+    planned: &Planned,
+) -> Vec<Check> {
+    let Planned::Decided(b) = planned else {
+        return Vec::new();
+    };
+    let decision = &b.1;
+    if !decision.shift.is_empty() {
+        return vec![Check::ok(
+            id,
+            "the next start re-owns the files its ID map change moves (plan shows what)",
+        )];
+    }
+    let Some(map) = &decision.idmap else {
+        return Vec::new();
+    };
+    match crate::phase::shift::unmapped(paths, vmid, conf, map) {
+        Ok(Some(r)) if !r.owners.is_empty() => {
+            let ids: Vec<String> = r
+                .owners
+                .iter()
+                .map(|(k, v)| format!("host {k}: {v}"))
+                .collect();
+            vec![Check::warn(
+                id,
+                format!(
+                    "files owned by IDs the container's map does not map show as nobody inside: {}; first: {}",
+                    ids.join(", "),
+                    r.first.join(", ")
+                ),
+                "if they belonged to a container ID the map used to give another host ID, put that map back, start once with the hook, then change it with pct-passthrough (it re-owns what moves); else chown them inside to a mapped ID",
+            )]
+        }
+        Ok(Some(_)) => vec![Check::ok(
+            id,
+            "every file of the rootfs is owned by IDs its map maps",
+        )],
+        Ok(None) => Vec::new(),
+        Err(e) => vec![Check::warn(
+            id,
+            format!("cannot check the owners of the rootfs's files: {e:#}"),
+            "see the message",
+        )],
+    }
+}
+
+/// Container-wide passthroughs that may only serve a bind mount.
+fn mount_form_checks(
+    paths: &Paths,
+    id: &str,
+    conf: &PveConfig,
+    policy: Option<&Policy>,
+) -> Vec<Check> {
+    let Some(policy) = policy else {
+        return Vec::new();
+    };
+    let lines: Vec<String> = policy
+        .idmap
+        .iter()
+        .map(|l| l.get_ref().clone())
+        .filter(|l| !crate::model::runtime::is_runtime_idmap(l))
+        .collect();
+    if lines.is_empty() {
+        return Vec::new();
+    }
+    let binds: Vec<crate::model::mountmap::BindOwner> = conf
+        .mp_entries()
+        .into_iter()
+        .filter(|mp| crate::model::mountmap::is_bind(mp) && mp.idmap.is_none())
+        .filter_map(|mp| {
+            let m = fs::metadata(paths.host(&mp.volume)).ok()?;
+            Some(crate::model::mountmap::BindOwner {
+                key: format!("mp{}", mp.index),
+                host_dir: mp.volume.clone(),
+                uid: m.uid(),
+                gid: m.gid(),
+            })
+        })
+        .collect();
+    if binds.is_empty() {
+        return Vec::new();
+    }
+    let version = io::pve_container_version(paths);
+    crate::model::mountmap::suggest_mount_form(&lines, &binds, version.as_deref())
+        .into_iter()
+        .map(|(what, fix)| Check::warn(id, what, fix))
+        .collect()
 }
 
 /// pre-start's decision as checks: its refusal (fail), entries a person

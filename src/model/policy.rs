@@ -31,6 +31,18 @@ pub struct DevicePolicy {
     pub allow_dangerous: bool,
 }
 
+/// ID passthroughs for one mount point: Proxmox's `idmap=` option on that
+/// `mpN` (pve-container >= 6.1.6) instead of the container-wide map.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MountPolicy {
+    /// The mount point's key, `mp0`.
+    pub mp: Spanned<String>,
+    /// `raw.idmap` lines as for the container-wide `idmap`; the host side
+    /// is the ID on the mount's file system.
+    pub idmap: Vec<Spanned<String>>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Policy {
@@ -44,6 +56,9 @@ pub struct Policy {
     /// Devices to pass through.
     #[serde(default, rename = "device")]
     pub devices: Vec<DevicePolicy>,
+    /// Per-mount-point passthroughs.
+    #[serde(default, rename = "mount")]
+    pub mounts: Vec<MountPolicy>,
     /// Another hookscript to run as well, like `local:snippets/old-hook.pl`.
     #[serde(default)]
     pub chain: Option<String>,
@@ -81,6 +96,7 @@ impl Default for Policy {
             enabled: true,
             idmap: Vec::new(),
             devices: Vec::new(),
+            mounts: Vec::new(),
             chain: None,
             detect_timeout: None,
             runtime_uid: None,

@@ -25,6 +25,10 @@ pub const CLUSTER_KEYS: &[&str] = &[
     "container_groups",
     "dev_fallback",
     "first_boot_groups",
+    // The container's files move with it: the map they are owned under and
+    // the journal of changes not yet applied to them.
+    "files_idmap",
+    "shift",
 ];
 
 /// Fields both files carry.
@@ -66,10 +70,48 @@ pub struct State {
     /// the Group rules before init (`model::firstboot`).
     #[serde(default)]
     pub first_boot_groups: bool,
+    /// The ID map the container's files are owned under (`lxc.idmap`
+    /// values): the map it last ran with, once that start's shift is done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files_idmap: Option<Vec<String>>,
+    /// The shift journal: map changes not yet applied to the container's
+    /// files, in order (pre-start records them before the config changes;
+    /// the shift hook removes each once done), and the inode in flight.
+    #[serde(default, skip_serializing_if = "ShiftJournal::is_empty")]
+    pub shift: ShiftJournal,
+    /// What the last shift re-owned; post-start puts it in the task log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_shift: Option<ShiftRecord>,
     /// The last hotplug event per device (`udev add|remove`), newest
     /// handling only: one entry per host path and container path.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hotplug: Vec<HotplugRecord>,
+}
+
+/// Pending map changes of the container's files (see `model::shift`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShiftJournal {
+    #[serde(default)]
+    pub steps: Vec<crate::model::shift::ShiftStep>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inflight: Option<crate::model::shift::Inflight>,
+}
+
+impl ShiftJournal {
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty() && self.inflight.is_none()
+    }
+}
+
+/// One finished shift, as the task log reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShiftRecord {
+    /// Seconds since the epoch.
+    pub at: u64,
+    pub summary: String,
+    /// Set once post-start printed it.
+    #[serde(default)]
+    pub reported: bool,
 }
 
 /// What the last udev event did for one device of the running container.
@@ -156,6 +198,10 @@ pub struct Owned {
     /// own map is needed, as written: put back when the need goes away.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub adopted: Vec<OwnedLine>,
+    /// `idmap=` options the tool put on a person's `mpN` line, one each:
+    /// `mp0: idmap=u:1000:1000:1` in the JSON.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mp_options: Vec<OwnedLine>,
 }
 
 impl Owned {
@@ -164,6 +210,7 @@ impl Owned {
             && self.dev_entries.is_empty()
             && self.dev_options.is_empty()
             && self.adopted.is_empty()
+            && self.mp_options.is_empty()
     }
 
     /// The owned raw lines with this key.
@@ -467,6 +514,8 @@ impl State {
             s.container_groups = c.container_groups;
             s.dev_fallback = c.dev_fallback;
             s.first_boot_groups = c.first_boot_groups;
+            s.files_idmap = c.files_idmap;
+            s.shift = c.shift;
         }
         s.version = STATE_VERSION;
         s.vmid = vmid;
@@ -507,6 +556,12 @@ mod tests {
             ..RuntimeUser::default()
         });
         s.first_boot_groups = true;
+        s.files_idmap = Some(vec!["u 0 100000 65536".into()]);
+        s.shift.steps.push(crate::model::shift::ShiftStep::new(
+            vec!["g 0 100000 65536".into()],
+            vec!["g 0 100000 20".into()],
+        ));
+        s.last_shift = Some(ShiftRecord::default());
         s.changes.push("added svc to dialout".into());
         s.last_run = Some(LastRun {
             phase: PhaseName::PreStart,
@@ -520,6 +575,8 @@ mod tests {
         assert_eq!(node["version"], 2);
         assert!(cluster.get("last_run").is_none() && cluster.get("changes").is_none());
         assert!(node.get("owned").is_none() && node.get("runtime_user").is_none());
+        assert!(node.get("shift").is_none() && cluster.get("shift").is_some());
+        assert!(node.get("files_idmap").is_none() && cluster.get("last_shift").is_none());
         assert_eq!(cluster["owned"]["conf_lines"][0], "lxc.idmap: g 20 20 1");
         let c = State::parse(&s.render_cluster()).unwrap();
         let n = State::parse(&s.render_node()).unwrap();

@@ -38,6 +38,21 @@ pub struct Status {
     pub problem: Option<String>,
     /// What pre-start would do now: its planner's own decision.
     pub next_start: NextStart,
+    /// Whether the container's files are owned under its map.
+    pub files: FilesStatus,
+}
+
+/// The container's files and its map (see the README's "Files follow the
+/// map").
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct FilesStatus {
+    /// The map the files are owned under, if recorded.
+    pub idmap: Option<Vec<String>>,
+    /// Map changes recorded but not yet applied to the files.
+    pub pending: usize,
+    /// What the last shift re-owned, and when.
+    pub last_shift: Option<String>,
+    pub last_shift_at: Option<u64>,
 }
 
 /// The pre-start planner's decision, as `status` shows it.
@@ -203,6 +218,12 @@ pub fn build(f: &StatusFacts) -> Status {
         last_run: state.and_then(|s| s.last_run.clone()),
         problem: f.problem.clone(),
         next_start: f.next_start.clone(),
+        files: FilesStatus {
+            idmap: state.and_then(|s| s.files_idmap.clone()),
+            pending: state.map_or(0, |s| s.shift.steps.len()),
+            last_shift: state.and_then(|s| s.last_shift.as_ref().map(|r| r.summary.clone())),
+            last_shift_at: state.and_then(|s| s.last_shift.as_ref().map(|r| r.at)),
+        },
     }
 }
 
@@ -408,6 +429,20 @@ impl Status {
         for l in tasklog::lines(&head, &escape_parts(&next)) {
             let _ = writeln!(o, "{l}");
         }
+        if self.files.pending > 0 {
+            let _ = writeln!(
+                o,
+                "files: {} map change(s) not yet applied to the container's files; the next start re-owns them before init",
+                self.files.pending
+            );
+        }
+        if let (Some(summary), Some(at)) = (&self.files.last_shift, self.files.last_shift_at) {
+            let _ = writeln!(
+                o,
+                "files: re-owned at {} for a map change: {summary}",
+                utc(at)
+            );
+        }
         match &self.last_run {
             Some(r) => {
                 let head = format!("last run: {} {} at {}", r.phase, r.outcome, utc(r.at));
@@ -433,6 +468,36 @@ mod tests {
     use super::*;
     use crate::model::state::{DeviceVerdict, RuntimeUser};
     use rstest::rstest;
+
+    #[test]
+    fn pending_and_last_shifts_are_shown() {
+        let conf = PveConfig::parse("unprivileged: 1\n");
+        let mut st = State::new(105);
+        st.shift.steps.push(crate::model::shift::ShiftStep::new(
+            vec!["g 0 100000 65536".into()],
+            vec!["g 0 100000 20".into()],
+        ));
+        st.last_shift = Some(crate::model::state::ShiftRecord {
+            at: 1_700_000_000,
+            summary: "gid 100020 -> 20: 2".into(),
+            reported: true,
+        });
+        let s = build(&facts(&conf, Some(&st)));
+        assert_eq!(s.files.pending, 1);
+        let text = s.render();
+        assert!(
+            text.contains("files: 1 map change(s) not yet applied"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "files: re-owned at 2023-11-14 22:13:20 UTC for a map change: gid 100020 -> 20: 2"
+            ),
+            "{text}"
+        );
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["files"]["pending"], 1);
+    }
 
     #[rstest]
     #[case(0, "1970-01-01 00:00:00 UTC")]

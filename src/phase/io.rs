@@ -330,3 +330,37 @@ pub fn record_last_run(
     };
     update_state(paths, vmid, |s| s.last_run = Some(last))
 }
+
+/// The installed pve-container version, as `dpkg-query` reports it for
+/// the root (`--root` when it is not `/`); `None` when it is not installed
+/// or dpkg-query cannot say (bounded to 5 s).
+pub fn pve_container_version(paths: &Paths) -> Option<String> {
+    let mut cmd = std::process::Command::new("dpkg-query");
+    if !paths.is_real_root() {
+        cmd.arg(format!("--root={}", paths.root().display()));
+    }
+    cmd.args(crate::model::mountmap::DPKG_QUERY_ARGS)
+        .arg("pve-container")
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped());
+    let mut child = cmd.spawn().ok()?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+        }
+    }
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take()?, &mut out).ok()?;
+    crate::model::mountmap::installed_version(&out)
+}

@@ -9,6 +9,7 @@ pub mod mount_hook;
 pub mod next_start;
 pub mod post_start;
 pub mod pre_start;
+pub mod shift;
 pub mod stop;
 pub mod udev;
 

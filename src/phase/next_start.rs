@@ -59,6 +59,12 @@ fn gather(
     state: Option<State>,
 ) -> Result<Facts> {
     let policy_path = paths.policy(vmid).display().to_string();
+    // dpkg-query costs a process: asked only for per-mount-point maps.
+    let pve_container = if policy.as_ref().is_some_and(|(_, p)| !p.mounts.is_empty()) {
+        io::pve_container_version(paths)
+    } else {
+        None
+    };
     let (policy_file, policy) = match policy {
         Some((text, p)) => (HostFile::new(policy_path, Some(text)), Some(p)),
         None => (HostFile::new(policy_path, None), None),
@@ -94,6 +100,8 @@ fn gather(
         lxc_config: host_file(paths, paths.lxc_config(vmid))?,
         mount_hook_exe: crate::sys::proc::exe_for_mount_hook(unprivileged),
         devices,
+        pve_container,
+        shift_exe: crate::sys::proc::exe_for_mount_hook(false),
     })
 }
 

@@ -41,6 +41,33 @@ pub const ROOT_SETTLE: Duration = Duration::from_secs(3);
 pub const CHILD_BOUND: Duration = Duration::from_secs(10);
 /// At most this many processes are read per scan.
 pub const MAX_PROCS: usize = 10_000;
+/// Puts what the shift hook re-owned before init in the task log, once
+/// (LXC's hooks write only to LXC's own log).
+fn report_shift(ctx: &mut Ctx) {
+    let Some(rec) = io::load_state(ctx.paths, ctx.vmid)
+        .state
+        .and_then(|s| s.last_shift)
+        .filter(|r| !r.reported)
+    else {
+        return;
+    };
+    ctx.log.info(
+        "shift-report",
+        format!(
+            "before init, the files of the container's storage were re-owned for its new ID map: {}",
+            rec.summary
+        ),
+    );
+    if let Err(e) = io::update_state(ctx.paths, ctx.vmid, |s| {
+        if let Some(r) = s.last_shift.as_mut() {
+            r.reported = true;
+        }
+    }) {
+        ctx.log
+            .warn("state", format!("could not record the shift report: {e:#}"));
+    }
+}
+
 /// Everything the worker needs, prepared before the fork.
 struct Job {
     paths: Paths,
@@ -68,6 +95,7 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
         );
         return Ok(());
     }
+    report_shift(ctx);
     let mut devices = DeviceTarget::of(&device::declared(&conf, Some(&policy)));
     for t in &mut devices {
         let node = crate::sys::devnode::node(ctx.paths, &t.path).ok().flatten();

@@ -264,8 +264,9 @@ fn apply_subids(ctx: &mut Ctx, decision: &Decision) -> Result<()> {
     Ok(())
 }
 
-/// The state: only `owned` is pre-start's; the rest may have been updated
-/// by a post-start worker since it was read.
+/// The state: only `owned`, `files_idmap` and the shift steps are
+/// pre-start's; the rest may have been updated by a post-start worker since
+/// it was read.
 fn apply_state(ctx: &mut Ctx, decision: &Decision, c: &prestart::FileChange) -> Result<()> {
     let decided = State::parse(&c.new).map_err(|e| anyhow!("{}: {e}", c.path))?;
     let last = (c.target == FileTarget::State).then(|| crate::model::state::LastRun {
@@ -276,6 +277,9 @@ fn apply_state(ctx: &mut Ctx, decision: &Decision, c: &prestart::FileChange) -> 
     });
     let note = io::update_state(ctx.paths, ctx.vmid, |s| {
         s.owned = decided.owned;
+        s.files_idmap = decided.files_idmap;
+        // The steps are pre-start's; an inode in flight is the shift hook's.
+        s.shift.steps = decided.shift.steps;
         if last.is_some() {
             s.last_run = last;
         }

@@ -10,4 +10,5 @@ pub mod log;
 pub mod ns;
 pub mod proc;
 pub mod shadow;
+pub mod shift;
 pub mod worker;

@@ -420,7 +420,7 @@ fn remove_prefixed(dir: &str, prefix: &str) {
 }
 
 /// Lazily unmounts anything mounted under `dir` in our mount namespace.
-fn unmount_under(dir: &Path) {
+pub(crate) fn unmount_under(dir: &Path) {
     let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
         return;
     };

@@ -680,6 +680,14 @@ impl Ct<'_> {
             rep.error = Some(e);
             return;
         }
+        // Mount points, as PVE's LXC pre-start hook inserts them (after a
+        // recursive unmount of what a previous start left).
+        let rootfs = self.dir.join("rootfs");
+        super::bed::unmount_under(&rootfs);
+        if let Err(e) = super::mounts::insert_all(&rootfs, &conf) {
+            rep.error = Some(format!("startup for container '{vmid}' failed: {e}"));
+            return;
+        }
         rep.started_config = Some(self.lxc_config());
         let _ = fs::remove_file(self.dir.join("lxc.log"));
         let r = run(

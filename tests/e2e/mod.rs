@@ -79,7 +79,11 @@
 //!   order (PVE: Perl hash order, which is random), so tests can compare.
 //!   The config is read as UTF-8 text (scenarios write only UTF-8).
 //! - The rootfs is a directory of busybox-static, owned by host 100000+id
-//!   (0+id when privileged); no storage, volume activation or mount points.
+//!   (0+id when privileged); no storage or volume activation. Bind mount
+//!   points (`mpN: /host/dir,mp=...`, `idmap=` included) are inserted as
+//!   Proxmox's LXC pre-start hook does (`tests/e2e/mounts.rs`), but by the
+//!   bed just before `lxc-start`, in its own mount namespace; storage-backed
+//!   mount points are not supported.
 //!   `/sbin/init` is a shell loop unless the test sets one.
 //! - `lxc-start -d` stands in for `systemctl start pve-container@<vmid>`
 //!   (`lxc-start -F` under systemd); LXC's log is at DEBUG in
@@ -117,6 +121,7 @@ pub mod ct;
 pub mod devices;
 pub mod genconf;
 pub mod hooks;
+pub mod mounts;
 pub mod run;
 pub mod syslog;
 

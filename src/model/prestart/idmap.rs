@@ -42,6 +42,10 @@ pub const PASSTHROUGH_SOURCES: &[PassthroughSource] = &[
         name: "runtime-user",
         collect: runtime_user_idmap,
     },
+    PassthroughSource {
+        name: "mount-fallback",
+        collect: super::mountmap::fallback_passthroughs,
+    },
 ];
 
 /// Every passthrough all sources want.

@@ -12,6 +12,8 @@ pub mod devices;
 pub mod fallback;
 pub mod first_boot;
 pub mod idmap;
+pub mod mountmap;
+pub mod shift;
 
 use crate::model::event::Event;
 use crate::model::idmap::{IdKind, IdmapEntry};
@@ -62,6 +64,10 @@ pub struct Facts {
     pub mount_hook_exe: Result<String, String>,
     /// Every device path the config or policy names, and its node.
     pub devices: Vec<DeviceFact>,
+    /// The installed pve-container version (dpkg's status file), if known.
+    pub pve_container: Option<String>,
+    /// This binary's path for the shift hook LXC runs as host root.
+    pub shift_exe: Result<String, String>,
 }
 
 impl Facts {
@@ -81,6 +87,8 @@ impl Facts {
             lxc_config: HostFile::new(format!("/var/lib/lxc/{vmid}/config"), None),
             mount_hook_exe: Err("not known".into()),
             devices: Vec::new(),
+            pve_container: None,
+            shift_exe: Ok("/usr/bin/pct-passthrough".into()),
         }
     }
 }
@@ -152,6 +160,9 @@ pub struct Decision {
     /// The private nodes this start binds; any other file in
     /// [`private_node_dir`] is stale and removed.
     pub nodes: Vec<PrivateNode>,
+    /// Map changes the container's files still need, in order (the shift
+    /// hook applies them at this start).
+    pub shift: Vec<crate::model::shift::ShiftStep>,
 }
 
 /// Why pre-start refuses a start: what is wrong and how to fix it, as the
@@ -317,6 +328,7 @@ impl Draft {
             events: self.events,
             refusal: None,
             nodes: self.nodes,
+            shift: self.state.shift.steps,
         }
     }
 
@@ -331,6 +343,7 @@ impl Draft {
                 (&mut o.dev_entries, &old.owned.dev_entries),
                 (&mut o.dev_options, &old.owned.dev_options),
                 (&mut o.adopted, &old.owned.adopted),
+                (&mut o.mp_options, &old.owned.mp_options),
             ] {
                 for line in theirs {
                     if !mine.contains(line) {
@@ -383,14 +396,17 @@ pub type Step = fn(&Facts, &mut Draft) -> Result<(), Refusal>;
 /// edits the generated LXC config from `d.lxc_text(facts)` into `d.lxc`
 /// (reasons in `d.lxc_reasons`), and adds events. ID passthroughs go
 /// through [`PASSTHROUGH_SOURCES`], not through a step of their own.
-/// `plan_first_boot` stays last: it reads the devices the other steps settled.
 /// `plan_adopt` stays first: it plans with the steps after it.
+/// `plan_first_boot` comes after the device steps: it reads the devices they
+/// settled; `plan_shift` is last: it reads the map and the generated config.
 pub const STEPS: &[Step] = &[
     adopt::plan_adopt,
+    mountmap::plan_mount_maps,
     idmap::plan_idmap,
     devices::plan_devices,
     fallback::plan_dev_fallback,
     first_boot::plan_first_boot,
+    shift::plan_shift,
 ];
 
 /// Decides what pre-start does.
@@ -430,6 +446,18 @@ pub(crate) mod tests {
         f
     }
 
+    /// The shift hook ran: the files are owned under the last map.
+    pub(crate) fn shifted(f: &Facts) -> Facts {
+        let mut f = f.clone();
+        if let Some(st) = f.state.as_mut() {
+            if let Some(last) = st.shift.steps.last() {
+                st.files_idmap = Some(last.to.clone());
+            }
+            st.shift.steps.clear();
+        }
+        f
+    }
+
     /// Applies a decision to the facts, as the phase would.
     pub(crate) fn apply(f: &Facts, d: &Decision) -> Facts {
         let mut f = f.clone();
@@ -459,7 +487,7 @@ pub(crate) mod tests {
         );
         assert!(d.change(FileTarget::Subuid).is_none());
         let lxc = &d.change(FileTarget::LxcConfig).unwrap().new;
-        assert_eq!(lxc, "lxc.arch = amd64\nlxc.idmap = u 0 100000 65536\nlxc.idmap = g 0 100000 20\nlxc.idmap = g 20 20 1\nlxc.idmap = g 21 100021 65515\nlxc.rootfs.path = /var/lib/lxc/105/rootfs\n");
+        assert_eq!(lxc, "lxc.arch = amd64\nlxc.idmap = u 0 100000 65536\nlxc.idmap = g 0 100000 20\nlxc.idmap = g 20 20 1\nlxc.idmap = g 21 100021 65515\nlxc.rootfs.path = /var/lib/lxc/105/rootfs\nlxc.hook.pre-start = /usr/bin/pct-passthrough lxc-shift-hook\n");
         let state = State::parse(&d.change(FileTarget::State).unwrap().new).unwrap();
         assert_eq!(state.owned.conf_lines.len(), 4);
         // No interim state: there was none before and the union is the same.
@@ -548,7 +576,7 @@ pub(crate) mod tests {
     #[test]
     fn removing_the_device_removes_exactly_the_tools_lines() {
         let f = facts(SERIAL);
-        let f1 = apply(&f, &decide(&f));
+        let f1 = shifted(&apply(&f, &decide(&f)));
         // A person adds an unrelated raw line; then the device goes away.
         let conf = f1.conf.render().replace(
             "lxc.mount.entry: /dev/serial/by-id/usb-ITead_Sonoff_Zigbee_3.0-if00-port0 dev/ttyUSB0 none bind,optional,create=file\n",
@@ -563,11 +591,18 @@ pub(crate) mod tests {
             d.change(FileTarget::PveConf).unwrap().new,
             "arch: amd64\nhostname: z2m\nunprivileged: 1\nlxc.cgroup2.devices.allow: c 1:3 rwm\n"
         );
-        assert_eq!(d.change(FileTarget::LxcConfig).unwrap().new, GENERATED);
+        assert_eq!(
+            d.change(FileTarget::LxcConfig).unwrap().new,
+            format!("{GENERATED}lxc.hook.pre-start = /usr/bin/pct-passthrough lxc-shift-hook\n"),
+            "the map goes back to the default: gid 20 moves back"
+        );
         let state = State::parse(&d.change(FileTarget::State).unwrap().new).unwrap();
         assert!(state.owned.conf_lines.is_empty());
-        // The old state already owns every line: no interim write.
-        assert!(d.change(FileTarget::StateInterim).is_none());
+        // The old state owns every line, but the map change's journal
+        // entry must be recorded before the config changes.
+        let interim = State::parse(&d.change(FileTarget::StateInterim).unwrap().new).unwrap();
+        assert_eq!(interim.shift.steps.len(), 1);
+        assert_eq!(d.changes[0].target, FileTarget::StateInterim);
         assert!(decide(&apply(&f2, &d)).changes.is_empty());
     }
 
