@@ -266,7 +266,7 @@ fn root_with(build: fn(&Path) -> std::io::Result<()>) -> tempfile::TempDir {
 }
 
 #[test]
-fn nothing_to_do_opens_only_config_and_policy_and_writes_nothing() {
+fn nothing_to_do_opens_only_config_policy_and_state_and_writes_nothing() {
     for build in [shapes::nothing, shapes::nothing_large] {
         nothing_to_do(build);
     }
@@ -280,8 +280,12 @@ fn nothing_to_do(build: fn(&Path) -> std::io::Result<()>) {
     assert_eq!(t.stderr, "", "a container with nothing to do is silent");
     assert_eq!(
         t.opened(),
-        set(&["/etc/pve/lxc/105.conf", "/etc/pve/pct-passthrough/105.toml"]),
-        "nothing to do: read the config and look for a policy, nothing else"
+        set(&[
+            "/etc/pve/lxc/105.conf",
+            "/etc/pve/pct-passthrough/105.toml",
+            "/var/lib/pct-passthrough/105.json",
+        ]),
+        "nothing to do: read the config, look for a policy and a state, nothing else"
     );
     assert_eq!(t.mutations(), Vec::<&Call>::new());
     assert_eq!(t.spawns(), 0);

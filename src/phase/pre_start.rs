@@ -163,16 +163,16 @@ fn plan_from(
     if policy.as_ref().is_some_and(|(_, p)| !p.enabled) {
         return Planned::Disabled;
     }
-    // Whether there is anything to do shows in the main section: a container
-    // the tool leaves alone does not get its snapshots parsed, nor its state
-    // opened.
-    if policy.is_none()
-        && !paths.state(vmid).exists()
-        && !prestart::config_has_work(&PveConfig::parse(main_section(&conf_text)))
-    {
+    // Whether there is anything to do shows in the main section and the
+    // state (lines the tool owns must go): a container the tool leaves
+    // alone does not get its snapshots parsed, and its state is one failed
+    // lookup, read once when it exists.
+    let work = policy.is_some()
+        || prestart::config_has_work(&PveConfig::parse(main_section(&conf_text)));
+    let state = io::load_state(paths, vmid);
+    if !work && !state.exists {
         return Planned::Idle;
     }
-    let state = io::load_state(paths, vmid);
     *state_problem = state.problem.clone();
     let conf = PveConfig::parse(&conf_text);
     match gather(paths, vmid, conf, policy, state.state) {
