@@ -15,6 +15,25 @@ use nix::sys::stat::Mode;
 use crate::paths::Paths;
 use crate::sys::fs::{open_host, require_regular};
 
+/// Set to `1`: every lock taken prints how long it was waited for on
+/// stderr (`pct-passthrough: lock-wait <µs> us <path>`), for the benchmark
+/// of many starts at once (README, Benchmarks). Off by default: the task
+/// log never shows it.
+pub const LOCK_TIMING_ENV: &str = "PCT_PASSTHROUGH_LOCK_TIMING";
+
+/// Reports a lock's wait when [`LOCK_TIMING_ENV`] asks for it.
+pub fn report_wait(path: &Path, since: Instant) {
+    if std::env::var_os(LOCK_TIMING_ENV).is_some_and(|v| v == "1") {
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr().lock(),
+            "pct-passthrough: lock-wait {} us {}",
+            since.elapsed().as_micros(),
+            path.display()
+        );
+    }
+}
+
 /// Why a lock was not taken. Callers branch on `Busy`.
 #[derive(Debug)]
 pub enum LockError {
@@ -99,6 +118,7 @@ pub fn flock_exclusive(
     loop {
         match file.try_lock() {
             Ok(()) => {
+                report_wait(path, start);
                 return Ok(FlockGuard {
                     _file: file,
                     path: path.to_path_buf(),

@@ -30,7 +30,7 @@ use crate::paths::Paths;
 use crate::sys::fs::{
     open_parent, read_text, replace_file, replace_file_with, DirEntry, Durability,
 };
-use crate::sys::lock::{flock_exclusive, open_lock_file, FlockGuard, LockError};
+use crate::sys::lock::{flock_exclusive, open_lock_file, report_wait, FlockGuard, LockError};
 
 /// How long each lock is waited for; shadow's `lckpwdf()` waits 15 s.
 pub const SHADOW_LOCK_TIMEOUT: Duration = Duration::from_secs(15);
@@ -71,7 +71,10 @@ pub fn lckpwdf(paths: &Paths, path: &Path, timeout: Duration) -> Result<PwdLock,
             &file,
             FcntlArg::F_SETLK(&whole_file_lock(libc::F_WRLCK as _)),
         ) {
-            Ok(_) => return Ok(PwdLock { _file: file }),
+            Ok(_) => {
+                report_wait(path, start);
+                return Ok(PwdLock { _file: file });
+            }
             Err(Errno::EAGAIN) | Err(Errno::EACCES) => {}
             Err(Errno::EINTR) => continue,
             Err(e) => {
@@ -225,7 +228,10 @@ pub fn link_lock(paths: &Paths, file: &Path, timeout: Duration) -> Result<LinkLo
     let start = Instant::now();
     loop {
         let holder = match try_link_lock(paths, file).map_err(LockError::Io)? {
-            Ok(guard) => return Ok(guard),
+            Ok(guard) => {
+                report_wait(&with_suffix(file, ".lock"), start);
+                return Ok(guard);
+            }
             Err(holder) => holder,
         };
         if start.elapsed() >= timeout {
