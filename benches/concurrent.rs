@@ -67,7 +67,10 @@ fn verify(root: &Path, cts: &[ManyCt], ended: &[Ended]) -> Result<(), String> {
         let conf = fs::read_to_string(root.join(format!("etc/pve/lxc/{}.conf", ct.vmid)))
             .map_err(|e| format!("{}.conf: {e}", ct.vmid))?;
         let want = format!("g {0} {0} 1", ct.gid);
-        if !conf.lines().any(|l| l.starts_with("lxc.idmap") && l.contains(&want)) {
+        if !conf
+            .lines()
+            .any(|l| l.starts_with("lxc.idmap") && l.contains(&want))
+        {
             return Err(format!(
                 "{}.conf: no lxc.idmap line maps its stick's group ({want}):\n{conf}",
                 ct.vmid
@@ -121,8 +124,12 @@ fn count_syncs(dir: &Path) -> io::Result<usize> {
         n += text
             .lines()
             .filter(|l| {
-                let l = l.trim_start_matches(|c: char| c.is_ascii_digit()).trim_start();
-                ["fsync(", "fdatasync(", "syncfs("].iter().any(|c| l.starts_with(c))
+                let l = l
+                    .trim_start_matches(|c: char| c.is_ascii_digit())
+                    .trim_start();
+                ["fsync(", "fdatasync(", "syncfs("]
+                    .iter()
+                    .any(|c| l.starts_with(c))
             })
             .count();
     }
@@ -149,7 +156,10 @@ fn main() -> io::Result<()> {
     let mut by_lock: Vec<(&str, Vec<f64>)> = vec![
         ("the tool's subid lock (`subid.lock`)", Vec::new()),
         ("shadow's `lckpwdf()` (`.pwd.lock`)", Vec::new()),
-        ("shadow's link locks (`subuid.lock`, `subgid.lock`)", Vec::new()),
+        (
+            "shadow's link locks (`subuid.lock`, `subgid.lock`)",
+            Vec::new(),
+        ),
         ("the container's own lock (`<vmid>.lock`)", Vec::new()),
     ];
     eprintln!("bench: {rounds} rounds of {n} pre-starts at once");
@@ -179,11 +189,13 @@ fn main() -> io::Result<()> {
     let syncs = {
         let logs = tempfile::tempdir()?;
         fresh(&template, &root)?;
-        let traced = Command::new("strace").arg("-V").output().is_ok_and(|o| o.status.success());
+        let traced = Command::new("strace")
+            .arg("-V")
+            .output()
+            .is_ok_and(|o| o.status.success());
         if traced {
             let ended = run_round(&bin, &root, &cts, Some(logs.path()));
-            verify(&root, &cts, &ended)
-                .unwrap_or_else(|e| fail(format!("the traced round: {e}")));
+            verify(&root, &cts, &ended).unwrap_or_else(|e| fail(format!("the traced round: {e}")));
             Some(count_syncs(logs.path())?)
         } else {
             None
@@ -191,10 +203,7 @@ fn main() -> io::Result<()> {
     };
 
     let fsname = {
-        let out = Command::new("df")
-            .args(["-PT"])
-            .arg(work.path())
-            .output()?;
+        let out = Command::new("df").args(["-PT"]).arg(work.path()).output()?;
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .nth(1)
@@ -262,7 +271,10 @@ fn main() -> io::Result<()> {
         );
     }
     let syncs_text = match syncs {
-        Some(s) => format!("{s} fsyncs in one round ({:.1} per start)", s as f64 / n as f64),
+        Some(s) => format!(
+            "{s} fsyncs in one round ({:.1} per start)",
+            s as f64 / n as f64
+        ),
         None => "fsyncs not counted (no strace)".to_string(),
     };
     let _ = writeln!(

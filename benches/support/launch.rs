@@ -54,7 +54,8 @@ pub fn at_once(argvs: &[Vec<Vec<u8>>], env: &[(&str, &[u8])]) -> io::Result<Vec<
         .iter()
         .map(|_| tempfile::tempfile())
         .collect::<io::Result<_>>()?;
-    let (gate_r, gate_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?;
+    let (gate_r, gate_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?;
     let mut pids = Vec::new();
     for (i, argv) in argv_ptrs.iter().enumerate() {
         // SAFETY: the child only calls async-signal-safe functions (close,

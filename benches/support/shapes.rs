@@ -419,7 +419,12 @@ pub fn check_many_subids(root: &Path, cts: &[ManyCt]) -> Result<(), String> {
 }
 
 /// [`check_many_subids`] for one file's text.
-pub fn check_subid_text(file: &str, text: &str, before: &str, needed: &[u32]) -> Result<(), String> {
+pub fn check_subid_text(
+    file: &str,
+    text: &str,
+    before: &str,
+    needed: &[u32],
+) -> Result<(), String> {
     if !text.is_empty() && !text.ends_with('\n') {
         return Err(format!("{file}: the last line has no newline"));
     }
@@ -439,7 +444,10 @@ pub fn check_subid_text(file: &str, text: &str, before: &str, needed: &[u32]) ->
             _ => None,
         };
         let Some((start, count)) = parsed.filter(|&(s, c)| c > 0 && s + c <= 1 << 32) else {
-            return Err(format!("{file} line {}: not name:start:count: {line:?}", n + 1));
+            return Err(format!(
+                "{file} line {}: not name:start:count: {line:?}",
+                n + 1
+            ));
         };
         if !seen.insert(line) {
             return Err(format!("{file} line {}: {line:?} is there twice", n + 1));

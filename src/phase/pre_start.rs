@@ -167,8 +167,8 @@ fn plan_from(
     // state (lines the tool owns must go): a container the tool leaves
     // alone does not get its snapshots parsed, and its state is one failed
     // lookup, read once when it exists.
-    let work = policy.is_some()
-        || prestart::config_has_work(&PveConfig::parse(main_section(&conf_text)));
+    let work =
+        policy.is_some() || prestart::config_has_work(&PveConfig::parse(main_section(&conf_text)));
     let state = io::load_state(paths, vmid);
     if !work && !state.exists {
         return Planned::Idle;

@@ -113,16 +113,29 @@ pub fn flock_exclusive(
     path: &Path,
     timeout: Duration,
 ) -> Result<FlockGuard, LockError> {
+    Ok(flock_exclusive_unless(paths, path, timeout, || false)?
+        .expect("never moot: the lock is taken or an error returned"))
+}
+
+/// [`flock_exclusive`], giving up without the lock (`Ok(None)`) once
+/// `moot()`, asked after every try that finds the lock busy, says the work
+/// it guards was done meanwhile by its holder.
+pub fn flock_exclusive_unless(
+    paths: &Paths,
+    path: &Path,
+    timeout: Duration,
+    mut moot: impl FnMut() -> bool,
+) -> Result<Option<FlockGuard>, LockError> {
     let file = open_lock_file(paths, path, OFlag::O_RDWR, 0o644).map_err(LockError::Io)?;
     let start = Instant::now();
     loop {
         match file.try_lock() {
             Ok(()) => {
                 report_wait(path, start);
-                return Ok(FlockGuard {
+                return Ok(Some(FlockGuard {
                     _file: file,
                     path: path.to_path_buf(),
-                })
+                }));
             }
             Err(fs::TryLockError::WouldBlock) => {}
             Err(fs::TryLockError::Error(e)) => {
@@ -130,6 +143,10 @@ pub fn flock_exclusive(
                     anyhow::Error::new(e).context(format!("{}: flock failed", path.display())),
                 ))
             }
+        }
+        if moot() {
+            report_wait(path, start);
+            return Ok(None);
         }
         if start.elapsed() >= timeout {
             return Err(LockError::Busy {
