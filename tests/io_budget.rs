@@ -420,6 +420,89 @@ fn second_start_writes_nothing() {
     }
 }
 
+/// The syscalls of a run from its first look at the root (everything
+/// before is the Rust and libc runtime, the floor's own) to its exit,
+/// without the runtime's teardown and the debug build's descriptor checks
+/// (`fcntl F_GETFD` before each close).
+fn own_syscalls(root: &Path, args: &[&str]) -> Vec<String> {
+    let log = tempfile::NamedTempFile::new().expect("temp file");
+    let out = Command::new("strace")
+        .args(["-f", "-qq", "-o"])
+        .arg(log.path())
+        .arg(BIN)
+        .args(args)
+        .env("PCT_PASSTHROUGH_ROOT", root)
+        .output()
+        .expect("strace");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let root_s = root.to_str().expect("utf-8 temp path");
+    let text = std::fs::read_to_string(log.path()).expect("strace log");
+    let lines: Vec<&str> = text.lines().collect();
+    let first = lines
+        .iter()
+        .position(|l| l.contains(root_s))
+        .expect("the root is looked at");
+    lines[first..]
+        .iter()
+        .map(|l| {
+            l.trim_start_matches(|c: char| c.is_ascii_digit())
+                .trim_start()
+        })
+        .filter(|l| !l.contains("F_GETFD"))
+        .filter(|l| {
+            !["exit_group(", "sigaltstack(", "munmap(", "+++"]
+                .iter()
+                .any(|p| l.starts_with(p))
+        })
+        // Syslog's socket differs between machines (none, or a daemon).
+        .filter(|l| {
+            !["socket(", "connect(", "sendto(", "sendmsg("]
+                .iter()
+                .any(|p| l.starts_with(p))
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+/// What each start costs in syscalls, beyond what any process costs: a
+/// budget, so an added lookup shows. Nothing to do: the root, the policy,
+/// the config (open, fstat, two reads, close) and the state; every file
+/// under a temp root is looked up from one descriptor of the root.
+#[test]
+fn syscall_budget_per_start() {
+    for (build, settle, budget) in [
+        (shapes::nothing as fn(&Path) -> _, false, 9),
+        (shapes::typical, false, 165),
+        (shapes::typical, true, 50),
+    ] {
+        let dir = root_with(build);
+        let root = dir.path().join("r");
+        if settle {
+            assert!(trace(&root, &[shapes::VMID, "pre-start"]).status.success());
+        }
+        let calls = own_syscalls(&root, &[shapes::VMID, "pre-start"]);
+        let names: Vec<&str> = calls
+            .iter()
+            .map(|c| c.split('(').next().unwrap_or(""))
+            .collect();
+        eprintln!("{} syscalls: {names:?}", names.len());
+        assert!(
+            calls.len() <= budget,
+            "{} syscalls, the budget is {budget}: {names:?}",
+            calls.len()
+        );
+        let root_opens = calls
+            .iter()
+            .filter(|c| c.starts_with(&format!("openat(AT_FDCWD, \"{}\"", root.display())))
+            .count();
+        assert_eq!(root_opens, 1, "the root is opened once: {calls:#?}");
+    }
+}
+
 #[test]
 fn strace_lines_parse_into_calls() {
     let log = r#"41    openat(AT_FDCWD, "/r/etc/pve/lxc/105.conf", O_RDONLY|O_CLOEXEC) = 3

@@ -335,6 +335,13 @@ impl DirEntry {
     /// Creates `name`, which must not exist, for writing (`O_EXCL`, never
     /// through a symlink).
     pub fn create_new(&self, name: &OsStr, mode: u32) -> Result<File> {
+        self.try_create_new(name, mode)
+            .map_err(io_err)
+            .with_context(|| format!("{}: cannot create", self.sibling_path(name).display()))
+    }
+
+    /// [`DirEntry::create_new`] with the bare errno (`EEXIST`).
+    pub fn try_create_new(&self, name: &OsStr, mode: u32) -> Result<File, Errno> {
         openat(
             &self.dir,
             name,
@@ -342,8 +349,6 @@ impl DirEntry {
             Mode::from_bits_truncate(mode),
         )
         .map(File::from)
-        .map_err(io_err)
-        .with_context(|| format!("{}: cannot create", self.sibling_path(name).display()))
     }
 
     /// Opens `name` for reading, never through a symlink and never
@@ -404,14 +409,21 @@ pub fn open_parent(paths: &Paths, path: &Path) -> Result<DirEntry> {
 /// `/etc/pve/lxc/105.conf` lands in `/etc/pve/nodes/<node>/lxc`, and a
 /// dangling link is written where it points.
 pub fn resolve_write_target(paths: &Paths, path: &Path) -> Result<DirEntry> {
+    Ok(resolve_write_target_stat(paths, path)?.0)
+}
+
+/// [`resolve_write_target`] with the target's `lstat` (not a link), or
+/// `None` when it does not exist yet: one lookup for both.
+fn resolve_write_target_stat(paths: &Paths, path: &Path) -> Result<(DirEntry, Option<FileStat>)> {
     let mut current = path.to_path_buf();
     for _ in 0..=MAX_LINKS {
         let entry = open_parent(paths, &current)?;
-        let is_link = entry
-            .stat(&entry.name)?
+        let st = entry.stat(&entry.name)?;
+        let is_link = st
+            .as_ref()
             .is_some_and(|st| st.st_mode & SFlag::S_IFMT.bits() == SFlag::S_IFLNK.bits());
         if !is_link {
-            return Ok(entry);
+            return Ok((entry, st));
         }
         let target = PathBuf::from(
             readlinkat(&entry.dir, entry.name.as_os_str())
@@ -536,16 +548,22 @@ pub fn replace_file_with(
     durability: Durability,
     before_rename: impl FnOnce(&DirEntry) -> Result<()>,
 ) -> Result<()> {
-    let target = resolve_write_target(paths, path)?;
-    let old = target.stat(target.name())?;
+    let (target, old) = resolve_write_target_stat(paths, path)?;
     if let Some(st) = &old {
         require_regular(target.path(), st.st_mode)?;
     }
     let mode = old.as_ref().map_or(new_mode, |st| st.st_mode & 0o7777);
     let tmp = target.sibling(&format!(".tmp.{}", std::process::id()));
-    // A leftover from a crashed run with our pid.
-    target.remove(&tmp)?;
-    let file = target.create_new(&tmp, 0o600)?;
+    let file = match target.try_create_new(&tmp, 0o600) {
+        // A leftover from a crashed run with our pid.
+        Err(Errno::EEXIST) => {
+            target.remove(&tmp)?;
+            target.create_new(&tmp, 0o600)?
+        }
+        r => r
+            .map_err(io_err)
+            .with_context(|| format!("{}: cannot create", target.sibling_path(&tmp).display()))?,
+    };
     let result = write_temp_and_rename(
         &target,
         file,
@@ -654,6 +672,17 @@ mod tests {
             1,
             "no temp file left"
         );
+    }
+
+    #[test]
+    fn a_leftover_temp_file_with_our_pid_is_replaced() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("f");
+        let tmp = d.path().join(format!("f.tmp.{}", std::process::id()));
+        fs::write(&tmp, "from a crashed run").unwrap();
+        replace_file(&real(), &p, b"new", 0o644, Durability::Volatile).unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"new");
+        assert!(!tmp.exists());
     }
 
     #[test]
