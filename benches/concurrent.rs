@@ -23,7 +23,7 @@ use std::process::Command;
 
 use support::launch::{at_once, lock_waits, pre_start_argv, Ended};
 use support::shapes::{self, ManyCt};
-use support::stats::{fmt_time, percentile};
+use support::stats::{fmt_bytes, fmt_time, percentile};
 
 /// DESIGN.md Targets: p99 per start.
 const TARGET_P99_S: f64 = 0.1;
@@ -150,6 +150,7 @@ fn main() -> io::Result<()> {
     let root = work.path().join("root");
 
     let mut walls = Vec::new();
+    let mut peak_rss: u64 = 0;
     let mut round_walls = Vec::new();
     // Per start: all waits summed; per lock kind: every wait.
     let mut waits_per_start = Vec::new();
@@ -172,6 +173,7 @@ fn main() -> io::Result<()> {
         round_walls.push(ended.iter().map(|e| e.wall_s).fold(0.0, f64::max));
         for e in &ended {
             walls.push(e.wall_s);
+            peak_rss = peak_rss.max(e.maxrss_bytes);
             let waits = lock_waits(&e.stderr);
             waits_per_start.push(waits.iter().map(|(_, s)| s).sum::<f64>());
             for (name, s) in waits {
@@ -280,7 +282,9 @@ fn main() -> io::Result<()> {
     let _ = writeln!(
         t,
         "\nsubid files after every round: well-formed, every needed range exactly once: yes \
-         ({rounds} rounds). {syncs_text}."
+         ({rounds} rounds). {syncs_text}. Peak RSS of any start: {} (`wait4`'s, an upper \
+         bound: it counts the forked launcher's pages too).",
+        fmt_bytes(peak_rss as f64)
     );
     print!("{t}");
     if let Some(dir) = std::env::var_os("BENCH_OUT") {

@@ -38,6 +38,14 @@ fn many_first_starts_at_once_keep_every_subid_line() {
     let ended = launch::at_once(&argvs, &env).unwrap();
     for e in &ended {
         assert_eq!(e.code, 0, "{}: {}", cts[e.index].vmid, e.stderr);
+        // DESIGN.md's peak RSS, for this debug build too (the release
+        // build uses less): the holder reads every waiting start's want.
+        assert!(
+            e.maxrss_bytes < 8 << 20,
+            "{}: peak RSS {} bytes",
+            cts[e.index].vmid,
+            e.maxrss_bytes
+        );
     }
     for ct in &cts {
         let conf =

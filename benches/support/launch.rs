@@ -20,6 +20,8 @@ pub struct Ended {
     pub wall_s: f64,
     /// The exit code, or 128 + the signal.
     pub code: i32,
+    /// Peak RSS from `wait4`'s rusage, in bytes.
+    pub maxrss_bytes: u64,
     pub stderr: String,
 }
 
@@ -86,8 +88,11 @@ pub fn at_once(argvs: &[Vec<Vec<u8>>], env: &[(&str, &[u8])]) -> io::Result<Vec<
     let mut ended = Vec::new();
     while ended.len() < pids.len() {
         let mut status = 0;
-        // SAFETY: `status` is valid for writes; -1 waits for any child.
-        let pid = unsafe { libc::wait4(-1, &mut status, 0, std::ptr::null_mut()) };
+        // SAFETY: an all-zero rusage is a valid value of this plain C struct.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: `status` and `ru` are valid for writes; -1 waits for any
+        // child.
+        let pid = unsafe { libc::wait4(-1, &mut status, 0, &mut ru) };
         let wall_s = t0.elapsed().as_secs_f64();
         if pid < 0 {
             return Err(io::Error::last_os_error());
@@ -104,6 +109,7 @@ pub fn at_once(argvs: &[Vec<Vec<u8>>], env: &[(&str, &[u8])]) -> io::Result<Vec<
             index,
             wall_s,
             code,
+            maxrss_bytes: u64::try_from(ru.ru_maxrss).unwrap_or(0) * 1024,
             stderr: String::new(),
         });
     }
