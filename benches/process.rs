@@ -4,7 +4,11 @@
 //!
 //! `cargo bench --bench process` after `cargo build --release --example
 //! floor`; `scripts/bench.sh` does both. Environment: `BENCH_ROUNDS` (default
-//! 500), `BENCH_OUT` (a directory for `process.md`).
+//! 500), `BENCH_OUT` (a directory for `process.md`), `BENCH_SHAPES` (a comma
+//! list of shape ids to run, the floor always runs), `BENCH_BASELINE` (another
+//! build of the binary: each shape runs with it too, interleaved, as a
+//! `[baseline]` row: before/after on one loaded machine) and
+//! `BENCH_BASELINE_FLOOR` (that build's floor).
 
 mod support;
 
@@ -21,7 +25,8 @@ use support::stats::{fmt_bytes, fmt_time, summary};
 
 const MIB: f64 = 1024.0 * 1024.0;
 /// DESIGN.md Targets.
-const TARGET_NOTHING_S: f64 = 1e-3;
+const TARGET_NOTHING_X: f64 = 1.25;
+const TARGET_TYPICAL_X: f64 = 1.75;
 const TARGET_TYPICAL_S: f64 = 3e-3;
 const TARGET_BINARY_BYTES: f64 = 3.0 * MIB;
 const TARGET_RSS_BYTES: f64 = 8.0 * MIB;
@@ -96,21 +101,23 @@ struct Shape {
     tmpfs: bool,
     /// Run in every `every`-th round.
     every: usize,
-    target_s: Option<f64>,
+    target: Option<Target>,
     /// Files (relative to the root) the run must change for the numbers to
     /// mean what the row says; empty: the run must change nothing.
     must_change: &'static [&'static str],
 }
 
+const FLOOR: &str = "floor";
+
 const SHAPES: &[Shape] = &[
     Shape {
-        id: "floor",
+        id: FLOOR,
         name: "floor (static binary that only exits)",
         build: None,
         settle: false,
         tmpfs: false,
         every: 1,
-        target_s: None,
+        target: None,
         must_change: &[],
     },
     Shape {
@@ -120,7 +127,7 @@ const SHAPES: &[Shape] = &[
         settle: false,
         tmpfs: false,
         every: 1,
-        target_s: Some(TARGET_NOTHING_S),
+        target: Some(Target::Floor(TARGET_NOTHING_X)),
         must_change: &[],
     },
     Shape {
@@ -130,7 +137,7 @@ const SHAPES: &[Shape] = &[
         settle: false,
         tmpfs: false,
         every: 1,
-        target_s: None,
+        target: None,
         must_change: &[],
     },
     Shape {
@@ -140,7 +147,7 @@ const SHAPES: &[Shape] = &[
         settle: false,
         tmpfs: false,
         every: 1,
-        target_s: Some(TARGET_TYPICAL_S),
+        target: Some(Target::Under(TARGET_TYPICAL_S)),
         must_change: &["etc/subgid"],
     },
     Shape {
@@ -150,7 +157,7 @@ const SHAPES: &[Shape] = &[
         settle: false,
         tmpfs: false,
         every: 1,
-        target_s: None,
+        target: None,
         must_change: &["etc/pve/lxc/105.conf"],
     },
     Shape {
@@ -160,7 +167,7 @@ const SHAPES: &[Shape] = &[
         settle: false,
         tmpfs: true,
         every: 1,
-        target_s: None,
+        target: Some(Target::Floor(TARGET_TYPICAL_X)),
         must_change: &["etc/subgid"],
     },
     Shape {
@@ -170,7 +177,7 @@ const SHAPES: &[Shape] = &[
         settle: true,
         tmpfs: false,
         every: 1,
-        target_s: None,
+        target: None,
         must_change: &[],
     },
     Shape {
@@ -180,7 +187,7 @@ const SHAPES: &[Shape] = &[
         settle: false,
         tmpfs: false,
         every: 4,
-        target_s: None,
+        target: None,
         must_change: &["etc/subgid", "etc/subuid"],
     },
     Shape {
@@ -190,13 +197,49 @@ const SHAPES: &[Shape] = &[
         settle: false,
         tmpfs: true,
         every: 4,
-        target_s: None,
+        target: None,
         must_change: &["etc/subgid", "etc/subuid"],
     },
 ];
 
+/// A DESIGN.md target on a shape's median.
+#[derive(Clone, Copy)]
+enum Target {
+    /// Under this many seconds.
+    Under(f64),
+    /// At most this many times the floor's median.
+    Floor(f64),
+}
+
+impl Target {
+    fn limit_s(self, floor: f64) -> f64 {
+        match self {
+            Target::Under(s) => s,
+            Target::Floor(x) => x * floor,
+        }
+    }
+
+    fn met(self, median: f64, floor: f64) -> bool {
+        match self {
+            Target::Under(s) => median < s,
+            Target::Floor(x) => median <= x * floor,
+        }
+    }
+
+    fn show(self) -> String {
+        match self {
+            Target::Under(s) => format!("< {}", fmt_time(s)),
+            Target::Floor(x) => format!("≤ {x:.2}× floor"),
+        }
+    }
+}
+
 struct Prepared<'a> {
     shape: &'a Shape,
+    /// The binary this row runs.
+    bin: PathBuf,
+    /// A `BENCH_BASELINE` row: shown, never judged.
+    baseline: bool,
     template: Option<PathBuf>,
     root: Option<PathBuf>,
     written: Vec<PathBuf>,
@@ -302,6 +345,59 @@ fn check(
     Ok((written, problem))
 }
 
+/// Builds the shape's template and root under `base` (once per binary: a
+/// second-start template is made by that binary) and checks its first run.
+fn prepare<'a>(
+    shape: &'a Shape,
+    bin: &Path,
+    baseline: bool,
+    base: Option<&Path>,
+    tag: &str,
+) -> io::Result<Prepared<'a>> {
+    let mut p = Prepared {
+        shape,
+        bin: bin.to_path_buf(),
+        baseline,
+        template: None,
+        root: None,
+        written: Vec::new(),
+        problem: None,
+        samples: Vec::new(),
+        syncs: None,
+    };
+    let Some(build) = shape.build else {
+        return Ok(p);
+    };
+    let Some(base) = base else {
+        p.problem = Some("no tmpfs at /dev/shm".into());
+        return Ok(p);
+    };
+    let template = base.join(format!("{tag}.template"));
+    let root = base.join(format!("{tag}.root"));
+    build(&template)?;
+    if shape.settle {
+        // The first start; what it leaves is the template.
+        let out = Command::new(bin)
+            .args([shapes::VMID, "pre-start"])
+            .env("PCT_PASSTHROUGH_ROOT", &template)
+            .stdin(Stdio::null())
+            .output()?;
+        if !out.status.success() {
+            p.problem = Some(format!(
+                "first start failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+    }
+    let (written, problem) = check(bin, &template, &root, shape.must_change)?;
+    p.syncs = count_syncs(bin, &template, &root)?;
+    p.written = written;
+    p.problem = p.problem.or(problem);
+    p.template = Some(template);
+    p.root = Some(root);
+    Ok(p)
+}
+
 fn main() -> io::Result<()> {
     let bin = std::env::var_os("BENCH_BIN")
         .map(PathBuf::from)
@@ -309,12 +405,29 @@ fn main() -> io::Result<()> {
     let floor = std::env::var_os("BENCH_FLOOR")
         .map(PathBuf::from)
         .unwrap_or_else(|| bin.with_file_name("examples").join("floor"));
-    if !floor.exists() {
-        eprintln!(
-            "{}: not found; build it first: cargo build --release --example floor",
-            floor.display()
-        );
-        std::process::exit(2);
+    let baseline = std::env::var_os("BENCH_BASELINE").map(PathBuf::from);
+    let baseline_floor = std::env::var_os("BENCH_BASELINE_FLOOR").map(PathBuf::from);
+    for b in [Some(&floor), baseline.as_ref(), baseline_floor.as_ref()]
+        .into_iter()
+        .flatten()
+    {
+        if !b.exists() {
+            eprintln!(
+                "{}: not found; build it first: cargo build --release --example floor",
+                b.display()
+            );
+            std::process::exit(2);
+        }
+    }
+    let only: Option<Vec<String>> = std::env::var("BENCH_SHAPES")
+        .ok()
+        .map(|s| s.split(',').map(|id| id.trim().to_string()).collect());
+    if let Some(ids) = &only {
+        if let Some(bad) = ids.iter().find(|id| !SHAPES.iter().any(|s| s.id == *id)) {
+            let known: Vec<&str> = SHAPES.iter().map(|s| s.id).collect();
+            eprintln!("BENCH_SHAPES: no shape '{bad}'; known: {}", known.join(","));
+            std::process::exit(2);
+        }
     }
     let rounds: usize = std::env::var("BENCH_ROUNDS")
         .ok()
@@ -327,53 +440,32 @@ fn main() -> io::Result<()> {
 
     let mut prepared = Vec::new();
     for (i, shape) in SHAPES.iter().enumerate() {
-        let mut p = Prepared {
-            shape,
-            template: None,
-            root: None,
-            written: Vec::new(),
-            problem: None,
-            samples: Vec::new(),
-            syncs: None,
-        };
-        if let Some(build) = shape.build {
-            let base = match (&shm, shape.tmpfs) {
-                (_, false) => work.path(),
-                (Some(shm), true) => shm.path(),
-                (None, true) => {
-                    p.problem = Some("no tmpfs at /dev/shm".into());
-                    prepared.push(p);
-                    continue;
-                }
-            };
-            let template = base.join(format!("{i}.template"));
-            let root = base.join(format!("{i}.root"));
-            build(&template)?;
-            if shape.settle {
-                // The first start; what it leaves is the template.
-                let out = Command::new(&bin)
-                    .args([shapes::VMID, "pre-start"])
-                    .env("PCT_PASSTHROUGH_ROOT", &template)
-                    .stdin(Stdio::null())
-                    .output()?;
-                if !out.status.success() {
-                    p.problem = Some(format!(
-                        "first start failed: {}",
-                        String::from_utf8_lossy(&out.stderr).trim()
-                    ));
-                }
-            }
-            let (written, problem) = check(&bin, &template, &root, shape.must_change)?;
-            p.syncs = count_syncs(&bin, &template, &root)?;
-            p.written = written;
-            p.problem = p.problem.or(problem);
-            p.template = Some(template);
-            p.root = Some(root);
+        let wanted = shape.id == FLOOR
+            || only
+                .as_ref()
+                .is_none_or(|ids| ids.iter().any(|id| id == shape.id));
+        if !wanted {
+            continue;
         }
-        prepared.push(p);
+        let base = match (&shm, shape.tmpfs) {
+            (_, false) => Some(work.path()),
+            (Some(shm), true) => Some(shm.path()),
+            (None, true) => None,
+        };
+        let (bin_a, floor_a) = (&bin, &floor);
+        let mine = if shape.id == FLOOR { floor_a } else { bin_a };
+        prepared.push(prepare(shape, mine, false, base, &i.to_string())?);
+        let theirs = match (shape.id == FLOOR, &baseline, &baseline_floor) {
+            (true, _, Some(f)) => Some(f),
+            (false, Some(b), _) => Some(b),
+            _ => None,
+        };
+        if let Some(theirs) = theirs {
+            prepared.push(prepare(shape, theirs, true, base, &format!("{i}.b"))?);
+        }
     }
 
-    eprintln!("bench: {rounds} rounds over {} shapes", SHAPES.len());
+    eprintln!("bench: {rounds} rounds over {} rows", prepared.len());
     for r in 0..rounds {
         for p in prepared.iter_mut() {
             if r % p.shape.every != 0 || (p.shape.build.is_some() && p.template.is_none()) {
@@ -385,9 +477,9 @@ fn main() -> io::Result<()> {
                     if !p.written.is_empty() {
                         reset(t, root)?;
                     }
-                    run_once(&bin, &[shapes::VMID, "pre-start"], Some(root))?
+                    run_once(&p.bin, &[shapes::VMID, "pre-start"], Some(root))?
                 }
-                _ => run_once(&floor, &[], None)?,
+                _ => run_once(&p.bin, &[], None)?,
             };
             p.samples.push(s);
         }
@@ -410,12 +502,13 @@ fn main() -> io::Result<()> {
     Ok(())
 }
 
-/// The median wall time of shape `id`, or why there is none.
+/// The median wall time of shape `id` (this build's row), or why there is
+/// none.
 fn median_of(prepared: &[Prepared], id: &str) -> Result<f64, String> {
     let p = prepared
         .iter()
-        .find(|p| p.shape.id == id)
-        .ok_or_else(|| format!("no shape {id}"))?;
+        .find(|p| p.shape.id == id && !p.baseline)
+        .ok_or_else(|| format!("not measured: shape {id} not run (BENCH_SHAPES)"))?;
     if let Some(problem) = &p.problem {
         return Err(format!("not measured: {problem}"));
     }
@@ -429,43 +522,65 @@ fn median_of(prepared: &[Prepared], id: &str) -> Result<f64, String> {
 fn target_rows(prepared: &[Prepared], floor: f64, size: f64, peak_rss: f64) -> String {
     let yes = |b: bool| if b { "yes" } else { "**no**" };
     let mut t = String::new();
+    let nothing =
+        format!("pre-start with nothing to do: median at most {TARGET_NOTHING_X:.2}× the floor");
     match median_of(prepared, "nothing") {
         Ok(m) => {
             let _ = writeln!(
                 t,
-                "| pre-start with nothing to do: median under 1 ms | {} ({:.2}× the floor) | {} | |",
+                "| {nothing} | {} = {:.2}× the floor ({}) | {} | side by side in one run |",
                 fmt_time(m),
                 m / floor,
-                yes(m < TARGET_NOTHING_S)
+                fmt_time(floor),
+                yes(m <= TARGET_NOTHING_X * floor)
             );
         }
         Err(e) => {
-            let _ = writeln!(
-                t,
-                "| pre-start with nothing to do: median under 1 ms | - | **no** | {e} |"
-            );
+            let _ = writeln!(t, "| {nothing} | - | **no** | {e} |");
         }
     }
+    let tmpfs = format!(
+        "typical first start (one device, GID 20, subgid append), root on tmpfs: median at \
+         most {TARGET_TYPICAL_X:.2}× the floor"
+    );
+    match median_of(prepared, "typical-tmpfs") {
+        Ok(m) => {
+            let _ = writeln!(
+                t,
+                "| {tmpfs} | {} = {:.2}× the floor | {} | the tool's own cost, fsync free |",
+                fmt_time(m),
+                m / floor,
+                yes(m <= TARGET_TYPICAL_X * floor)
+            );
+        }
+        Err(e) => {
+            let _ = writeln!(t, "| {tmpfs} | - | **no** | {e} |");
+        }
+    }
+    let disk = "typical first start, root on the temp roots' disk: median under 3 ms";
+    let syncs = prepared
+        .iter()
+        .find(|p| p.shape.id == "typical" && !p.baseline)
+        .and_then(|p| p.syncs)
+        .map_or(String::new(), |n| format!("{n} fsyncs; "));
     match median_of(prepared, "typical") {
         Ok(m) => {
             let note = match median_of(prepared, "typical-tmpfs") {
-                Ok(own) if m >= TARGET_TYPICAL_S => format!(
-                    "with the root on tmpfs (fsync free) it takes {}: the rest is the fsyncs \
-                     of its atomic replaces on this machine's disk",
+                Ok(own) => format!(
+                    "{syncs}{} of it is the tool's own (tmpfs), the rest the disk's flushes",
                     fmt_time(own)
                 ),
-                Ok(own) => format!("{} with the root on tmpfs", fmt_time(own)),
-                Err(e) => e,
+                Err(e) => format!("{syncs}{e}"),
             };
             let _ = writeln!(
                 t,
-                "| typical inject (one device, GID 20, subgid edit): median under 3 ms | {} | {} | {note} |",
+                "| {disk} | {} | {} | {note} |",
                 fmt_time(m),
                 yes(m < TARGET_TYPICAL_S)
             );
         }
         Err(e) => {
-            let _ = writeln!(t, "| typical inject (one device, GID 20, subgid edit): median under 3 ms | - | **no** | {e} |");
+            let _ = writeln!(t, "| {disk} | - | **no** | {e} |");
         }
     }
     let _ = writeln!(
@@ -481,13 +596,13 @@ fn target_rows(prepared: &[Prepared], floor: f64, size: f64, peak_rss: f64) -> S
 }
 
 fn render(prepared: &[Prepared], bin: &Path, rounds: usize) -> io::Result<String> {
-    let floor = summary(
-        &prepared[0]
-            .samples
+    let floor_of = |baseline: bool| {
+        prepared
             .iter()
-            .map(|s| s.wall_s)
-            .collect::<Vec<_>>(),
-    );
+            .find(|p| p.shape.id == FLOOR && p.baseline == baseline)
+            .map(|p| summary(&p.samples.iter().map(|s| s.wall_s).collect::<Vec<_>>()).median)
+    };
+    let floor = floor_of(false).expect("the floor always runs");
     let mut t = String::new();
     let _ = writeln!(
         t,
@@ -502,19 +617,29 @@ fn render(prepared: &[Prepared], bin: &Path, rounds: usize) -> io::Result<String
     t.push_str("|---|---:|---:|---:|---:|---:|---:|---|---:|---|---|\n");
     let mut peak_rss: f64 = 0.0;
     for p in prepared {
+        let name = if p.baseline {
+            format!("{} [baseline]", p.shape.name)
+        } else {
+            p.shape.name.to_string()
+        };
         if p.samples.is_empty() {
             let why = p.problem.as_deref().unwrap_or("no runs");
             let _ = writeln!(
                 t,
-                "| {} | 0 | - | - | - | - | - | - | - | - | not measured: {why} |",
-                p.shape.name
+                "| {name} | 0 | - | - | - | - | - | - | - | - | not measured: {why} |"
             );
             continue;
         }
+        // A baseline row is compared with its own floor when there is one.
+        let floor = if p.baseline {
+            floor_of(true).unwrap_or(floor)
+        } else {
+            floor
+        };
         let wall = summary(&p.samples.iter().map(|s| s.wall_s).collect::<Vec<_>>());
         let rss = p.samples.iter().map(|s| s.maxrss_bytes).fold(0.0, f64::max);
         let failed = p.samples.iter().filter(|s| !s.ok).count();
-        if p.template.is_some() {
+        if p.template.is_some() && !p.baseline {
             peak_rss = peak_rss.max(rss);
         }
         let written = if p.template.is_none() {
@@ -529,35 +654,40 @@ fn render(prepared: &[Prepared], bin: &Path, rounds: usize) -> io::Result<String
                 .join(" ")
         };
         let syncs = p.syncs.map_or("-".to_string(), |n| n.to_string());
-        let (target, met) = match p.shape.target_s {
+        let (target, met) = match p.shape.target.filter(|_| !p.baseline) {
             None => ("-".to_string(), "-".to_string()),
             Some(ts) => {
                 let met = if let Some(problem) = &p.problem {
                     format!("not measured: {problem}")
                 } else if failed > 0 {
                     format!("no: {failed} run(s) failed")
-                } else if wall.median < ts {
+                } else if ts.met(wall.median, floor) {
                     "yes".to_string()
                 } else {
                     "no".to_string()
                 };
-                (format!("< {}", fmt_time(ts)), met)
+                let shown = match ts {
+                    Target::Under(_) => ts.show(),
+                    Target::Floor(_) => {
+                        format!("{} = {}", ts.show(), fmt_time(ts.limit_s(floor)))
+                    }
+                };
+                (shown, met)
             }
         };
-        let note = match (&p.problem, p.shape.target_s) {
+        let note = match (&p.problem, p.shape.target) {
             (Some(problem), None) => format!(" ({problem})"),
-            _ if failed > 0 && p.shape.target_s.is_none() => format!(" ({failed} failed)"),
+            _ if failed > 0 && p.shape.target.is_none() => format!(" ({failed} failed)"),
             _ => String::new(),
         };
         let _ = writeln!(
             t,
-            "| {}{note} | {} | {} | {} | {} | {:.2} | {} | {written} | {syncs} | {target} | {met} |",
-            p.shape.name,
+            "| {name}{note} | {} | {} | {} | {} | {:.2} | {} | {written} | {syncs} | {target} | {met} |",
             wall.n,
             fmt_time(wall.median),
             fmt_time(wall.min),
             fmt_time(wall.max),
-            wall.median / floor.median,
+            wall.median / floor,
             fmt_bytes(rss),
         );
     }
@@ -565,7 +695,7 @@ fn render(prepared: &[Prepared], bin: &Path, rounds: usize) -> io::Result<String
     if let Some(dir) = std::env::var_os("BENCH_OUT") {
         fs::write(
             Path::new(&dir).join("targets-process.md"),
-            target_rows(prepared, floor.median, size, peak_rss),
+            target_rows(prepared, floor, size, peak_rss),
         )?;
     }
     let yes = |b: bool| if b { "yes" } else { "no" };

@@ -8,8 +8,11 @@
 # Needs root (device nodes in the temp roots) and, for the post-start
 # timings, what the e2e tests need (lxc, uidmap, busybox-static, cc).
 # BENCH_ROUNDS (default 500) sets the whole-process rounds, BENCH_E2E_ROUNDS
-# (default 5) the container starts; TMPDIR picks the filesystem the temp
-# roots live on. Under 5 minutes on 2 cores, build included.
+# (default 5) the container starts, BENCH_CONCURRENT (default 64) and
+# BENCH_CONCURRENT_ROUNDS (default 5) the starts at once and how often;
+# TMPDIR picks the filesystem the temp roots live on. Under 5 minutes on 2
+# cores, build included. The concurrent benchmark exits 1 (and so does this
+# script) when a start fails or a subid line is lost or doubled.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,6 +47,7 @@ export BENCH_BIN=$release/pct-passthrough
 export BENCH_FLOOR=$release/examples/floor
 export BENCH_OUT=$out
 cargo bench --quiet --bench process >/dev/null
+cargo bench --quiet --bench concurrent >/dev/null
 cargo bench --quiet --bench growth >/dev/null
 # post-start on real LXC (root, lxc, uidmap, busybox-static; serialized with
 # every other e2e run on the machine by the bed's lock).
@@ -72,9 +76,12 @@ tmpfs=$(df -PT "${TMPDIR:-/tmp}" | awk 'NR == 2 { print $2 }')
     echo
     echo "| DESIGN.md target | measured | met | note |"
     echo "|---|---|---|---|"
-    cat "$out/targets-process.md" "$out/targets-post-start.md" "$out/targets-replug.md" "$out/targets-growth.md"
+    cat "$out/targets-process.md" "$out/targets-concurrent.md" "$out/targets-post-start.md" \
+        "$out/targets-replug.md" "$out/targets-growth.md"
     echo
     cat "$out/process.md"
+    echo
+    cat "$out/concurrent.md"
     echo
     cat "$out/post_start.md"
     echo

@@ -4,6 +4,8 @@
 use std::fmt;
 use std::path::{Component, Path, PathBuf};
 
+use crate::sys::fs::RootFd;
+
 /// A Proxmox guest ID, 100 to 999999999.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Vmid(u32);
@@ -42,10 +44,22 @@ impl fmt::Display for Vmid {
 }
 
 /// Host paths, all under `root`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Paths {
     root: PathBuf,
+    /// The root's descriptor, opened on first use under a temp root; a
+    /// clone starts without one (see [`RootFd`]).
+    root_fd: RootFd,
 }
+
+/// Equal when the roots are: the cached descriptor is not part of it.
+impl PartialEq for Paths {
+    fn eq(&self, other: &Paths) -> bool {
+        self.root == other.root
+    }
+}
+
+impl Eq for Paths {}
 
 impl Paths {
     pub const ROOT_ENV: &'static str = "PCT_PASSTHROUGH_ROOT";
@@ -59,11 +73,19 @@ impl Paths {
     }
 
     pub fn with_root(root: impl Into<PathBuf>) -> Paths {
-        Paths { root: root.into() }
+        Paths {
+            root: root.into(),
+            root_fd: RootFd::default(),
+        }
     }
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// The cached root descriptor, for `sys::fs` only.
+    pub(crate) fn root_fd(&self) -> &RootFd {
+        &self.root_fd
     }
 
     pub fn is_real_root(&self) -> bool {

@@ -146,3 +146,41 @@ fn statistics() {
     assert_eq!(stats::fmt_time(3.25e-9), "3.2 ns");
     assert_eq!(stats::fmt_bytes(3.0 * 1024.0 * 1024.0), "3.00 MiB");
 }
+
+#[test]
+fn percentiles_are_measured_values() {
+    let xs: Vec<f64> = (1..=100).map(f64::from).collect();
+    assert_eq!(stats::percentile(&xs, 50.0), 50.0);
+    assert_eq!(stats::percentile(&xs, 99.0), 99.0);
+    assert_eq!(stats::percentile(&xs, 100.0), 100.0);
+    assert_eq!(stats::percentile(&[3.0, 1.0, 2.0], 99.0), 3.0);
+    assert_eq!(stats::percentile(&[3.0, 1.0, 2.0], 0.0), 1.0);
+}
+
+#[test]
+fn many_shape_has_a_stick_and_a_mix_of_groups_per_container() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let cts = shapes::many(dir.path(), 64).expect("needs root");
+    assert_eq!(cts.len(), 64);
+    let count = |gid: u32| cts.iter().filter(|c| c.gid == gid).count();
+    assert_eq!((count(20), count(44), count(27)), (16, 16, 16));
+    assert_eq!(cts.iter().filter(|c| c.gid >= 5000).count(), 16);
+    assert_eq!(cts.iter().filter(|c| c.uid.is_some()).count(), 8);
+    let mut links = std::collections::BTreeSet::new();
+    for ct in &cts {
+        let conf = PveConfig::parse(
+            &std::fs::read_to_string(dir.path().join(format!("etc/pve/lxc/{}.conf", ct.vmid)))
+                .unwrap(),
+        );
+        let mounts = conf.mount_entries();
+        assert_eq!(mounts.len(), 1);
+        let link = mounts[0].source.clone();
+        let node = std::fs::metadata(dir.path().join(link.trim_start_matches('/'))).unwrap();
+        assert_eq!(node.gid(), ct.gid, "{link}");
+        assert!(links.insert(link), "each container its own stick");
+        assert!(conf.userns());
+    }
+    // Before any start, the check finds what is missing.
+    assert!(shapes::check_many_subids(dir.path(), &cts).is_err());
+}

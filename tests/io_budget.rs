@@ -266,7 +266,7 @@ fn root_with(build: fn(&Path) -> std::io::Result<()>) -> tempfile::TempDir {
 }
 
 #[test]
-fn nothing_to_do_opens_only_config_and_policy_and_writes_nothing() {
+fn nothing_to_do_opens_only_config_policy_and_state_and_writes_nothing() {
     for build in [shapes::nothing, shapes::nothing_large] {
         nothing_to_do(build);
     }
@@ -280,8 +280,13 @@ fn nothing_to_do(build: fn(&Path) -> std::io::Result<()>) {
     assert_eq!(t.stderr, "", "a container with nothing to do is silent");
     assert_eq!(
         t.opened(),
-        set(&["/etc/pve/lxc/105.conf", "/etc/pve/pct-passthrough/105.toml"]),
-        "nothing to do: read the config and look for a policy, nothing else"
+        set(&[
+            "/etc/pve/lxc/105.conf",
+            "/etc/pve/pct-passthrough/105.toml",
+            "/etc/pve/pct-passthrough/105.state.json",
+            "/var/lib/pct-passthrough/105.json",
+        ]),
+        "nothing to do: read the config, look for a policy and the two state files, nothing else"
     );
     assert_eq!(t.mutations(), Vec::<&Call>::new());
     assert_eq!(t.spawns(), 0);
@@ -415,6 +420,92 @@ fn second_start_writes_nothing() {
             shapes::changed(&before, &shapes::files(&root).unwrap()),
             Vec::<std::path::PathBuf>::new()
         );
+    }
+}
+
+/// The syscalls of a run from its first look at the root (everything
+/// before is the Rust and libc runtime, the floor's own) to its exit,
+/// without the runtime's teardown and the debug build's descriptor checks
+/// (`fcntl F_GETFD` before each close).
+fn own_syscalls(root: &Path, args: &[&str]) -> Vec<String> {
+    let log = tempfile::NamedTempFile::new().expect("temp file");
+    let out = Command::new("strace")
+        .args(["-f", "-qq", "-o"])
+        .arg(log.path())
+        .arg(BIN)
+        .args(args)
+        .env("PCT_PASSTHROUGH_ROOT", root)
+        .output()
+        .expect("strace");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let root_s = root.to_str().expect("utf-8 temp path");
+    let text = std::fs::read_to_string(log.path()).expect("strace log");
+    let lines: Vec<&str> = text.lines().collect();
+    let first = lines
+        .iter()
+        .position(|l| l.contains(root_s))
+        .expect("the root is looked at");
+    lines[first..]
+        .iter()
+        .map(|l| {
+            l.trim_start_matches(|c: char| c.is_ascii_digit())
+                .trim_start()
+        })
+        .filter(|l| !l.contains("F_GETFD"))
+        .filter(|l| {
+            !["exit_group(", "sigaltstack(", "munmap(", "+++"]
+                .iter()
+                .any(|p| l.starts_with(p))
+        })
+        // Syslog's socket differs between machines (none, or a daemon).
+        .filter(|l| {
+            !["socket(", "connect(", "sendto(", "sendmsg("]
+                .iter()
+                .any(|p| l.starts_with(p))
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+/// What each start costs in syscalls, beyond what any process costs: a
+/// budget, so an added lookup shows. Nothing to do: the root, the policy,
+/// the config (open, fstat, two reads, close) and the state's two files
+/// (on `/etc/pve` and node-local); every file under a temp root is looked
+/// up from one descriptor of the root. A typical first start writes both
+/// state files, the subgid file under shadow's locks, the config and the
+/// generated config.
+#[test]
+fn syscall_budget_per_start() {
+    for (build, settle, budget) in [
+        (shapes::nothing as fn(&Path) -> _, false, 10),
+        (shapes::typical, false, 185),
+        (shapes::typical, true, 55),
+    ] {
+        let dir = root_with(build);
+        let root = dir.path().join("r");
+        if settle {
+            assert!(trace(&root, &[shapes::VMID, "pre-start"]).status.success());
+        }
+        let calls = own_syscalls(&root, &[shapes::VMID, "pre-start"]);
+        let names: Vec<&str> = calls
+            .iter()
+            .map(|c| c.split('(').next().unwrap_or(""))
+            .collect();
+        eprintln!("{} syscalls: {names:?}", names.len());
+        assert!(
+            calls.len() <= budget,
+            "{} syscalls, the budget is {budget}: {names:?}",
+            calls.len()
+        );
+        let root_opens = calls
+            .iter()
+            .filter(|c| c.starts_with(&format!("openat(AT_FDCWD, \"{}\"", root.display())))
+            .count();
+        assert_eq!(root_opens, 1, "the root is opened once: {calls:#?}");
     }
 }
 

@@ -319,3 +319,154 @@ pub fn changed(before: &[(PathBuf, Vec<u8>)], after: &[(PathBuf, Vec<u8>)]) -> V
     out.sort();
     out
 }
+
+/// One container of [`many`]: its VMID and what its start needs covered
+/// in `/etc/subuid` and `/etc/subgid`.
+#[derive(Debug, Clone)]
+pub struct ManyCt {
+    pub vmid: u32,
+    /// The stick's group on the host.
+    pub gid: u32,
+    /// A policy `idmap` uid, for some: a subuid append.
+    pub uid: Option<u32>,
+}
+
+/// The first VMID of [`many`].
+pub const MANY_FIRST_VMID: u32 = 200;
+/// A group `/etc/subgid` already gives root in [`many`]: no append.
+pub const MANY_COVERED_GID: u32 = 44;
+
+/// What [`many`] puts in the subid files before any start.
+pub const MANY_SUBUID: &str = "root:100000:65536\nuser1:165536:65536\n";
+pub const MANY_SUBGID: &str = "root:100000:65536\nuser1:165536:65536\nroot:44:1\n";
+
+/// The containers [`many`] makes: container `i` binds its own stick (its
+/// own by-id link and node `c 188:i`) whose group is, by `i % 4`: GID 20
+/// (dialout: one append all of them race for), a GID of its own (an append
+/// each), GID 44 (already covered: none), GID 27 (one shared append). Every
+/// eighth also has a policy `idmap` uid of its own (a subuid append).
+pub fn many_cts(n: usize) -> Vec<ManyCt> {
+    (0..n as u32)
+        .map(|i| ManyCt {
+            vmid: MANY_FIRST_VMID + i,
+            gid: match i % 4 {
+                0 => 20,
+                1 => 5000 + i,
+                2 => MANY_COVERED_GID,
+                _ => 27,
+            },
+            uid: (i % 8 == 7).then_some(6000 + i),
+        })
+        .collect()
+}
+
+/// `n` containers on one host, each with one stick: see [`many_cts`].
+pub fn many(root: &Path, n: usize) -> io::Result<Vec<ManyCt>> {
+    let cts = many_cts(n);
+    let sample = sample_host();
+    let conf = fs::read_to_string(sample.join("etc/pve/lxc/105.conf"))?;
+    let lxc = fs::read_to_string(sample.join("var/lib/lxc/105/config"))?;
+    write(root, "/etc/subuid", MANY_SUBUID)?;
+    write(root, "/etc/subgid", MANY_SUBGID)?;
+    fs::create_dir_all(root.join("dev/serial/by-id"))?;
+    for (i, ct) in cts.iter().enumerate() {
+        let node = format!("ttyUSB{i}");
+        let link = format!("/dev/serial/by-id/usb-Bench_Stick_{i:02}-if00-port0");
+        mknod_char(
+            &root.join("dev").join(&node),
+            nix::sys::stat::makedev(188, i as u64),
+            0o660,
+            0,
+            ct.gid,
+        )?;
+        symlink(
+            format!("../../{node}"),
+            root.join(link.trim_start_matches('/')),
+        )?;
+        let vmid = ct.vmid.to_string();
+        let swap = |text: &str| text.replace(STICK, &link).replace("105", &vmid);
+        write(root, &format!("/etc/pve/lxc/{vmid}.conf"), &swap(&conf))?;
+        write(root, &format!("/var/lib/lxc/{vmid}/config"), &swap(&lxc))?;
+        if let Some(uid) = ct.uid {
+            write(
+                root,
+                &format!("/etc/pve/pct-passthrough/{vmid}.toml"),
+                &format!("idmap = [\"uid {uid} {uid}\"]\n"),
+            )?;
+        }
+    }
+    Ok(cts)
+}
+
+/// Checks `/etc/subuid` and `/etc/subgid` under `root` after the starts of
+/// `cts`: every line well-formed (`name:start:count`, newline-terminated),
+/// the lines [`many`] put there kept in order at the top, no line twice,
+/// and every host ID a container needs given to root by exactly one line.
+pub fn check_many_subids(root: &Path, cts: &[ManyCt]) -> Result<(), String> {
+    let mut gids: Vec<u32> = cts.iter().map(|c| c.gid).collect();
+    let mut uids: Vec<u32> = cts.iter().filter_map(|c| c.uid).collect();
+    gids.sort_unstable();
+    gids.dedup();
+    uids.sort_unstable();
+    for (file, before, needed) in [
+        ("/etc/subuid", MANY_SUBUID, &uids),
+        ("/etc/subgid", MANY_SUBGID, &gids),
+    ] {
+        let text = read(root, file).map_err(|e| format!("{file}: {e}"))?;
+        check_subid_text(file, &text, before, needed)?;
+    }
+    Ok(())
+}
+
+/// [`check_many_subids`] for one file's text.
+pub fn check_subid_text(
+    file: &str,
+    text: &str,
+    before: &str,
+    needed: &[u32],
+) -> Result<(), String> {
+    if !text.is_empty() && !text.ends_with('\n') {
+        return Err(format!("{file}: the last line has no newline"));
+    }
+    if !text.starts_with(before) {
+        return Err(format!(
+            "{file}: the lines that were there are not kept at the top:\n{text}"
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut root_ranges = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let fields: Vec<&str> = line.split(':').collect();
+        let parsed = match fields.as_slice() {
+            [name, start, count] if !name.is_empty() => {
+                start.parse::<u64>().ok().zip(count.parse::<u64>().ok())
+            }
+            _ => None,
+        };
+        let Some((start, count)) = parsed.filter(|&(s, c)| c > 0 && s + c <= 1 << 32) else {
+            return Err(format!(
+                "{file} line {}: not name:start:count: {line:?}",
+                n + 1
+            ));
+        };
+        if !seen.insert(line) {
+            return Err(format!("{file} line {}: {line:?} is there twice", n + 1));
+        }
+        if fields[0] == "root" {
+            root_ranges.push((start, start + count));
+        }
+    }
+    for &id in needed {
+        let id = u64::from(id);
+        let covering = root_ranges
+            .iter()
+            .filter(|&&(s, e)| s <= id && id < e)
+            .count();
+        if covering != 1 {
+            return Err(format!(
+                "{file}: host ID {id} is given to root by {covering} lines, not exactly one:\n{text}"
+            ));
+        }
+    }
+    Ok(())
+}

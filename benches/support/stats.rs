@@ -72,3 +72,13 @@ pub fn nlogn_exponent(n1: f64, n2: f64) -> f64 {
     let f = |n: f64| n * n.max(2.0).ln();
     exponent(n1, f(n1), n2, f(n2))
 }
+
+/// The `p`-th percentile (0 to 100) of `xs`, nearest rank: a value that
+/// was measured. Panics on an empty slice.
+pub fn percentile(xs: &[f64], p: f64) -> f64 {
+    assert!(!xs.is_empty(), "no samples");
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * v.len() as f64).ceil() as usize;
+    v[rank.clamp(1, v.len()) - 1]
+}

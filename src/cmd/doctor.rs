@@ -217,7 +217,7 @@ fn container_checks(paths: &Paths, vmid: Vmid, subuid: &str, subgid: &str) -> Ve
     };
     let mut out = Vec::new();
     // pre-start's own decision: a refusal fails here with its message and fix.
-    let planned = next_start::plan(paths, vmid, &mut None);
+    let planned = next_start::plan(paths, vmid, &mut next_start::StateNotes::default());
     out.extend(next_start_checks(&id, &planned));
     let policy = io::read_policy(paths, vmid).ok().flatten();
     let state = io::load_state(paths, vmid);

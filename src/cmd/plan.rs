@@ -12,9 +12,9 @@ use crate::sys::log::Log;
 
 pub fn run(paths: &Paths, vmid: Vmid) -> u8 {
     let mut log = Log::new(vmid, "plan");
-    let mut state_problem = None;
-    let planned = next_start::plan(paths, vmid, &mut state_problem);
-    if let Some(p) = state_problem {
+    let mut notes = next_start::StateNotes::default();
+    let planned = next_start::plan(paths, vmid, &mut notes);
+    if let Some(p) = notes.problem {
         log.warn("state-ignored", p);
     }
     if let Planned::Decided(b) = &planned {

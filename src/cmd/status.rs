@@ -77,7 +77,7 @@ fn gather(paths: &Paths, vmid: Vmid) -> Result<Status> {
 
 /// pre-start's own decision, as `status` shows it.
 pub fn next_start(paths: &Paths, vmid: Vmid) -> NextStart {
-    let planned = next_start::plan(paths, vmid, &mut None);
+    let planned = next_start::plan(paths, vmid, &mut next_start::StateNotes::default());
     if let Some(r) = planned.refusal() {
         return NextStart {
             outcome: "refused",

@@ -127,7 +127,17 @@ impl StateFile {
 
 /// True when either state file exists.
 pub fn state_exists(paths: &Paths, vmid: Vmid) -> bool {
-    paths.cluster_state(vmid).exists() || paths.state(vmid).exists()
+    // In-root lookups (O_PATH opens), not `Path::exists`.
+    let present = |p: &std::path::Path| {
+        crate::sys::fs::open_host(
+            paths,
+            p,
+            nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .is_ok_and(|f| f.is_some())
+    };
+    present(&paths.cluster_state(vmid)) || present(&paths.state(vmid))
 }
 
 /// Reads the state with the one policy every phase and command shares:
@@ -289,12 +299,7 @@ pub fn update_state(
 /// `/etc/pve` (the first run of this release that reads it); the note says
 /// what happened, `None` when there was nothing to move.
 pub fn migrate_state(paths: &Paths, vmid: Vmid) -> Result<Option<String>> {
-    // Checked without opening anything: a container without a node file, or
-    // already with a cluster file, has nothing to move.
-    if !paths.state(vmid).exists()
-        || paths.cluster_state(vmid).exists()
-        || !load_state(paths, vmid).migrates
-    {
+    if !load_state(paths, vmid).migrates {
         return Ok(None);
     }
     if let Some(why) = cluster_read_only(paths) {

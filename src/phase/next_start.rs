@@ -71,6 +71,13 @@ fn gather(
     };
     // The mount hook runs as the container's root when it is user-namespaced.
     let unprivileged = conf.userns();
+    // Whether the container's root can run this binary costs a walk up its
+    // path: asked only when the first-boot step will want it.
+    let mount_hook_exe = if crate::model::firstboot::plan(&conf, state.as_ref()).is_some() {
+        crate::sys::proc::exe_for_mount_hook(unprivileged)
+    } else {
+        Err("no group setup before init is needed".into())
+    };
     let declared = device::declared(&conf, policy.as_ref());
     let devices = device::declared_paths(&declared)
         .into_iter()
@@ -98,7 +105,7 @@ fn gather(
             None
         },
         lxc_config: host_file(paths, paths.lxc_config(vmid))?,
-        mount_hook_exe: crate::sys::proc::exe_for_mount_hook(unprivileged),
+        mount_hook_exe,
         devices,
         pve_container,
         shift_exe: crate::sys::proc::exe_for_mount_hook(false),
@@ -114,8 +121,9 @@ pub fn input_refusal(e: anyhow::Error) -> Refusal {
 }
 
 /// Reads everything and decides, writing nothing: what pre-start would do
-/// now. `state_problem` receives why a state file was ignored.
-pub fn plan(paths: &Paths, vmid: Vmid, state_problem: &mut Option<String>) -> Planned {
+/// now. `notes` receives why a state file was ignored, and whether it
+/// still needs migrating.
+pub fn plan(paths: &Paths, vmid: Vmid, notes: &mut StateNotes) -> Planned {
     let inputs = match Inputs::read(paths, vmid) {
         Ok(i) => i,
         Err(r) => return Planned::Refused(r),
@@ -123,7 +131,17 @@ pub fn plan(paths: &Paths, vmid: Vmid, state_problem: &mut Option<String>) -> Pl
     if let Err(r) = inputs.chain(paths, vmid) {
         return Planned::Refused(r);
     }
-    plan_from(paths, vmid, inputs, state_problem)
+    plan_from(paths, vmid, inputs, notes)
+}
+
+/// What reading the state found besides the state itself.
+#[derive(Debug, Clone, Default)]
+pub struct StateNotes {
+    /// Why a state file was ignored.
+    pub problem: Option<String>,
+    /// A state of release 0.1 whose part that follows the container is still
+    /// in the node-local file (pre-start moves it).
+    pub migrates: bool,
 }
 
 /// What pre-start reads first, once: the policy and the config's text.
@@ -157,27 +175,23 @@ impl Inputs {
 }
 
 /// [`plan`] on inputs already read (and a chain already checked).
-pub fn plan_from(
-    paths: &Paths,
-    vmid: Vmid,
-    inputs: Inputs,
-    state_problem: &mut Option<String>,
-) -> Planned {
+pub fn plan_from(paths: &Paths, vmid: Vmid, inputs: Inputs, notes: &mut StateNotes) -> Planned {
     let Inputs { policy, conf_text } = inputs;
     if policy.as_ref().is_some_and(|(_, p)| !p.enabled) {
         return Planned::Disabled;
     }
-    // Whether there is anything to do shows in the main section: a container
-    // the tool leaves alone does not get its snapshots parsed, nor its state
-    // opened.
-    if policy.is_none()
-        && !io::state_exists(paths, vmid)
-        && !prestart::config_has_work(&PveConfig::parse(main_section(&conf_text)))
-    {
+    // Whether there is anything to do shows in the main section and the
+    // state (lines the tool owns must go): a container the tool leaves
+    // alone does not get its snapshots parsed, and its state is two failed
+    // in-root lookups, read once when it exists.
+    let work =
+        policy.is_some() || prestart::config_has_work(&PveConfig::parse(main_section(&conf_text)));
+    let state = io::load_state(paths, vmid);
+    if !work && !state.exists {
         return Planned::Idle;
     }
-    let state = io::load_state(paths, vmid);
-    *state_problem = state.problem.clone();
+    notes.problem = state.problem.clone();
+    notes.migrates = state.migrates;
     let conf = PveConfig::parse(&conf_text);
     match gather(paths, vmid, conf, policy, state.state) {
         Ok(facts) => {

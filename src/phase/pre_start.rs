@@ -5,7 +5,7 @@
 
 use anyhow::{anyhow, Context, Result};
 
-use super::next_start::{plan_from, Inputs, Planned};
+use super::next_start::{plan_from, Inputs, Planned, StateNotes};
 use super::{chain, io, Ctx};
 use crate::model::idmap::IdKind;
 use crate::model::prestart::{self, Decision, FileTarget, Refusal};
@@ -42,16 +42,16 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
             }
         }
     }
-    if !ctx.mode.dry_run() {
+    let mut notes = StateNotes::default();
+    let planned = plan_from(ctx.paths, ctx.vmid, inputs, &mut notes);
+    if notes.migrates && !ctx.mode.dry_run() {
         match io::migrate_state(ctx.paths, ctx.vmid) {
             Ok(Some(note)) => ctx.log.info("state-migrated", note),
             Ok(None) => {}
             Err(e) => ctx.log.warn("state-migrated", format!("{e:#}")),
         }
     }
-    let mut state_problem = None;
-    let planned = plan_from(ctx.paths, ctx.vmid, inputs, &mut state_problem);
-    if let Some(p) = state_problem {
+    if let Some(p) = notes.problem {
         ctx.log.warn("state-ignored", p);
     }
     let decision = match planned {

@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 
-use super::next_start::{plan, Planned};
+use super::next_start::{plan, Planned, StateNotes};
 use super::{io, Ctx};
 use crate::model::event::Event;
 use crate::model::prestart::FileTarget;
@@ -46,9 +46,9 @@ fn next_start_changes(planned: &Planned) -> Vec<String> {
 
 pub fn post_stop(ctx: &mut Ctx) -> Result<()> {
     let reboot = std::env::var("LXC_TARGET").is_ok_and(|t| t == "reboot");
-    let mut state_problem = None;
-    let planned = plan(ctx.paths, ctx.vmid, &mut state_problem);
-    if let Some(p) = state_problem {
+    let mut notes = StateNotes::default();
+    let planned = plan(ctx.paths, ctx.vmid, &mut notes);
+    if let Some(p) = notes.problem {
         ctx.log.audit(&Event::warn("state-ignored", p));
     }
     let state = io::load_state(ctx.paths, ctx.vmid);

@@ -12,9 +12,11 @@
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use anyhow::{anyhow, bail, Context, Result};
 use nix::errno::Errno;
@@ -91,6 +93,66 @@ fn open_root(paths: &Paths) -> Result<OwnedFd> {
     })
 }
 
+/// Bumped whenever this process closes descriptors it did not open itself
+/// ([`crate::sys::ns::close_fds_except`] in a forked child): a cached root
+/// descriptor from before may be closed, or its number reused.
+static FD_EPOCH: AtomicU64 = AtomicU64::new(0);
+
+/// Says that descriptors this process held may be gone: every cached root
+/// descriptor is forgotten (never closed: its number may be another file's
+/// now) and opened again on next use.
+pub fn descriptors_closed() {
+    FD_EPOCH.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The root's `O_PATH` descriptor for a [`Paths`] under a temp root, opened
+/// on first use and kept: every lookup under the root starts from it. A
+/// clone starts empty, so a clone made for a forked worker never shares a
+/// descriptor its parent may close; and one the process's descriptors were
+/// closed under ([`descriptors_closed`]) is opened again.
+#[derive(Default)]
+pub struct RootFd(Mutex<Option<(u64, OwnedFd)>>);
+
+impl Clone for RootFd {
+    fn clone(&self) -> RootFd {
+        RootFd::default()
+    }
+}
+
+impl std::fmt::Debug for RootFd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RootFd")
+    }
+}
+
+/// Runs `f` with the root's descriptor, opening it first if needed. `Ok(None)`
+/// when the root does not exist (it holds no files).
+fn with_root<R>(paths: &Paths, f: impl FnOnce(BorrowedFd) -> R) -> Result<Option<R>> {
+    let epoch = FD_EPOCH.load(Ordering::Relaxed);
+    let mut slot = paths
+        .root_fd()
+        .0
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if slot.as_ref().is_some_and(|(then, _)| *then != epoch) {
+        if let Some((_, stale)) = slot.take() {
+            // Closed already, or its number is someone else's now.
+            std::mem::forget(stale);
+        }
+    }
+    if slot.is_none() {
+        match open_root(paths) {
+            Ok(fd) => *slot = Some((epoch, fd)),
+            // A missing root holds no files: the same answer as a missing
+            // file under it.
+            Err(_) if !paths.root().exists() => return Ok(None),
+            Err(e) => return Err(e),
+        }
+    }
+    let (_, fd) = slot.as_ref().expect("opened above");
+    Ok(Some(f(fd.as_fd())))
+}
+
 /// Opens `path` (a full host path, root included) inside the root. The
 /// error is the bare errno, for callers that branch on `ENOENT`.
 fn open_raw(
@@ -102,18 +164,11 @@ fn open_raw(
     match in_root(paths, path)? {
         None => Ok(openat(nix::fcntl::AT_FDCWD, path, flags, mode)),
         Some(rel) => {
-            let root = match open_root(paths) {
-                Ok(fd) => fd,
-                // A missing root holds no files: the same answer as a
-                // missing file under it.
-                Err(_) if !paths.root().exists() => return Ok(Err(Errno::ENOENT)),
-                Err(e) => return Err(e),
-            };
             let how = OpenHow::new()
                 .flags(flags)
                 .mode(mode)
                 .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
-            Ok(openat2(&root, rel, how))
+            Ok(with_root(paths, |root| openat2(root, rel, how))?.unwrap_or(Err(Errno::ENOENT)))
         }
     }
 }
@@ -280,6 +335,13 @@ impl DirEntry {
     /// Creates `name`, which must not exist, for writing (`O_EXCL`, never
     /// through a symlink).
     pub fn create_new(&self, name: &OsStr, mode: u32) -> Result<File> {
+        self.try_create_new(name, mode)
+            .map_err(io_err)
+            .with_context(|| format!("{}: cannot create", self.sibling_path(name).display()))
+    }
+
+    /// [`DirEntry::create_new`] with the bare errno (`EEXIST`).
+    pub fn try_create_new(&self, name: &OsStr, mode: u32) -> Result<File, Errno> {
         openat(
             &self.dir,
             name,
@@ -287,8 +349,6 @@ impl DirEntry {
             Mode::from_bits_truncate(mode),
         )
         .map(File::from)
-        .map_err(io_err)
-        .with_context(|| format!("{}: cannot create", self.sibling_path(name).display()))
     }
 
     /// Opens `name` for reading, never through a symlink and never
@@ -349,14 +409,21 @@ pub fn open_parent(paths: &Paths, path: &Path) -> Result<DirEntry> {
 /// `/etc/pve/lxc/105.conf` lands in `/etc/pve/nodes/<node>/lxc`, and a
 /// dangling link is written where it points.
 pub fn resolve_write_target(paths: &Paths, path: &Path) -> Result<DirEntry> {
+    Ok(resolve_write_target_stat(paths, path)?.0)
+}
+
+/// [`resolve_write_target`] with the target's `lstat` (not a link), or
+/// `None` when it does not exist yet: one lookup for both.
+fn resolve_write_target_stat(paths: &Paths, path: &Path) -> Result<(DirEntry, Option<FileStat>)> {
     let mut current = path.to_path_buf();
     for _ in 0..=MAX_LINKS {
         let entry = open_parent(paths, &current)?;
-        let is_link = entry
-            .stat(&entry.name)?
+        let st = entry.stat(&entry.name)?;
+        let is_link = st
+            .as_ref()
             .is_some_and(|st| st.st_mode & SFlag::S_IFMT.bits() == SFlag::S_IFLNK.bits());
         if !is_link {
-            return Ok(entry);
+            return Ok((entry, st));
         }
         let target = PathBuf::from(
             readlinkat(&entry.dir, entry.name.as_os_str())
@@ -384,17 +451,32 @@ pub fn create_dir_all(paths: &Paths, dir: &Path) -> Result<()> {
         return std::fs::create_dir_all(dir)
             .with_context(|| format!("{}: cannot create", dir.display()));
     };
-    let root = open_root(paths)?;
     let how = || {
         OpenHow::new()
             .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
             .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS)
     };
+    let missing_root = || {
+        anyhow!(
+            "{}: cannot create: PCT_PASSTHROUGH_ROOT {} does not exist",
+            dir.display(),
+            paths.root().display()
+        )
+    };
+    // Usually it is there: one lookup.
+    match with_root(paths, |root| openat2(root, rel, how()))?.ok_or_else(missing_root)? {
+        Ok(_) => return Ok(()),
+        Err(Errno::ENOENT) => {}
+        Err(e) => {
+            return Err(io_err(e)).with_context(|| format!("{}: not a directory", dir.display()))
+        }
+    }
     let mut done = PathBuf::from(".");
     for c in rel.components() {
         match c {
             Component::Normal(n) => {
-                let parent = openat2(&root, &done, how())
+                let parent = with_root(paths, |root| openat2(root, &done, how()))?
+                    .ok_or_else(missing_root)?
                     .map_err(io_err)
                     .with_context(|| {
                         format!("{}: cannot open", paths.root().join(&done).display())
@@ -416,7 +498,8 @@ pub fn create_dir_all(paths: &Paths, dir: &Path) -> Result<()> {
             _ => {}
         }
     }
-    openat2(&root, &done, how())
+    with_root(paths, |root| openat2(root, &done, how()))?
+        .ok_or_else(missing_root)?
         .map(drop)
         .map_err(io_err)
         .with_context(|| format!("{}: not a directory", dir.display()))
@@ -484,16 +567,22 @@ pub fn replace_file_with(
     durability: Durability,
     before_rename: impl FnOnce(&DirEntry) -> Result<()>,
 ) -> Result<()> {
-    let target = resolve_write_target(paths, path)?;
-    let old = target.stat(target.name())?;
+    let (target, old) = resolve_write_target_stat(paths, path)?;
     if let Some(st) = &old {
         require_regular(target.path(), st.st_mode)?;
     }
     let mode = old.as_ref().map_or(new_mode, |st| st.st_mode & 0o7777);
     let tmp = target.sibling(&format!(".tmp.{}", std::process::id()));
-    // A leftover from a crashed run with our pid.
-    target.remove(&tmp)?;
-    let file = target.create_new(&tmp, 0o600)?;
+    let file = match target.try_create_new(&tmp, 0o600) {
+        // A leftover from a crashed run with our pid.
+        Err(Errno::EEXIST) => {
+            target.remove(&tmp)?;
+            target.create_new(&tmp, 0o600)?
+        }
+        r => r
+            .map_err(io_err)
+            .with_context(|| format!("{}: cannot create", target.sibling_path(&tmp).display()))?,
+    };
     let result = write_temp_and_rename(
         &target,
         file,
@@ -602,6 +691,17 @@ mod tests {
             1,
             "no temp file left"
         );
+    }
+
+    #[test]
+    fn a_leftover_temp_file_with_our_pid_is_replaced() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("f");
+        let tmp = d.path().join(format!("f.tmp.{}", std::process::id()));
+        fs::write(&tmp, "from a crashed run").unwrap();
+        replace_file(&real(), &p, b"new", 0o644, Durability::Volatile).unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"new");
+        assert!(!tmp.exists());
     }
 
     #[test]
@@ -765,6 +865,64 @@ mod tests {
             0,
             "nothing outside"
         );
+    }
+
+    fn cached_root_fd(paths: &Paths) -> Option<i32> {
+        use std::os::fd::AsRawFd;
+        let slot = paths.root_fd().0.lock().unwrap();
+        slot.as_ref().map(|(_, fd)| fd.as_raw_fd())
+    }
+
+    #[test]
+    fn the_root_is_opened_once_and_a_clone_opens_its_own() {
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join("f"), "x").unwrap();
+        let paths = Paths::with_root(d.path());
+        assert_eq!(cached_root_fd(&paths), None);
+        read_text(&paths, &d.path().join("f"), Limits::HOST_FILE).unwrap();
+        let fd = cached_root_fd(&paths).expect("cached");
+        read_text(&paths, &d.path().join("f"), Limits::HOST_FILE).unwrap();
+        assert_eq!(cached_root_fd(&paths), Some(fd), "kept, not reopened");
+        let clone = paths.clone();
+        assert_eq!(cached_root_fd(&clone), None, "a clone shares no descriptor");
+        assert_eq!(clone, paths);
+    }
+
+    /// As in a forked worker after `close_fds_except`: the cached number is
+    /// closed and reused by another file, which the tool must neither use
+    /// as the root nor close.
+    #[test]
+    fn a_root_fd_closed_under_the_cache_is_forgotten_not_reused() {
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join("f"), "root's file").unwrap();
+        let paths = Paths::with_root(d.path());
+        read_text(&paths, &d.path().join("f"), Limits::HOST_FILE).unwrap();
+        let fd = cached_root_fd(&paths).expect("cached");
+        // SAFETY: closes the cache's own descriptor, as close_fds_except
+        // would; the cache never closes it again (it is forgotten below).
+        assert_eq!(unsafe { libc::close(fd) }, 0);
+        let other = tempfile::tempdir().unwrap();
+        // Likely the same number, now another directory.
+        let taken = File::open(other.path()).unwrap();
+        // What close_fds_except says after closing (it would close this
+        // test harness's own descriptors too).
+        descriptors_closed();
+        let text = read_text(&paths, &d.path().join("f"), Limits::HOST_FILE).unwrap();
+        assert_eq!(text.as_deref(), Some("root's file"));
+        assert!(
+            nix::sys::stat::fstat(&taken).is_ok(),
+            "the other file's descriptor is still open"
+        );
+    }
+
+    #[test]
+    fn create_dir_all_in_a_missing_root_names_it() {
+        let d = tempfile::tempdir().unwrap();
+        let paths = Paths::with_root(d.path().join("gone"));
+        let e = create_dir_all(&paths, &d.path().join("gone/var/lib"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("does not exist"), "{e}");
     }
 
     #[test]

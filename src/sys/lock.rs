@@ -15,6 +15,25 @@ use nix::sys::stat::Mode;
 use crate::paths::Paths;
 use crate::sys::fs::{open_host, require_regular};
 
+/// Set to `1`: every lock taken prints how long it was waited for on
+/// stderr (`pct-passthrough: lock-wait <µs> us <path>`), for the benchmark
+/// of many starts at once (README, Benchmarks). Off by default: the task
+/// log never shows it.
+pub const LOCK_TIMING_ENV: &str = "PCT_PASSTHROUGH_LOCK_TIMING";
+
+/// Reports a lock's wait when [`LOCK_TIMING_ENV`] asks for it.
+pub fn report_wait(path: &Path, since: Instant) {
+    if std::env::var_os(LOCK_TIMING_ENV).is_some_and(|v| v == "1") {
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr().lock(),
+            "pct-passthrough: lock-wait {} us {}",
+            since.elapsed().as_micros(),
+            path.display()
+        );
+    }
+}
+
 /// Why a lock was not taken. Callers branch on `Busy`.
 #[derive(Debug)]
 pub enum LockError {
@@ -94,15 +113,29 @@ pub fn flock_exclusive(
     path: &Path,
     timeout: Duration,
 ) -> Result<FlockGuard, LockError> {
+    Ok(flock_exclusive_unless(paths, path, timeout, || false)?
+        .expect("never moot: the lock is taken or an error returned"))
+}
+
+/// [`flock_exclusive`], giving up without the lock (`Ok(None)`) once
+/// `moot()`, asked after every try that finds the lock busy, says the work
+/// it guards was done meanwhile by its holder.
+pub fn flock_exclusive_unless(
+    paths: &Paths,
+    path: &Path,
+    timeout: Duration,
+    mut moot: impl FnMut() -> bool,
+) -> Result<Option<FlockGuard>, LockError> {
     let file = open_lock_file(paths, path, OFlag::O_RDWR, 0o644).map_err(LockError::Io)?;
     let start = Instant::now();
     loop {
         match file.try_lock() {
             Ok(()) => {
-                return Ok(FlockGuard {
+                report_wait(path, start);
+                return Ok(Some(FlockGuard {
                     _file: file,
                     path: path.to_path_buf(),
-                })
+                }));
             }
             Err(fs::TryLockError::WouldBlock) => {}
             Err(fs::TryLockError::Error(e)) => {
@@ -110,6 +143,10 @@ pub fn flock_exclusive(
                     anyhow::Error::new(e).context(format!("{}: flock failed", path.display())),
                 ))
             }
+        }
+        if moot() {
+            report_wait(path, start);
+            return Ok(None);
         }
         if start.elapsed() >= timeout {
             return Err(LockError::Busy {

@@ -85,6 +85,7 @@ pub fn close_fds_except(keep: &[RawFd]) {
         first = k + 1;
     }
     close_span(first, u32::MAX);
+    crate::sys::fs::descriptors_closed();
 }
 
 /// Keeps `keep` in the effective and permitted sets and drops every other

@@ -22,7 +22,7 @@ use nix::fcntl::{fcntl, AtFlags, FcntlArg, OFlag};
 use nix::sys::signal::kill;
 use nix::unistd::{linkat, Pid};
 
-use crate::model::idmap::{IdKind, IdRange};
+use crate::model::idmap::{IdKind, IdRange, ID_LIMIT};
 use crate::model::subid::SubidFile;
 use crate::model::subid::SubidNeed;
 use crate::model::text::Limits;
@@ -30,7 +30,9 @@ use crate::paths::Paths;
 use crate::sys::fs::{
     open_parent, read_text, replace_file, replace_file_with, DirEntry, Durability,
 };
-use crate::sys::lock::{flock_exclusive, open_lock_file, FlockGuard, LockError};
+use crate::sys::lock::{
+    flock_exclusive_unless, open_lock_file, report_wait, FlockGuard, LockError,
+};
 
 /// How long each lock is waited for; shadow's `lckpwdf()` waits 15 s.
 pub const SHADOW_LOCK_TIMEOUT: Duration = Duration::from_secs(15);
@@ -71,7 +73,10 @@ pub fn lckpwdf(paths: &Paths, path: &Path, timeout: Duration) -> Result<PwdLock,
             &file,
             FcntlArg::F_SETLK(&whole_file_lock(libc::F_WRLCK as _)),
         ) {
-            Ok(_) => return Ok(PwdLock { _file: file }),
+            Ok(_) => {
+                report_wait(path, start);
+                return Ok(PwdLock { _file: file });
+            }
             Err(Errno::EAGAIN) | Err(Errno::EACCES) => {}
             Err(Errno::EINTR) => continue,
             Err(e) => {
@@ -225,7 +230,10 @@ pub fn link_lock(paths: &Paths, file: &Path, timeout: Duration) -> Result<LinkLo
     let start = Instant::now();
     loop {
         let holder = match try_link_lock(paths, file).map_err(LockError::Io)? {
-            Ok(guard) => return Ok(guard),
+            Ok(guard) => {
+                report_wait(&with_suffix(file, ".lock"), start);
+                return Ok(guard);
+            }
             Err(holder) => holder,
         };
         if start.elapsed() >= timeout {
@@ -263,7 +271,23 @@ pub fn lock_subid_files(
     files: &[PathBuf],
     timeout: Duration,
 ) -> Result<SubidLocks, LockError> {
-    let tool = flock_exclusive(paths, &paths.subid_lock(), timeout)?;
+    Ok(lock_subid_files_unless(paths, files, timeout, || false)?
+        .expect("never moot: the locks are taken or an error returned"))
+}
+
+/// [`lock_subid_files`], giving up without any lock (`Ok(None)`) when
+/// `moot()`, asked while the tool lock is busy, says another writer did
+/// the work meanwhile: many starts at once then do not queue up only to
+/// find their ranges there.
+pub fn lock_subid_files_unless(
+    paths: &Paths,
+    files: &[PathBuf],
+    timeout: Duration,
+    moot: impl FnMut() -> bool,
+) -> Result<Option<SubidLocks>, LockError> {
+    let Some(tool) = flock_exclusive_unless(paths, &paths.subid_lock(), timeout, moot)? else {
+        return Ok(None);
+    };
     let pwd = lckpwdf(paths, &paths.pwd_lock(), timeout)?;
     let mut links = Vec::new();
     for f in files {
@@ -271,11 +295,11 @@ pub fn lock_subid_files(
     }
     // Release in reverse: the link locks were taken last.
     links.reverse();
-    Ok(SubidLocks {
+    Ok(Some(SubidLocks {
         _files: links,
         _pwd: pwd,
         _tool: tool,
-    })
+    }))
 }
 
 /// What one file got.
@@ -317,6 +341,102 @@ pub fn ensure_coverage(
     append_coverage(paths, &pending, timeout)
 }
 
+/// What a start waiting for the tool's subid lock needs, left in
+/// `run/lock/pct-passthrough/subid-wants/<pid>.want` (one `u|g start end`
+/// line per range) for the holder, which appends it with its own ranges:
+/// many starts at once then make a few writes, not one each. Removed on
+/// drop; one left by a crashed start only gets its ranges added (as that
+/// start would have), then removed once its process is gone.
+struct Want {
+    entry: DirEntry,
+}
+
+impl Want {
+    fn dir(paths: &Paths) -> PathBuf {
+        paths.lock_dir().join("subid-wants")
+    }
+
+    fn post(paths: &Paths, needs: &[&SubidNeed]) -> Result<Want> {
+        let dir = Want::dir(paths);
+        crate::sys::fs::create_dir_all(paths, &dir)?;
+        let entry = open_parent(paths, &dir.join(format!("{}.want", std::process::id())))?;
+        entry.remove(entry.name())?;
+        let mut text = String::new();
+        for need in needs {
+            let kind = match need.kind {
+                IdKind::Uid => 'u',
+                IdKind::Gid => 'g',
+            };
+            for r in &need.ranges {
+                text.push_str(&format!("{kind} {} {}\n", r.start, r.end));
+            }
+        }
+        // No flush: a lost want only means waiting for the lock.
+        entry
+            .create_new(entry.name(), 0o600)?
+            .write_all(text.as_bytes())?;
+        Ok(Want { entry })
+    }
+
+    /// Every range of `kind` the waiting starts want (never host ID 0, nor
+    /// past the last ID); unreadable files and lines are skipped.
+    fn read_all(paths: &Paths, kind: IdKind) -> Vec<IdRange> {
+        let dir = Want::dir(paths);
+        let Ok(names) = fs::read_dir(&dir) else {
+            return Vec::new();
+        };
+        let Ok(entry) = open_parent(paths, &dir.join("x")) else {
+            return Vec::new();
+        };
+        let tag = match kind {
+            IdKind::Uid => "u",
+            IdKind::Gid => "g",
+        };
+        let mut out = Vec::new();
+        for name in names.flatten().map(|e| e.file_name()) {
+            let Some(pid) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".want"))
+                .and_then(|p| p.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            let mut text = String::new();
+            let Ok(Some(mut f)) = entry.open_read(&name) else {
+                continue;
+            };
+            if Read::by_ref(&mut f)
+                .take(64 * 1024)
+                .read_to_string(&mut text)
+                .is_err()
+            {
+                continue;
+            }
+            // Only whole lines: one may be read while it is written.
+            out.extend(text.split_inclusive('\n').filter_map(|l| {
+                let mut f = l.strip_suffix('\n')?.split(' ');
+                let (Some(k), Some(a), Some(b), None) = (f.next(), f.next(), f.next(), f.next())
+                else {
+                    return None;
+                };
+                let (start, end) = (a.parse::<u64>().ok()?, b.parse::<u64>().ok()?);
+                (k == tag && 0 < start && start < end && end <= ID_LIMIT)
+                    .then_some(IdRange { start, end })
+            }));
+            if kill(Pid::from_raw(pid), None) == Err(Errno::ESRCH) {
+                let _ = entry.remove(&name);
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Want {
+    fn drop(&mut self) {
+        let _ = self.entry.remove(self.entry.name());
+    }
+}
+
 /// The locked part of [`ensure_coverage`], for a caller that has just
 /// planned the appends (pre-start): no read before the locks. Each file is
 /// still re-read and re-planned under them, so a range another writer added
@@ -337,11 +457,30 @@ pub fn append_coverage(
     let mut pending = needs.to_vec();
     pending.sort_by_key(|n| n.kind);
     let files: Vec<PathBuf> = pending.iter().map(|n| subid_path(paths, n.kind)).collect();
-    let _locks = lock_subid_files(paths, &files, timeout).map_err(anyhow::Error::new)?;
+    // While the lock is busy (a host starting many containers), this start
+    // leaves its ranges for the holder to append with its own, and stops
+    // waiting once they are there.
+    let mut want: Option<Want> = None;
+    let covered = || {
+        if want.is_none() {
+            want = Want::post(paths, &pending).ok();
+        }
+        pending.iter().all(|need| {
+            read(need.kind)
+                .is_ok_and(|text| SubidFile::parse(&text).missing(&need.ranges).is_empty())
+        })
+    };
+    let Some(_locks) =
+        lock_subid_files_unless(paths, &files, timeout, covered).map_err(anyhow::Error::new)?
+    else {
+        return Ok(Vec::new());
+    };
     let mut written = Vec::new();
     for (need, path) in pending.iter().zip(&files) {
         let old = read(need.kind)?;
-        let Some((new, added)) = SubidFile::parse(&old).plan(&need.ranges) else {
+        let mut wanted = need.ranges.clone();
+        wanted.extend(Want::read_all(paths, need.kind));
+        let Some((new, added)) = SubidFile::parse(&old).plan(&wanted) else {
             continue;
         };
         let entry = open_parent(paths, path)?;
@@ -498,6 +637,51 @@ mod tests {
             .collect();
         names.sort();
         assert_eq!(names, [".pwd.lock", "subgid", "subgid-"]);
+    }
+
+    /// A start waiting for the lock leaves its ranges; the holder appends
+    /// them with its own in one write. A want whose process is gone is
+    /// honoured once, then removed; a torn last line and host ID 0 are not.
+    #[test]
+    fn the_holder_appends_what_waiting_starts_want() {
+        let (_d, p) = root();
+        fs::write(p.subgid(), "root:100000:65536\n").unwrap();
+        let waiting = SubidNeed {
+            kind: IdKind::Gid,
+            ranges: vec![IdRange::new(5001, 1)],
+        };
+        let uid = SubidNeed {
+            kind: IdKind::Uid,
+            ranges: vec![IdRange::new(6000, 1)],
+        };
+        let want = Want::post(&p, &[&waiting, &uid]).unwrap();
+        let dir = Want::dir(&p);
+        fs::write(dir.join("2147483646.want"), "g 7000 7002\ng 0 1\ng 8000 80").unwrap();
+        let own = SubidNeed {
+            kind: IdKind::Gid,
+            ranges: vec![IdRange::new(20, 1)],
+        };
+        let w = append_coverage(&p, &[&own], Duration::from_secs(1)).unwrap();
+        assert_eq!(
+            w[0].added,
+            vec![
+                IdRange::new(20, 1),
+                IdRange::new(5001, 1),
+                IdRange::new(7000, 2)
+            ]
+        );
+        assert_eq!(
+            fs::read_to_string(p.subgid()).unwrap(),
+            "root:100000:65536\nroot:20:1\nroot:5001:1\nroot:7000:2\n"
+        );
+        assert!(!p.subuid().exists(), "only the kinds the holder locked");
+        assert!(
+            !dir.join("2147483646.want").exists(),
+            "gone with its process"
+        );
+        assert!(dir.join(format!("{}.want", std::process::id())).exists());
+        drop(want);
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 0);
     }
 
     #[test]
