@@ -711,7 +711,10 @@ fn data_has_no_lxc_section(data: &[u8]) -> bool {
 
 /// Every check by target name, as `fuzz/fuzz_targets/<name>.rs` and
 /// `fuzz/corpus/<name>/` call them.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+/// One check: panics when an invariant breaks on this input.
+pub type Check = fn(&[u8]);
+
+pub const TARGETS: &[(&str, Check)] = &[
     ("pveconf", pveconf),
     ("idmap", idmap),
     ("subid", subid),
