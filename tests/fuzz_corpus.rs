@@ -66,7 +66,10 @@ fn the_corpus_is_small_and_complete() {
             total += 1;
         }
     }
-    assert!(total <= 400, "{total} corpus files; minimize (README, Fuzzing)");
+    assert!(
+        total <= 400,
+        "{total} corpus files; minimize (README, Fuzzing)"
+    );
 }
 
 /// The fuzz crate has one target per check, each calling it.
