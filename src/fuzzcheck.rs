@@ -370,12 +370,13 @@ pub fn passwd(data: &[u8]) {
     assert!(entries.len() <= text.split('\n').count());
     for e in &entries {
         assert!(!e.name.is_empty() && !e.name.contains([':', '\n']), "{e:?}");
-        let first = passwd::by_uid(&entries, e.uid).map(|f| f as *const _);
-        let want = entries
-            .iter()
-            .find(|x| x.uid == e.uid)
-            .map(|f| f as *const _);
-        assert_eq!(first, want);
+        let first = entries.iter().find(|x| x.uid == e.uid);
+        let found = passwd::by_uid(&entries, e.uid);
+        assert!(
+            found.zip(first).is_some_and(|(a, b)| std::ptr::eq(a, b)),
+            "by_uid({}) is not the first entry with it",
+            e.uid
+        );
     }
     let canonical: String = entries
         .iter()
