@@ -10,6 +10,7 @@
 pub mod app;
 pub mod cli;
 pub mod cmd;
+pub mod fuzzcheck;
 pub mod model;
 pub mod paths;
 pub mod phase;

@@ -1085,9 +1085,14 @@ impl DevEntry {
         Ok(entry)
     }
 
-    /// The value as PVE writes it.
+    /// The value as PVE writes it. A path holding `=` keeps its `path=`
+    /// key: written bare, it would read back as an unknown option.
     pub fn render(&self) -> String {
-        let mut out = self.path.clone();
+        let mut out = if self.path.contains('=') {
+            format!("path={}", self.path)
+        } else {
+            self.path.clone()
+        };
         if self.deny_write {
             out.push_str(",deny-write=1");
         }
@@ -1217,6 +1222,11 @@ mod tests {
         let d = DevEntry::parse(1, "path=/dev/dri/renderD128,uid=0,gid=104").unwrap();
         assert_eq!(d.path, "/dev/dri/renderD128");
         assert_eq!(d.render(), "/dev/dri/renderD128,gid=104,uid=0");
+        // Found by fuzzing: a path with `=` must keep its key to read back.
+        let d = DevEntry::parse(0, "path=/dev/a=b,gid=20").unwrap();
+        assert_eq!(d.path, "/dev/a=b");
+        assert_eq!(d.render(), "path=/dev/a=b,gid=20");
+        assert_eq!(DevEntry::parse(0, &d.render()).unwrap().path, "/dev/a=b");
     }
 
     #[test]
