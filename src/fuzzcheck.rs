@@ -12,7 +12,7 @@ use crate::model::group::{self, GroupWant};
 use crate::model::idmap::{self, IdKind, IdRange, IdmapEntry, RawIdmap};
 use crate::model::passwd;
 use crate::model::policy::Policy;
-use crate::model::prestart::{self, Decision, DeviceFact, Facts, HostFile, Target};
+use crate::model::prestart::{self, Decision, DeviceFact, Facts, FileTarget, HostFile};
 use crate::model::pveconf::{self, DevEntry, LineKind, PveConfig};
 use crate::model::runtime::{self, IdMap, ProcStatus};
 use crate::model::state::State;
@@ -487,6 +487,9 @@ pub fn state(data: &[u8]) {
     };
     let out = s.render();
     let again = State::parse(&out).unwrap_or_else(|e| panic!("{out:?} does not parse: {e}"));
+    // Rendering writes the current version (a version-1 state is migrated).
+    let mut s = s;
+    s.version = crate::model::state::STATE_VERSION;
     assert_eq!(again, s, "{out}");
     assert_eq!(again.render(), out);
 }
@@ -595,16 +598,16 @@ pub fn apply(facts: &Facts, d: &Decision) -> Facts {
     let mut f = facts.clone();
     for c in &d.changes {
         match c.target {
-            Target::PveConf => f.conf = PveConfig::parse(&c.new),
-            Target::LxcConfig => f.lxc_config.text = Some(c.new.clone()),
-            Target::Subuid => f.subuid.text = Some(c.new.clone()),
-            Target::Subgid => f.subgid.text = Some(c.new.clone()),
-            Target::State => {
+            FileTarget::PveConf => f.conf = PveConfig::parse(&c.new),
+            FileTarget::LxcConfig => f.lxc_config.text = Some(c.new.clone()),
+            FileTarget::Subuid => f.subuid.text = Some(c.new.clone()),
+            FileTarget::Subgid => f.subgid.text = Some(c.new.clone()),
+            FileTarget::State => {
                 f.state = Some(State::parse(&c.new).unwrap_or_else(|e| {
                     panic!("the state pre-start writes does not parse: {e}: {}", c.new)
                 }));
             }
-            Target::StateInterim => {
+            FileTarget::StateInterim => {
                 State::parse(&c.new)
                     .unwrap_or_else(|e| panic!("the interim state does not parse: {e}: {}", c.new));
             }
@@ -651,7 +654,7 @@ pub fn prestart(data: &[u8]) {
     let mut state_at = None;
     for (i, c) in d.changes.iter().enumerate() {
         match c.target {
-            Target::PveConf => {
+            FileTarget::PveConf => {
                 let old = c.old.as_deref().unwrap_or("");
                 let tail = &old[pveconf::main_section(old).len()..];
                 assert!(
@@ -663,7 +666,7 @@ pub fn prestart(data: &[u8]) {
                     assert!(owned < i);
                 }
             }
-            Target::Subuid | Target::Subgid => {
+            FileTarget::Subuid | FileTarget::Subgid => {
                 let old = c.old.as_deref().unwrap_or("");
                 let prefix = if old.is_empty() || old.ends_with('\n') {
                     old.to_string()
@@ -672,10 +675,10 @@ pub fn prestart(data: &[u8]) {
                 };
                 assert!(c.new.starts_with(&prefix), "not an append: {}", summary(&d));
             }
-            Target::State | Target::StateInterim => {
+            FileTarget::State | FileTarget::StateInterim => {
                 state_at.get_or_insert(i);
             }
-            Target::LxcConfig => {}
+            FileTarget::LxcConfig => {}
         }
     }
     if let Some(map) = &d.idmap {
@@ -689,16 +692,33 @@ pub fn prestart(data: &[u8]) {
         summary(&d),
         summary(&d2)
     );
-    // A generated LXC config is generated again from the new config.
+    // A generated LXC config is generated again from the new config, after
+    // a start whose shift hook (if the map changed) did its work.
     if data_has_no_lxc_section(data) {
         let mut f2 = f1.clone();
         f2.lxc_config.text = Some(generated_lxc(&f1.conf, f1.vmid));
+        if let Some(st) = f2.state.as_mut() {
+            for step in std::mem::take(&mut st.shift.steps) {
+                st.files_idmap = Some(step.to);
+            }
+        }
+        // The generated config is per start: patching it again (the map,
+        // rules, this start's private nodes) is expected; nothing else may
+        // change, and the patched config is itself a fixed point.
         let d3 = prestart::decide(&f2);
         assert!(
-            d3.refusal.is_none() && d3.changes.is_empty(),
+            d3.refusal.is_none()
+                && d3.changes.iter().all(|c| c.target == FileTarget::LxcConfig),
             "not a fixed point once Proxmox regenerates the LXC config.\nfirst decision:\n{}\nsecond decision:\n{}",
             summary(&d),
             summary(&d3)
+        );
+        let d4 = prestart::decide(&apply(&f2, &d3));
+        assert!(
+            d4.refusal.is_none() && d4.changes.is_empty(),
+            "the patched LXC config is not a fixed point.\nfirst decision:\n{}\nthird decision:\n{}",
+            summary(&d3),
+            summary(&d4)
         );
     }
 }
