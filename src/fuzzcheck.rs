@@ -105,7 +105,7 @@ pub fn pveconf(data: &[u8]) {
                 );
             }
             Err(e) => {
-                let _ = e.message("c.conf");
+                let _ = e.message("c.conf", 105);
             }
         }
     }

@@ -115,6 +115,15 @@ fn bind_form_replug_under_another_minor_works_again_without_a_restart() {
         !old.read_until(b"tick-", Duration::from_secs(10)).is_empty(),
         "the service writes to the stick before the replug"
     );
+    // post-start's worker has recorded the service (under load it may come
+    // after the first writes): the replug's verdict is judged for it.
+    assert!(
+        wait_until(Duration::from_secs(20), || ct
+            .state()
+            .is_some_and(|v| v["runtime_user"]["uid"] == 1000)),
+        "post-start recorded the service user: {:?}",
+        ct.state()
+    );
     let old_rule = format!("c {}:{} rwm", old.major, old.minor);
     assert!(
         device_rules(990_124).contains(&old_rule),

@@ -256,9 +256,9 @@ pub struct DevError {
 
 impl DevError {
     /// `<conf> line N: devN: <why>; fix: ...`.
-    pub fn message(&self, conf: &str) -> String {
+    pub fn message(&self, conf: &str, vmid: u32) -> String {
         format!(
-            "{conf} line {}: dev{}: '{}': {}; fix: write it as 'dev{}: /dev/<node>[,gid=<number>][,uid=<number>][,mode=0<octal>][,deny-write=1]', or remove it with 'pct set <vmid> --delete dev{}'",
+            "{conf} line {}: dev{}: '{}': {}; fix: write it as 'dev{}: /dev/<node>[,gid=<number>][,uid=<number>][,mode=0<octal>][,deny-write=1]', or remove it with 'pct set {vmid} --delete dev{}'",
             self.line, self.index, self.value, self.reason, self.index, self.index
         )
     }
@@ -1459,13 +1459,14 @@ mod tests {
         assert_eq!(devs[0].path, "/dev/ttyUSB1");
         let errs = c.dev_errors();
         assert_eq!(errs.len(), 1);
-        let m = errs[0].message("/etc/pve/lxc/105.conf");
+        let m = errs[0].message("/etc/pve/lxc/105.conf", 105);
         assert!(
             m.starts_with(
                 "/etc/pve/lxc/105.conf line 2: dev0: ',gid=abc': gid=abc is not a number; fix: "
             ),
             "{m}"
         );
+        assert!(m.ends_with("'pct set 105 --delete dev0'"), "{m}");
         let c = PveConfig::parse("dev255: /dev/ttyUSB0\ndev256: /dev/ttyUSB1\n");
         assert_eq!(c.dev_entries().len(), 1);
         assert!(c.dev_errors()[0].reason.contains("dev0 to dev255 only"));

@@ -173,8 +173,10 @@ impl Want {
 pub fn plan_devices(facts: &Facts, d: &mut Draft) -> Result<(), Refusal> {
     // Proxmox fails the start on a devN it cannot parse; the tool skips it.
     for e in d.conf.dev_errors() {
-        d.events
-            .push(Event::warn("dev-parse", e.message(&facts.conf_path)));
+        d.events.push(Event::warn(
+            "dev-parse",
+            e.message(&facts.conf_path, facts.vmid),
+        ));
     }
     let owned = Owned::of(d);
     let person_rules = person_rules(d, &owned);
