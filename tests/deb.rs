@@ -239,7 +239,7 @@ fn package_builds_with_the_expected_contents() {
     }
 }
 
-/// Runs lintian (Debian's package checker; `.ci/run` installs it) on the
+/// Runs lintian (Debian's package checker; `scripts/test.sh` installs it) on the
 /// package as Debian ships it (xz). It must report no error, no warning and
 /// no override that is unused or missing from the README's list of reasons.
 #[test]
@@ -251,7 +251,7 @@ fn lintian_finds_no_error_and_no_unjustified_warning() {
         .arg(&deb)
         .output()
         .unwrap_or_else(|e| {
-            panic!("cannot run lintian ({e}): apt-get install lintian (.ci/run does)")
+            panic!("cannot run lintian ({e}): apt-get install lintian (scripts/test.sh does)")
         });
     let report = String::from_utf8_lossy(&o.stdout);
     // Exit status 0 with nothing printed would pass trivially: make sure

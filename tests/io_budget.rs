@@ -1,7 +1,7 @@
 //! Regression checks for what keeps pre-start fast (tests, not timings): the
 //! real binary runs under strace against a temp root, and the files it
 //! opens, writes, renames and removes are compared with what it must touch.
-//! Needs root and strace (`.ci/run` installs it).
+//! Needs root and strace (`scripts/test.sh` installs it).
 
 #[path = "../benches/support/shapes.rs"]
 mod shapes;
@@ -239,7 +239,7 @@ fn trace(root: &Path, args: &[&str]) -> Trace {
         .env("PCT_PASSTHROUGH_ROOT", root)
         .output()
         .unwrap_or_else(|e| {
-            panic!("running strace: {e}; install it (.ci/run does: apt-get install strace)")
+            panic!("running strace: {e}; install it (scripts/test.sh does: apt-get install strace)")
         });
     let text = std::fs::read_to_string(log.path()).expect("strace log");
     assert!(
