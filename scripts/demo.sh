@@ -4,7 +4,8 @@
 # examples/sample-host (a copy in a temp dir), then show what it changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --quiet
+echo "== building the static binary (cargo build --release; minutes on a fresh machine)"
+cargo build --release
 bin="$PWD/target/x86_64-unknown-linux-gnu/release/pct-passthrough"
 work=$(mktemp -d /tmp/pct-passthrough-demo.XXXXXX)
 trap 'rm -rf "$work"' EXIT
