@@ -43,22 +43,6 @@ fn inside(ct: &Ct<'_>, paths: &str) -> String {
     r.stdout.trim().to_string()
 }
 
-/// The task log with wrapped messages joined onto their headline.
-fn joined(raw: &str) -> String {
-    let mut out = String::new();
-    for line in raw.lines() {
-        if line.starts_with("  ") && !out.is_empty() {
-            out.pop();
-            out.push(' ');
-            out.push_str(line.trim_start());
-        } else {
-            out.push_str(line);
-        }
-        out.push('\n');
-    }
-    out
-}
-
 fn state(ct: &Ct<'_>) -> serde_json::Value {
     ct.state().expect("state")
 }

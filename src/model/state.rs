@@ -12,6 +12,19 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+/// `Display` as the word the JSON uses (`as_str`), for the enums below.
+macro_rules! display_as_str {
+    ($($t:ty),*) => {$(
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    )*};
+}
+
+display_as_str!(HotplugAction, Verdict, PhaseName, Outcome);
+
 pub const STATE_VERSION: u32 = 2;
 
 /// Version 1: everything in the node-local file (release 0.1).
@@ -155,12 +168,6 @@ impl HotplugAction {
             HotplugAction::Add => "add",
             HotplugAction::Remove => "remove",
         }
-    }
-}
-
-impl std::fmt::Display for HotplugAction {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
@@ -340,12 +347,6 @@ impl Verdict {
     }
 }
 
-impl std::fmt::Display for Verdict {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LastRun {
     pub phase: PhaseName,
@@ -377,12 +378,6 @@ impl PhaseName {
     }
 }
 
-impl std::fmt::Display for PhaseName {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 /// How a phase ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -401,12 +396,6 @@ impl Outcome {
             Outcome::Refused => "refused",
             Outcome::Failed => "failed",
         }
-    }
-}
-
-impl std::fmt::Display for Outcome {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
