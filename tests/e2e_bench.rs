@@ -33,11 +33,10 @@ const TARGET_DETECT_S: f64 = 0.200;
 /// nanoseconds to `/tmp/dropped_at`, then sets the groups, gid and uid it is
 /// given and execs the rest.
 fn droptime_binary() -> Vec<u8> {
-    let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("droptime.c");
-    fs::write(
-        &src,
-        r#"#include <grp.h>
+    static_c("droptime", DROPTIME)
+}
+
+const DROPTIME: &str = r#"#include <grp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
@@ -56,19 +55,7 @@ int main(int c, char **v) {
     execv(v[4], v + 4);
     return 4;
 }
-"#,
-    )
-    .unwrap();
-    let out = dir.path().join("droptime");
-    let r = Command::new("cc")
-        .args(["-static", "-O1", "-o"])
-        .arg(&out)
-        .arg(&src)
-        .output()
-        .expect("cc");
-    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    fs::read(out).unwrap()
-}
+"#;
 
 fn now_ns() -> u128 {
     SystemTime::now()

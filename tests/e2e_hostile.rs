@@ -18,34 +18,6 @@ use pct_passthrough::sys::ns::{self, CheckedDir, Resolve, Target, TimedOut};
 use pct_passthrough::sys::proc::{find_and_pin, init_from_cgroup, SingleThreaded};
 use serde_json::Value;
 
-/// Compiles `src` (C) into a static binary, returned as bytes.
-fn static_c(name: &str, src: &str) -> Vec<u8> {
-    let dir = tempfile::tempdir().unwrap();
-    let c = dir.path().join(format!("{name}.c"));
-    fs::write(&c, src).unwrap();
-    let out = dir.path().join(name);
-    let r = Command::new("cc")
-        .args(["-static", "-O1", "-o"])
-        .arg(&out)
-        .arg(&c)
-        .output()
-        .expect("cc");
-    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    fs::read(out).unwrap()
-}
-
-/// `dropto uid gid cmd...`: no supplementary groups, like `su-exec uid:gid`.
-const DROPTO: &str = r#"#include <grp.h>
-#include <stdlib.h>
-#include <unistd.h>
-int main(int c, char **v) {
-    if (c < 4) return 2;
-    if (setgroups(0, NULL) || setgid((gid_t)atoi(v[2])) || setuid((uid_t)atoi(v[1]))) return 3;
-    execv(v[3], v + 3);
-    return 4;
-}
-"#;
-
 /// Waits until someone has read `/etc/group` (inotify: closed without
 /// writing), then at once swaps it with `/etc/swap`, a symlink: the window
 /// between the tool's read and its write.

@@ -7,7 +7,6 @@ mod e2e;
 use std::fs;
 use std::os::unix::fs::{symlink, MetadataExt};
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use e2e::*;
@@ -71,37 +70,6 @@ fn wait_host_uid(init: i32, host_uid: u32, within: Duration) -> Instant {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
-}
-
-/// A tiny static helper like `su-exec uid:gid`: sets the given uid and gid
-/// and **no** supplementary groups, then execs.
-fn dropto_binary() -> Vec<u8> {
-    let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("dropto.c");
-    fs::write(
-        &src,
-        r#"#include <grp.h>
-#include <stdlib.h>
-#include <unistd.h>
-int main(int c, char **v) {
-    if (c < 4) return 2;
-    gid_t g = (gid_t)atoi(v[2]);
-    if (setgroups(0, NULL) || setgid(g) || setuid((uid_t)atoi(v[1]))) return 3;
-    execv(v[3], v + 3);
-    return 4;
-}
-"#,
-    )
-    .unwrap();
-    let out = dir.path().join("dropto");
-    let r = Command::new("cc")
-        .args(["-static", "-O1", "-o"])
-        .arg(&out)
-        .arg(&src)
-        .output()
-        .expect("cc");
-    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    fs::read(out).unwrap()
 }
 
 fn pty_entry(pty: &PtySerial) -> String {
@@ -224,7 +192,7 @@ fn dropped_supplementary_groups_are_recorded_with_the_devn_fallback() {
     let mut b = bed
         .container(990_152)
         .service_user()
-        .file("/bin/dropto", dropto_binary(), 0o755)
+        .file("/bin/dropto", static_c("dropto", DROPTO), 0o755)
         .conf(&pty_entry(&pty))
         .init("/bin/dropto 1000 1000 /bin/sleep 1000 &\nwhile :; do sleep 3600; done\n")
         .hook(Hook::Binary);
@@ -346,7 +314,7 @@ fn hostile_containers_never_touch_the_host_and_say_why() {
         let mut ct = bed
             .container(vmid)
             .service_user()
-            .file("/bin/dropto", dropto_binary(), 0o755)
+            .file("/bin/dropto", static_c("dropto", DROPTO), 0o755)
             .conf(&pty_entry(&pty))
             .init("/bin/dropto 1000 1000 /bin/sleep 1000 &\nwhile :; do sleep 3600; done\n")
             .hook(Hook::Binary)

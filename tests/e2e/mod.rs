@@ -117,6 +117,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod bed;
+pub mod cbin;
 pub mod ct;
 pub mod devices;
 pub mod genconf;
@@ -126,6 +127,7 @@ pub mod run;
 pub mod syslog;
 
 pub use bed::{Bed, VMIDS};
+pub use cbin::{static_c, DROPTO};
 pub use ct::{
     drop_explicit, drop_implicit, Ct, Exec, Hook, HostProc, PostStop, StartReport, StopReport,
 };
