@@ -595,25 +595,7 @@ pub fn prestart_facts(data: &[u8]) -> Option<Facts> {
 
 /// Applies a decision's file changes to the facts, as pre-start writes them.
 pub fn apply(facts: &Facts, d: &Decision) -> Facts {
-    let mut f = facts.clone();
-    for c in &d.changes {
-        match c.target {
-            FileTarget::PveConf => f.conf = PveConfig::parse(&c.new),
-            FileTarget::LxcConfig => f.lxc_config.text = Some(c.new.clone()),
-            FileTarget::Subuid => f.subuid.text = Some(c.new.clone()),
-            FileTarget::Subgid => f.subgid.text = Some(c.new.clone()),
-            FileTarget::State => {
-                f.state = Some(State::parse(&c.new).unwrap_or_else(|e| {
-                    panic!("the state pre-start writes does not parse: {e}: {}", c.new)
-                }));
-            }
-            FileTarget::StateInterim => {
-                State::parse(&c.new)
-                    .unwrap_or_else(|e| panic!("the interim state does not parse: {e}: {}", c.new));
-            }
-        }
-    }
-    f
+    facts.after(d).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn summary(d: &Decision) -> String {
@@ -695,13 +677,8 @@ pub fn prestart(data: &[u8]) {
     // A generated LXC config is generated again from the new config, after
     // a start whose shift hook (if the map changed) did its work.
     if data_has_no_lxc_section(data) {
-        let mut f2 = f1.clone();
+        let mut f2 = f1.after_shift();
         f2.lxc_config.text = Some(generated_lxc(&f1.conf, f1.vmid));
-        if let Some(st) = f2.state.as_mut() {
-            for step in std::mem::take(&mut st.shift.steps) {
-                st.files_idmap = Some(step.to);
-            }
-        }
         // The generated config is per start: patching it again (the map,
         // rules, this start's private nodes) is expected; nothing else may
         // change, and the patched config is itself a fixed point.

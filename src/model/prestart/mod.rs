@@ -91,6 +91,45 @@ impl Facts {
             shift_exe: Ok("/usr/bin/pct-passthrough".into()),
         }
     }
+
+    /// The facts once pre-start wrote `d`'s files: what the unit tests and
+    /// the fuzz checks decide again on. An error when a state the decision
+    /// writes does not parse.
+    pub fn after(&self, d: &Decision) -> Result<Facts, String> {
+        let mut f = self.clone();
+        for c in &d.changes {
+            match c.target {
+                FileTarget::PveConf => f.conf = PveConfig::parse(&c.new),
+                FileTarget::LxcConfig => f.lxc_config.text = Some(c.new.clone()),
+                FileTarget::Subuid => f.subuid.text = Some(c.new.clone()),
+                FileTarget::Subgid => f.subgid.text = Some(c.new.clone()),
+                FileTarget::State => {
+                    let st = State::parse(&c.new).map_err(|e| {
+                        format!("the state pre-start writes does not parse: {e}: {}", c.new)
+                    })?;
+                    f.state = Some(st);
+                }
+                FileTarget::StateInterim => {
+                    State::parse(&c.new)
+                        .map_err(|e| format!("the interim state does not parse: {e}: {}", c.new))?;
+                }
+            }
+        }
+        Ok(f)
+    }
+
+    /// The facts after a start whose shift hook finished its journal: the
+    /// files follow the last map, no step is left.
+    pub fn after_shift(&self) -> Facts {
+        let mut f = self.clone();
+        if let Some(st) = f.state.as_mut() {
+            if let Some(last) = st.shift.steps.last() {
+                st.files_idmap = Some(last.to.clone());
+            }
+            st.shift.steps.clear();
+        }
+        f
+    }
 }
 
 /// Which file a change is for; `phase::pre_start` maps it to a path.
@@ -448,30 +487,12 @@ pub(crate) mod tests {
 
     /// The shift hook ran: the files are owned under the last map.
     pub(crate) fn shifted(f: &Facts) -> Facts {
-        let mut f = f.clone();
-        if let Some(st) = f.state.as_mut() {
-            if let Some(last) = st.shift.steps.last() {
-                st.files_idmap = Some(last.to.clone());
-            }
-            st.shift.steps.clear();
-        }
-        f
+        f.after_shift()
     }
 
     /// Applies a decision to the facts, as the phase would.
     pub(crate) fn apply(f: &Facts, d: &Decision) -> Facts {
-        let mut f = f.clone();
-        for c in &d.changes {
-            match c.target {
-                FileTarget::PveConf => f.conf = PveConfig::parse(&c.new),
-                FileTarget::LxcConfig => f.lxc_config.text = Some(c.new.clone()),
-                FileTarget::Subuid => f.subuid.text = Some(c.new.clone()),
-                FileTarget::Subgid => f.subgid.text = Some(c.new.clone()),
-                FileTarget::State => f.state = Some(State::parse(&c.new).unwrap()),
-                FileTarget::StateInterim => {}
-            }
-        }
-        f
+        f.after(d).unwrap()
     }
 
     #[test]
