@@ -16,7 +16,6 @@ mod support;
 use std::fmt::Write as _;
 use std::fs;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -38,20 +37,6 @@ fn env_usize(name: &str, default: usize) -> usize {
 fn fail(msg: String) -> ! {
     eprintln!("concurrent starts: {msg}");
     std::process::exit(1);
-}
-
-/// A fresh copy of the template, flushed (untimed).
-fn fresh(template: &Path, root: &Path) -> io::Result<()> {
-    if root.exists() {
-        fs::remove_dir_all(root)?;
-    }
-    shapes::copy_tree(template, root)?;
-    let dir = fs::File::open(root)?;
-    // SAFETY: `dir` is an open descriptor for the duration of the call.
-    if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// Every start exited 0, configured its own container and the subid files
@@ -165,7 +150,7 @@ fn main() -> io::Result<()> {
     ];
     eprintln!("bench: {rounds} rounds of {n} pre-starts at once");
     for r in 0..rounds {
-        fresh(&template, &root)?;
+        shapes::fresh_copy(&template, &root)?;
         let ended = run_round(&bin, &root, &cts, None);
         if let Err(e) = verify(&root, &cts, &ended) {
             fail(format!("round {}: {e}", r + 1));
@@ -190,7 +175,7 @@ fn main() -> io::Result<()> {
     // One more round under strace, untimed: the flushes all the starts make.
     let syncs = {
         let logs = tempfile::tempdir()?;
-        fresh(&template, &root)?;
+        shapes::fresh_copy(&template, &root)?;
         let traced = Command::new("strace")
             .arg("-V")
             .output()

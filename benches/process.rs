@@ -15,7 +15,6 @@ mod support;
 use std::fmt::Write as _;
 use std::fs;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -253,7 +252,7 @@ struct Prepared<'a> {
 /// (`None` without strace): what a crash-safe start costs in disk round
 /// trips, the number that grows with I/O load.
 fn count_syncs(bin: &Path, template: &Path, root: &Path) -> io::Result<Option<usize>> {
-    reset(template, root)?;
+    shapes::fresh_copy(template, root)?;
     let log = tempfile::NamedTempFile::new()?;
     let status = Command::new("strace")
         .args(["-f", "-qq", "-e", "trace=fsync,fdatasync,syncfs", "-o"])
@@ -285,22 +284,6 @@ fn count_syncs(bin: &Path, template: &Path, root: &Path) -> io::Result<Option<us
     ))
 }
 
-/// A fresh copy of the template at `root`, flushed to disk: on a host the
-/// files are not freshly written, and writeback of the copy would otherwise
-/// land in the timed run.
-fn reset(template: &Path, root: &Path) -> io::Result<()> {
-    if root.exists() {
-        fs::remove_dir_all(root)?;
-    }
-    shapes::copy_tree(template, root)?;
-    let dir = fs::File::open(root)?;
-    // SAFETY: `dir` is an open descriptor for the duration of the call.
-    if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 /// Runs the tool once on a fresh copy, untimed, to check that the shape
 /// does what its row claims; returns the files the run changed.
 fn check(
@@ -309,7 +292,7 @@ fn check(
     root: &Path,
     must_change: &[&str],
 ) -> io::Result<(Vec<PathBuf>, Option<String>)> {
-    reset(template, root)?;
+    shapes::fresh_copy(template, root)?;
     let before = shapes::files(root)?;
     let out = Command::new(bin)
         .args([shapes::VMID, "pre-start"])
@@ -475,7 +458,7 @@ fn main() -> io::Result<()> {
                 (Some(t), Some(root)) => {
                     // A run that writes nothing leaves its root as it was.
                     if !p.written.is_empty() {
-                        reset(t, root)?;
+                        shapes::fresh_copy(t, root)?;
                     }
                     run_once(&p.bin, &[shapes::VMID, "pre-start"], Some(root))?
                 }

@@ -20,6 +20,23 @@ pub fn sample_host() -> PathBuf {
 pub const STICK: &str =
     "/dev/serial/by-id/usb-ITead_Sonoff_Zigbee_3.0_USB_Dongle_Plus_4c004e9c53c9ec118f6c5b3d-if00-port0";
 
+/// A fresh copy of `template` at `root`, flushed to disk (untimed): on a
+/// host the files are not freshly written, and writeback of the copy would
+/// otherwise land in a timed run.
+pub fn fresh_copy(template: &Path, root: &Path) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    if root.exists() {
+        fs::remove_dir_all(root)?;
+    }
+    copy_tree(template, root)?;
+    let dir = fs::File::open(root)?;
+    // SAFETY: `dir` is an open descriptor for the duration of the call.
+    if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Copies a tree: directories, regular files (mode kept), symlinks and
 /// character devices (`mknod`, needs root).
 pub fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
