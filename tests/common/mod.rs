@@ -5,6 +5,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+mod joined;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_pct-passthrough");
 
 /// A temporary `PCT_PASSTHROUGH_ROOT`.
@@ -78,24 +80,7 @@ pub fn stderr(o: &Output) -> String {
 pub fn stderr_raw(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
-/// The task log with each message on one line: the indented lines the tool
-/// writes under a headline (details, wrapped parts, the fix) joined onto it
-/// with a space, so a test can look for a whole message. The line style
-/// itself is checked by `tests/task_log_style.rs`.
-pub fn joined(raw: &str) -> String {
-    let mut out = String::new();
-    for line in raw.lines() {
-        if line.starts_with("  ") && !out.is_empty() {
-            out.pop();
-            out.push(' ');
-            out.push_str(line.trim_start());
-        } else {
-            out.push_str(line);
-        }
-        out.push('\n');
-    }
-    out
-}
+pub use joined::joined;
 
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()

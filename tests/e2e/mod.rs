@@ -122,6 +122,8 @@ pub mod ct;
 pub mod devices;
 pub mod genconf;
 pub mod hooks;
+#[path = "../common/joined.rs"]
+mod joined;
 pub mod mounts;
 pub mod run;
 pub mod syslog;
@@ -132,4 +134,5 @@ pub use ct::{
     drop_explicit, drop_implicit, Ct, Exec, Hook, HostProc, PostStop, StartReport, StopReport,
 };
 pub use devices::{CharNode, PtySerial, DIALOUT};
-pub use run::{joined, wait_until, Run};
+pub use joined::joined;
+pub use run::{wait_until, Run};

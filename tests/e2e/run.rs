@@ -178,21 +178,3 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
         thread::sleep(Duration::from_millis(10));
     }
 }
-
-/// The task log with each message on one line: the indented lines the tool
-/// writes under a headline (wrapped parts, the fix) joined onto it with a
-/// space, so a test can look for a whole message.
-pub fn joined(raw: &str) -> String {
-    let mut out = String::new();
-    for line in raw.lines() {
-        if line.starts_with("  ") && !out.is_empty() {
-            out.pop();
-            out.push(' ');
-            out.push_str(line.trim_start());
-        } else {
-            out.push_str(line);
-        }
-        out.push('\n');
-    }
-    out
-}
