@@ -231,16 +231,6 @@ impl std::fmt::Display for Refusal {
     }
 }
 
-/// A message that already says what to do.
-impl From<String> for Refusal {
-    fn from(what: String) -> Refusal {
-        Refusal {
-            what,
-            fix: String::new(),
-        }
-    }
-}
-
 impl Decision {
     pub fn change(&self, target: FileTarget) -> Option<&FileChange> {
         self.changes.iter().find(|c| c.target == target)
