@@ -224,8 +224,7 @@ fn write_cluster_state(paths: &Paths, vmid: Vmid, text: &str) -> Result<()> {
         return Err(anyhow!("{}: cannot write: {why}", path.display()));
     }
     let dir = paths.host("/etc/pve/pct-passthrough");
-    let made = !dir.exists();
-    crate::sys::fs::create_dir_all(paths, &dir)?;
+    let made = crate::sys::fs::create_dir_all(paths, &dir)?;
     let written = replace_file(paths, &path, text.as_bytes(), 0o600, Durability::Volatile);
     if written.is_err() && made {
         let _ = std::fs::remove_dir(&dir);
@@ -272,6 +271,10 @@ pub fn update_state(
         None => state.has_cluster_part(),
     };
     let mut node_text = state.render_node();
+    // The node file is reports every post-start writes again (verdicts,
+    // changes, the last run): a crash may cost it, never a start. Only
+    // while it holds the whole state is it flushed.
+    let mut durability = Durability::Volatile;
     if cluster_changes {
         if let Err(e) = write_cluster_state(paths, vmid, &new_cluster) {
             if cluster.text().is_some() || cluster_read_only(paths).is_none() {
@@ -282,16 +285,11 @@ pub fn update_state(
                 node_path.display()
             ));
             node_text = state.render();
+            durability = Durability::Flush;
         }
     }
     crate::sys::fs::create_dir_all(paths, &paths.state_dir())?;
-    replace_file(
-        paths,
-        &node_path,
-        node_text.as_bytes(),
-        0o644,
-        Durability::Flush,
-    )?;
+    replace_file(paths, &node_path, node_text.as_bytes(), 0o644, durability)?;
     Ok((!notes.is_empty()).then(|| notes.join("; ")))
 }
 

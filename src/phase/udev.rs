@@ -118,12 +118,10 @@ fn gather(paths: &Paths, ev: &UdevEvent) -> Vec<Wanted> {
 /// lock, then acting per container.
 fn work(paths: &Paths, ev: &UdevEvent) {
     let lock = paths.lock_dir().join("hotplug.lock");
-    let _g = match crate::sys::fs::create_dir_all(paths, &paths.lock_dir())
-        .map_err(|e| format!("{e:#}"))
-        .and_then(|()| {
-            crate::sys::lock::flock_exclusive(paths, &lock, Duration::from_secs(20))
-                .map_err(|e| e.to_string())
-        }) {
+    // The lock's directory is made with it.
+    let _g = match crate::sys::lock::flock_exclusive(paths, &lock, Duration::from_secs(20))
+        .map_err(|e| e.to_string())
+    {
         Ok(g) => g,
         Err(e) => {
             Log::new("-", "udev").warn("hotplug-failed", e);

@@ -16,7 +16,50 @@ const MAX_HOPS: usize = 40;
 
 /// A resolved node: its path as seen from the root (`/dev/ttyUSB0`) and
 /// its metadata. `Ok(None)` when it, or a link on the way, is missing.
+/// The kernel resolves it inside the root (one `O_PATH` open, never the
+/// device's driver) and names what it found through `/proc/self/fd`; where
+/// that name is not under the root as given, the links are walked by hand.
 pub fn resolve(paths: &Paths, abs: &str) -> io::Result<Option<(String, Metadata)>> {
+    use nix::fcntl::OFlag;
+    use std::os::fd::AsRawFd;
+    let host = paths.host(abs);
+    let file = crate::sys::fs::open_host(
+        paths,
+        &host,
+        OFlag::O_PATH | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| match e.downcast::<io::Error>() {
+        Ok(io) if io.raw_os_error() == Some(libc::ELOOP) => {
+            io::Error::other(format!("{abs}: too many levels of symbolic links"))
+        }
+        Ok(io) => io,
+        Err(e) => io::Error::other(format!("{e:#}")),
+    })?;
+    let Some(file) = file else {
+        return Ok(None);
+    };
+    let meta = file.metadata()?;
+    let seen = fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .ok()
+        .and_then(|real| as_seen_from_root(paths, &real));
+    match seen {
+        Some(seen) => Ok(Some((seen, meta))),
+        None => resolve_by_walk(paths, abs),
+    }
+}
+
+/// `real` (a host path from `/proc`) as seen from the root: `/dev/ttyUSB0`.
+fn as_seen_from_root(paths: &Paths, real: &Path) -> Option<String> {
+    let rel = real.strip_prefix(paths.root()).ok()?;
+    let seen = Path::new("/").join(rel);
+    // A name the kernel marks unreachable or deleted is no path.
+    let text = seen.to_str()?;
+    (!text.ends_with(" (deleted)")).then(|| text.to_string())
+}
+
+/// [`resolve`] by walking each component and link under the root.
+fn resolve_by_walk(paths: &Paths, abs: &str) -> io::Result<Option<(String, Metadata)>> {
     let mut todo: Vec<PathBuf> = vec![PathBuf::from(abs)];
     let mut done = PathBuf::from("/");
     let mut hops = 0;

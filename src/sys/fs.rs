@@ -15,7 +15,7 @@ use std::io::{Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -41,11 +41,14 @@ pub enum Durability {
     /// The file is flushed before the rename and its directory after it
     /// (where the filesystem has fsync; pmxcfs has none): a crash leaves
     /// the old file or the new one, complete. For what nothing regenerates:
-    /// the state, `/etc/subuid`, `/etc/subgid`, the container config.
+    /// `/etc/subuid`, `/etc/subgid`, and the state while the node file
+    /// holds all of it (before `/etc/pve` takes its part).
     Flush,
     /// No fsync at all: a crash may lose the new file. Only for a file that
-    /// is regenerated anyway: Proxmox writes `/var/lib/lxc/<vmid>/config`
-    /// afresh at every start and never flushes it either.
+    /// is regenerated anyway, or one pmxcfs commits itself: Proxmox writes
+    /// `/var/lib/lxc/<vmid>/config` afresh at every start and never flushes
+    /// it either; the node state's reports come again with each post-start;
+    /// the container config and the cluster state are on pmxcfs.
     Volatile,
 }
 
@@ -234,8 +237,7 @@ pub fn read_bytes(paths: &Paths, path: &Path, limits: Limits) -> Result<Option<V
     require_regular(path, st.st_mode)?;
     let size = usize::try_from(st.st_size).unwrap_or(usize::MAX);
     let mut buf = Vec::with_capacity(size.min(limits.max_bytes) + 1);
-    file.take(limits.max_bytes as u64 + 1)
-        .read_to_end(&mut buf)
+    read_to_end_sized(&file, &mut buf, size, limits.max_bytes as u64 + 1)
         .with_context(|| format!("{}: cannot read", path.display()))?;
     if buf.len() > limits.max_bytes {
         // The read stopped one byte past the limit: the size is fstat's.
@@ -250,6 +252,30 @@ pub fn read_bytes(paths: &Paths, path: &Path, limits: Limits) -> Result<Option<V
         return Err(text::FileTextError { file, error }.into());
     }
     Ok(Some(buf))
+}
+
+/// Reads at most `max` bytes of a regular file whose size was `size` at
+/// its `fstat`. A first read that returns exactly that size, short of the
+/// room asked for, is the whole file: no second read just to see the end.
+/// Otherwise (it grew, or a filesystem reports 0) it reads on to the end.
+fn read_to_end_sized(file: &File, buf: &mut Vec<u8>, size: usize, max: u64) -> std::io::Result<()> {
+    let mut limited = file.take(max);
+    if size > 0 && (size as u64) < max {
+        let room = buf.capacity().max(size + 1);
+        buf.resize(room, 0);
+        let n = loop {
+            match limited.read(&mut buf[..room]) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                r => break r,
+            }
+        };
+        let n = n.inspect_err(|_| buf.clear())?;
+        buf.truncate(n);
+        if n == size {
+            return Ok(());
+        }
+    }
+    limited.read_to_end(buf).map(drop)
 }
 
 /// Reads `path` as checked text. `Ok(None)` if it does not exist.
@@ -445,16 +471,17 @@ fn resolve_write_target_stat(paths: &Paths, path: &Path) -> Result<(DirEntry, Op
     )
 }
 
-/// `mkdir -p` inside the root.
-pub fn create_dir_all(paths: &Paths, dir: &Path) -> Result<()> {
+/// `mkdir -p` inside the root; true when it made a directory. One lookup
+/// when the directory is there; else only the missing tail is made, each
+/// level with one `mkdirat` below its parent's descriptor.
+pub fn create_dir_all(paths: &Paths, dir: &Path) -> Result<bool> {
     let Some(rel) = in_root(paths, dir)? else {
-        return std::fs::create_dir_all(dir)
-            .with_context(|| format!("{}: cannot create", dir.display()));
-    };
-    let how = || {
-        OpenHow::new()
-            .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
-            .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS)
+        if dir.is_dir() {
+            return Ok(false);
+        }
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("{}: cannot create", dir.display()))?;
+        return Ok(true);
     };
     let missing_root = || {
         anyhow!(
@@ -463,46 +490,55 @@ pub fn create_dir_all(paths: &Paths, dir: &Path) -> Result<()> {
             paths.root().display()
         )
     };
-    // Usually it is there: one lookup.
-    match with_root(paths, |root| openat2(root, rel, how()))?.ok_or_else(missing_root)? {
-        Ok(_) => return Ok(()),
-        Err(Errno::ENOENT) => {}
-        Err(e) => {
-            return Err(io_err(e)).with_context(|| format!("{}: not a directory", dir.display()))
-        }
-    }
-    let mut done = PathBuf::from(".");
-    for c in rel.components() {
-        match c {
-            Component::Normal(n) => {
-                let parent = with_root(paths, |root| openat2(root, &done, how()))?
-                    .ok_or_else(missing_root)?
-                    .map_err(io_err)
-                    .with_context(|| {
-                        format!("{}: cannot open", paths.root().join(&done).display())
-                    })?;
-                match mkdirat(&parent, n, Mode::from_bits_truncate(0o755)) {
-                    Ok(()) | Err(Errno::EEXIST) => {}
-                    Err(e) => {
-                        return Err(io_err(e)).with_context(|| {
-                            format!(
-                                "{}: cannot create",
-                                paths.root().join(&done).join(n).display()
-                            )
-                        })
-                    }
-                }
-                done.push(n);
-            }
-            Component::ParentDir => done.push(".."),
-            _ => {}
-        }
-    }
-    with_root(paths, |root| openat2(root, &done, how()))?
+    let mut made = false;
+    make_dir_in_root(paths, rel, &mut made)?
         .ok_or_else(missing_root)?
         .map(drop)
         .map_err(io_err)
-        .with_context(|| format!("{}: not a directory", dir.display()))
+        .with_context(|| format!("{}: not a directory", dir.display()))?;
+    Ok(made)
+}
+
+/// Opens `rel` (relative to the root) as a directory, making it and any
+/// missing parent first. `Ok(None)` when the root itself is missing.
+fn make_dir_in_root(
+    paths: &Paths,
+    rel: &Path,
+    made: &mut bool,
+) -> Result<Option<Result<OwnedFd, Errno>>> {
+    let how = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    let Some(found) = with_root(paths, |root| openat2(root, rel, how))? else {
+        return Ok(None);
+    };
+    let name = match (found, rel.components().next_back()) {
+        (Err(Errno::ENOENT), Some(Component::Normal(name))) => name,
+        (r, _) => return Ok(Some(r)),
+    };
+    let parent = match rel.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let parent_fd = match make_dir_in_root(paths, parent, made)? {
+        Some(Ok(fd)) => fd,
+        other => return Ok(other),
+    };
+    match mkdirat(&parent_fd, name, Mode::from_bits_truncate(0o755)) {
+        Ok(()) => *made = true,
+        // Made by someone else since the lookup.
+        Err(Errno::EEXIST) => {}
+        Err(e) => {
+            return Err(io_err(e))
+                .with_context(|| format!("{}: cannot create", paths.root().join(rel).display()))
+        }
+    }
+    Ok(Some(openat(
+        &parent_fd,
+        name,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+        Mode::empty(),
+    )))
 }
 
 /// True when the file system holding `path` (or its nearest existing
@@ -540,6 +576,24 @@ fn sync_tolerant(fd: impl AsFd, what: &Path) -> Result<()> {
     }
 }
 
+/// The umask [`normalize_umask`] set, once it has: `u32::MAX` before.
+static UMASK: AtomicU32 = AtomicU32::new(u32::MAX);
+
+/// Sets the process umask to 022, as Proxmox runs hookscripts, and
+/// remembers it: a file the tool makes can then get its final mode at
+/// creation instead of through a later `fchmod`. Called once by `main`.
+pub fn normalize_umask() {
+    nix::sys::stat::umask(Mode::from_bits_truncate(0o022));
+    UMASK.store(0o022, Ordering::Relaxed);
+}
+
+/// True when a file created with `mode` gets exactly `mode` under the
+/// umask this process is known to have.
+fn mode_survives_umask(mode: u32) -> bool {
+    let umask = UMASK.load(Ordering::Relaxed);
+    umask != u32::MAX && mode & !0o777 == 0 && mode & umask == 0
+}
+
 /// Atomically replaces `path` (inside the root) with `contents`: a temp
 /// file `<name>.tmp.<pid>` created in the target's (real) directory, the
 /// old mode and owner, a rename over the target, and the flushes that
@@ -572,12 +626,18 @@ pub fn replace_file_with(
         require_regular(target.path(), st.st_mode)?;
     }
     let mode = old.as_ref().map_or(new_mode, |st| st.st_mode & 0o7777);
+    // Made with its final mode when the umask cannot narrow it (no fchmod).
+    let create_mode = if mode_survives_umask(mode) {
+        mode
+    } else {
+        0o600
+    };
     let tmp = target.sibling(&format!(".tmp.{}", std::process::id()));
-    let file = match target.try_create_new(&tmp, 0o600) {
+    let file = match target.try_create_new(&tmp, create_mode) {
         // A leftover from a crashed run with our pid.
         Err(Errno::EEXIST) => {
             target.remove(&tmp)?;
-            target.create_new(&tmp, 0o600)?
+            target.create_new(&tmp, create_mode)?
         }
         r => r
             .map_err(io_err)
@@ -588,7 +648,7 @@ pub fn replace_file_with(
         file,
         &tmp,
         contents,
-        mode,
+        (mode != create_mode).then_some(mode),
         old.as_ref(),
         durability,
         before_rename,
@@ -605,7 +665,7 @@ fn write_temp_and_rename(
     mut file: File,
     tmp: &OsStr,
     contents: &[u8],
-    mode: u32,
+    chmod: Option<u32>,
     old: Option<&FileStat>,
     durability: Durability,
     before_rename: impl FnOnce(&DirEntry) -> Result<()>,
@@ -634,7 +694,7 @@ fn write_temp_and_rename(
             })?;
         }
     }
-    if mode != 0o600 {
+    if let Some(mode) = chmod {
         fchmod(&file, Mode::from_bits_truncate(mode))
             .map_err(io_err)
             .with_context(|| format!("{}: cannot set mode {mode:o}", tmp_path.display()))?;

@@ -92,13 +92,23 @@ pub fn open_lock_file(
     access: OFlag,
     mode: u32,
 ) -> anyhow::Result<File> {
-    if let Some(dir) = path.parent() {
-        crate::sys::fs::create_dir_all(paths, dir)
-            .with_context(|| format!("{}: cannot create the lock directory", dir.display()))?;
-    }
     let flags = access | OFlag::O_CREAT | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK | OFlag::O_NOCTTY;
-    let file = open_host(paths, path, flags, Mode::from_bits_truncate(mode))?
-        .ok_or_else(|| anyhow::anyhow!("{}: cannot create the lock file", path.display()))?;
+    let open = || open_host(paths, path, flags, Mode::from_bits_truncate(mode));
+    // The directory is there but after a reboot (`/run`): it is made only
+    // when the open says it is missing.
+    let file = match open()? {
+        Some(f) => Some(f),
+        None => match path.parent() {
+            Some(dir) => {
+                crate::sys::fs::create_dir_all(paths, dir).with_context(|| {
+                    format!("{}: cannot create the lock directory", dir.display())
+                })?;
+                open()?
+            }
+            None => None,
+        },
+    }
+    .ok_or_else(|| anyhow::anyhow!("{}: cannot create the lock file", path.display()))?;
     let st = nix::sys::stat::fstat(&file)
         .map_err(std::io::Error::from)
         .with_context(|| format!("{}: cannot stat", path.display()))?;

@@ -133,7 +133,9 @@ impl Log {
                 process: "pct-passthrough".into(),
                 pid: std::process::id(),
             };
-            self.syslog = match syslog::unix(formatter) {
+            // Linux's one syslog socket (journald's or rsyslog's); the
+            // crate's other paths are BSD's and macOS's.
+            self.syslog = match syslog::unix_custom(formatter, "/dev/log") {
                 Ok(w) => Syslog::Open(Box::new(w)),
                 Err(_) => Syslog::Unavailable,
             };

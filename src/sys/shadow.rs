@@ -121,28 +121,39 @@ impl Drop for LinkLock {
 /// there is nothing to write or flush, and the directory fsync of the
 /// replacement that follows makes the rename durable. Anything else (a
 /// symlink, a filesystem without hard links) gets a copy `old` through the
-/// atomic replace. No temp name survives a failure.
+/// atomic replace. No temp name survives a failure. A file not there (yet)
+/// has nothing to keep.
 fn backup(paths: &Paths, entry: &DirEntry, old: &[u8]) -> Result<()> {
     let dst = entry.sibling("-");
-    let st = entry.stat(entry.name())?;
-    if st.is_some_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG) {
+    let Some(st) = entry.stat(entry.name())? else {
+        return Ok(());
+    };
+    if st.st_mode & libc::S_IFMT == libc::S_IFREG {
         let tmp = entry.sibling(&format!("-.tmp.{}", std::process::id()));
-        // A leftover from a crashed run with our pid.
-        entry.remove(&tmp)?;
-        let linked = linkat(
-            entry.dir(),
-            entry.name(),
-            entry.dir(),
-            tmp.as_os_str(),
-            AtFlags::empty(),
-        );
+        let link = || {
+            linkat(
+                entry.dir(),
+                entry.name(),
+                entry.dir(),
+                tmp.as_os_str(),
+                AtFlags::empty(),
+            )
+        };
+        let linked = match link() {
+            // A leftover from a crashed run with our pid.
+            Err(Errno::EEXIST) => {
+                entry.remove(&tmp)?;
+                link()
+            }
+            r => r,
+        };
         if linked.is_ok() {
             return entry.rename(&tmp, &dst).inspect_err(|_| {
                 let _ = entry.remove(&tmp);
             });
         }
     }
-    let mode = st.map_or(0o644, |st| st.st_mode & 0o7777);
+    let mode = st.st_mode & 0o7777;
     replace_file(
         paths,
         &entry.sibling_path(&dst),
@@ -161,8 +172,16 @@ fn try_link_lock(paths: &Paths, file: &Path) -> Result<std::result::Result<LinkL
     let dir = open_parent(paths, file)?;
     let tmp = dir.sibling(&format!(".{pid}"));
     let lock = dir.sibling(".lock");
-    dir.remove(&tmp)?;
-    let mut f = dir.create_new(&tmp, 0o600)?;
+    let mut f = match dir.try_create_new(&tmp, 0o600) {
+        // A leftover from a crashed run with our pid.
+        Err(Errno::EEXIST) => {
+            dir.remove(&tmp)?;
+            dir.create_new(&tmp, 0o600)?
+        }
+        r => r
+            .map_err(anyhow::Error::new)
+            .with_context(|| format!("{}: cannot create", dir.sibling_path(&tmp).display()))?,
+    };
     let result = (|| -> Result<std::result::Result<(), Option<i32>>> {
         f.write_all(pid.to_string().as_bytes())
             .with_context(|| format!("{}: cannot write", dir.sibling_path(&tmp).display()))?;
@@ -483,8 +502,6 @@ pub fn append_coverage(
         let Some((new, added)) = SubidFile::parse(&old).plan(&wanted) else {
             continue;
         };
-        let entry = open_parent(paths, path)?;
-        let exists = entry.stat(entry.name())?.is_some();
         // shadow flushes these too: a lost line can stop a container. The
         // backup is made once the new text is safely in its temp file, so
         // a write that fails (a full disk) changes nothing at all.
@@ -494,12 +511,18 @@ pub fn append_coverage(
             new.as_bytes(),
             0o644,
             Durability::Flush,
-            |_| {
-                if exists {
-                    backup(paths, &entry, old.as_bytes())
-                        .with_context(|| format!("{}: cannot write the backup", path.display()))?;
-                }
-                Ok(())
+            |target| {
+                // The backup is of the name (`/etc/subgid-`), even where
+                // that is a link to the file written.
+                let named;
+                let entry = if target.path() == path.as_path() {
+                    target
+                } else {
+                    named = open_parent(paths, path)?;
+                    &named
+                };
+                backup(paths, entry, old.as_bytes())
+                    .with_context(|| format!("{}: cannot write the backup", path.display()))
             },
         )
         .with_context(|| format!("{}: cannot write", path.display()))?;
