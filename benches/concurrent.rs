@@ -57,8 +57,12 @@ fn verify(root: &Path, cts: &[ManyCt], ended: &[Ended]) -> Result<(), String> {
             .any(|l| l.starts_with("lxc.idmap") && l.contains(&want))
         {
             return Err(format!(
-                "{}.conf: no lxc.idmap line maps its stick's group ({want}):\n{conf}",
-                ct.vmid
+                "{}.conf: no lxc.idmap line maps its stick's group ({want}):\n{conf}\nits pre-start said:\n{}",
+                ct.vmid,
+                ended
+                    .iter()
+                    .find(|e| cts[e.index].vmid == ct.vmid)
+                    .map_or("", |e| e.stderr.as_str())
             ));
         }
     }

@@ -191,6 +191,36 @@ mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
 
+    /// A by-id link goes through `..`: renames elsewhere on the filesystem
+    /// (other starts replacing their files) make the kernel's in-root
+    /// lookup say `EAGAIN`, which must be tried again, never reported.
+    #[test]
+    fn resolves_through_dotdot_while_files_are_renamed() {
+        let d = tempfile::tempdir().unwrap();
+        let p = Paths::with_root(d.path());
+        fs::create_dir_all(d.path().join("dev/serial/by-id")).unwrap();
+        fs::write(d.path().join("dev/ttyUSB0"), "").unwrap();
+        symlink("../../ttyUSB0", d.path().join("dev/serial/by-id/usb-a")).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let renamer = {
+            let (stop, dir) = (stop.clone(), d.path().join("etc"));
+            fs::create_dir_all(&dir).unwrap();
+            fs::write(dir.join("a"), "").unwrap();
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    fs::rename(dir.join("a"), dir.join("b")).unwrap();
+                    fs::rename(dir.join("b"), dir.join("a")).unwrap();
+                }
+            })
+        };
+        let failed = (0..20_000)
+            .filter(|_| !matches!(resolve(&p, "/dev/serial/by-id/usb-a"), Ok(Some((n, _))) if n == "/dev/ttyUSB0"))
+            .count();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        renamer.join().unwrap();
+        assert_eq!(failed, 0, "lookups that failed while files were renamed");
+    }
+
     #[test]
     fn resolves_relative_and_absolute_links_inside_the_root() {
         let d = tempfile::tempdir().unwrap();

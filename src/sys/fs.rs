@@ -171,7 +171,26 @@ fn open_raw(
                 .flags(flags)
                 .mode(mode)
                 .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
-            Ok(with_root(paths, |root| openat2(root, rel, how))?.unwrap_or(Err(Errno::ENOENT)))
+            Ok(with_root(paths, |root| openat2_in_root(root, rel, how))?
+                .unwrap_or(Err(Errno::ENOENT)))
+        }
+    }
+}
+
+/// How often a lookup inside the root is tried again when the kernel says
+/// a rename elsewhere raced its `..` check.
+const EAGAIN_TRIES: usize = 64;
+
+/// `openat2` below the root's descriptor. `EAGAIN` means a rename anywhere
+/// on the filesystem raced a `..` on the way (a udev by-id link is
+/// `../../ttyUSB0`, and other starts rename files all the time): the man
+/// page's answer is to try again.
+fn openat2_in_root(root: BorrowedFd, rel: &Path, how: OpenHow) -> Result<OwnedFd, Errno> {
+    let mut tries = 1;
+    loop {
+        match openat2(root, rel, how) {
+            Err(Errno::EAGAIN) if tries < EAGAIN_TRIES => tries += 1,
+            r => return r,
         }
     }
 }
@@ -509,7 +528,7 @@ fn make_dir_in_root(
     let how = OpenHow::new()
         .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
         .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
-    let Some(found) = with_root(paths, |root| openat2(root, rel, how))? else {
+    let Some(found) = with_root(paths, |root| openat2_in_root(root, rel, how))? else {
         return Ok(None);
     };
     let name = match (found, rel.components().next_back()) {
