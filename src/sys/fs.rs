@@ -177,22 +177,30 @@ fn open_raw(
     }
 }
 
-/// How often a lookup inside the root is tried again when the kernel says
+/// How often a lookup inside a root is tried again when the kernel says
 /// a rename elsewhere raced its `..` check.
 const EAGAIN_TRIES: usize = 64;
 
-/// `openat2` below the root's descriptor. `EAGAIN` means a rename anywhere
-/// on the filesystem raced a `..` on the way (a udev by-id link is
-/// `../../ttyUSB0`, and other starts rename files all the time): the man
-/// page's answer is to try again.
-fn openat2_in_root(root: BorrowedFd, rel: &Path, how: OpenHow) -> Result<OwnedFd, Errno> {
+/// Runs an `openat2` with `RESOLVE_IN_ROOT` until it does not say `EAGAIN`,
+/// at most [`EAGAIN_TRIES`] times. `EAGAIN` means a rename anywhere on the
+/// filesystem raced a `..` on the way (a udev by-id link is `../../ttyUSB0`,
+/// and other starts rename files all the time): the man page's answer is to
+/// try again. For the host's root here and a container's in `sys::ns`.
+pub(crate) fn retry_raced_lookup<T>(
+    mut open: impl FnMut() -> Result<T, Errno>,
+) -> Result<T, Errno> {
     let mut tries = 1;
     loop {
-        match openat2(root, rel, how) {
+        match open() {
             Err(Errno::EAGAIN) if tries < EAGAIN_TRIES => tries += 1,
             r => return r,
         }
     }
+}
+
+/// `openat2` below the root's descriptor, raced lookups tried again.
+fn openat2_in_root(root: BorrowedFd, rel: &Path, how: OpenHow) -> Result<OwnedFd, Errno> {
+    retry_raced_lookup(|| openat2(root, rel, how))
 }
 
 /// Opens `path` inside the root; `Ok(None)` if it does not exist.

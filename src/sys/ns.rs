@@ -563,10 +563,7 @@ fn openat2(dirfd: RawFd, path: &str, flags: i32, resolve: u64) -> std::io::Resul
     let mut oh: libc::open_how = unsafe { std::mem::zeroed() };
     oh.flags = u64::try_from(flags | libc::O_CLOEXEC).unwrap_or(0);
     oh.resolve = resolve;
-    // `EAGAIN`: a rename raced a `..` under RESOLVE_IN_ROOT; try again,
-    // as the man page says, a bounded number of times.
-    let mut tries = 1;
-    let fd = loop {
+    let fd = crate::sys::fs::retry_raced_lookup(|| {
         // SAFETY: openat2 reads the path and the open_how we pass with its size.
         let fd = unsafe {
             libc::syscall(
@@ -577,15 +574,13 @@ fn openat2(dirfd: RawFd, path: &str, flags: i32, resolve: u64) -> std::io::Resul
                 std::mem::size_of::<libc::open_how>(),
             )
         };
-        if fd >= 0 {
-            break fd;
+        if fd < 0 {
+            Err(nix::errno::Errno::last())
+        } else {
+            Ok(fd)
         }
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EAGAIN) || tries >= 64 {
-            return Err(e);
-        }
-        tries += 1;
-    };
+    })
+    .map_err(std::io::Error::from)?;
     let fd = i32::try_from(fd).map_err(|_| std::io::Error::from_raw_os_error(libc::EBADF))?;
     // SAFETY: openat2 just returned this fd; nobody else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
