@@ -1,17 +1,23 @@
 //! argv in, exit code out.
-
-use std::process::ExitCode;
+//!
+//! `no_main`: a hookscript runs on every container start, so this binary
+//! skips the Rust runtime's start-up (the main thread's stack guard read
+//! from /proc/self/maps, the stack-overflow handler's alternate stack) and
+//! does only the two parts a hook needs itself: fds 0 to 2 open, SIGPIPE
+//! ignored.
+#![no_main]
 
 use pct_passthrough::{app, cli, paths::Paths};
 
-fn main() -> ExitCode {
-    pct_passthrough::sys::fs::normalize_umask();
-    let cmd = match cli::parse(std::env::args_os().skip(1)) {
-        Ok(c) => c,
+#[no_mangle]
+extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {
+    pct_passthrough::sys::start::process();
+    let code = match cli::parse(std::env::args_os().skip(1)) {
+        Ok(c) => app::run(c, &Paths::from_env()),
         Err(e) => {
             eprintln!("pct-passthrough: {e}");
-            return ExitCode::from(2);
+            2
         }
     };
-    ExitCode::from(app::run(cmd, &Paths::from_env()))
+    code.into()
 }

@@ -94,8 +94,19 @@ impl Paths {
 
     /// `abs` (an absolute host path such as `/etc/subuid`) under the root.
     pub fn host(&self, abs: impl AsRef<Path>) -> PathBuf {
+        use std::os::unix::ffi::OsStrExt;
+        let abs = abs.as_ref();
+        // The common case, `/` and plain names, is joined as it is.
+        if let Some(rel) = abs.as_os_str().as_bytes().strip_prefix(b"/") {
+            if !rel.is_empty()
+                && rel
+                    .split(|b| *b == b'/')
+                    .all(|n| !n.is_empty() && n != b"." && n != b"..")
+            {
+                return self.root.join(std::ffi::OsStr::from_bytes(rel));
+            }
+        }
         let rel: PathBuf = abs
-            .as_ref()
             .components()
             .filter(|c| matches!(c, Component::Normal(_)))
             .collect();
@@ -217,5 +228,20 @@ mod tests {
             p.pve_config_lock(v),
             PathBuf::from("/tmp/r/run/lock/lxc/pve-config-105.lock")
         );
+        // Only plain names take the short way; the rest drop to names,
+        // and both give the same bytes.
+        for (abs, want) in [
+            ("/etc/subgid", "/tmp/r/etc/subgid"),
+            ("/", "/tmp/r/"),
+            ("", "/tmp/r/"),
+            ("etc/x", "/tmp/r/etc/x"),
+            ("/etc//x", "/tmp/r/etc/x"),
+            ("/etc/./x/", "/tmp/r/etc/x"),
+            ("/etc/../x", "/tmp/r/etc/x"),
+            ("/etc/..x/.y", "/tmp/r/etc/..x/.y"),
+        ] {
+            let got = p.host(abs);
+            assert_eq!(got.as_os_str(), want, "{abs:?}");
+        }
     }
 }

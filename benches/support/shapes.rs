@@ -107,9 +107,15 @@ fn add_stick_node(root: &Path) -> io::Result<()> {
 
 /// Typical: the sample host with its stick. The config binds the stick by
 /// its by-id path; the tool passes GID 20 through and appends `root:20:1` to
-/// `/etc/subgid`.
+/// `/etc/subgid`. The host is an installed one (`install.sh` keeps its
+/// manifest in `/var/lib/pct-passthrough`) with the `/run/lock` every host
+/// has, and this is the first start since boot of a container the tool has
+/// never run for: no `/run/lock/pct-passthrough`, no
+/// `/etc/pve/pct-passthrough`, no state.
 pub fn typical(root: &Path) -> io::Result<()> {
     copy_tree(&sample_host(), root)?;
+    fs::create_dir_all(root.join("run/lock"))?;
+    fs::create_dir_all(root.join("var/lib/pct-passthrough/install"))?;
     add_stick_node(root)
 }
 

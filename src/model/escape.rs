@@ -34,7 +34,9 @@ fn needs_escape(c: char) -> bool {
 /// U+0100) or `\u{NNNN}`, and `\` as `\\`. Printable UTF-8 is kept, so a
 /// name like `jürgen` reads as itself. Unchanged text is not copied.
 pub fn escape(s: &str) -> Cow<'_, str> {
-    if !s.chars().any(|c| c == '\\' || needs_escape(c)) {
+    // Printable ASCII needs no escape; only other text is read as chars.
+    let plain = |b: u8| (0x20..0x7f).contains(&b) && b != b'\\';
+    if s.bytes().all(plain) || !s.chars().any(|c| c == '\\' || needs_escape(c)) {
         return Cow::Borrowed(s);
     }
     let mut out = String::with_capacity(s.len() + 8);

@@ -15,6 +15,15 @@ fn key_value(line: &str) -> Option<(&str, &str)> {
     Some((k, v.trim()))
 }
 
+/// The value of `line` if its key is `key`. Most lines of a config are
+/// other keys: those are told apart by their first bytes, unsplit.
+fn value_of<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    if !line.trim_start().starts_with(key) {
+        return None;
+    }
+    key_value(line).filter(|(k, _)| *k == key).map(|(_, v)| v)
+}
+
 /// The generated config, kept byte for byte.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LxcConfig {
@@ -41,7 +50,7 @@ impl LxcConfig {
     pub fn values<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         self.lines().filter_map(move |l| {
             let body = l.trim_end_matches(['\n', '\r']);
-            key_value(body).filter(|(k, _)| *k == key).map(|(_, v)| v)
+            value_of(body, key)
         })
     }
 
@@ -63,7 +72,7 @@ impl LxcConfig {
         };
         for line in self.lines() {
             let body = line.trim_end_matches(['\n', '\r']);
-            if key_value(body).is_some_and(|(k, _)| k == key) {
+            if value_of(body, key).is_some() {
                 if !placed {
                     new_lines(&mut out);
                     placed = true;
@@ -112,7 +121,7 @@ impl LxcConfig {
         let mut found = false;
         for line in self.lines() {
             let body = line.trim_end_matches(['\n', '\r']);
-            if key_value(body).is_some_and(|(k, v)| k == key && v.trim() == old.trim()) {
+            if value_of(body, key).is_some_and(|v| v.trim() == old.trim()) {
                 found = true;
                 out.push_str(&format!("{key} = {new}\n"));
             } else {

@@ -28,7 +28,8 @@ fn is_escape(c: char) -> bool {
 /// [`text_to_bytes`].
 pub fn bytes_to_text(bytes: &[u8]) -> Cow<'_, str> {
     if let Ok(s) = std::str::from_utf8(bytes) {
-        if !s.chars().any(is_escape) {
+        // Escapes are never ASCII: most configs are read as they are.
+        if s.is_ascii() || !s.chars().any(is_escape) {
             return Cow::Borrowed(s);
         }
     }
@@ -55,7 +56,7 @@ pub fn bytes_to_text(bytes: &[u8]) -> Cow<'_, str> {
 
 /// The bytes a text-form string stands for (see [`bytes_to_text`]).
 pub fn text_to_bytes(text: &str) -> Cow<'_, [u8]> {
-    if !text.chars().any(is_escape) {
+    if text.is_ascii() || !text.chars().any(is_escape) {
         return Cow::Borrowed(text.as_bytes());
     }
     let mut out = Vec::with_capacity(text.len());

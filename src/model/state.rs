@@ -488,8 +488,16 @@ impl State {
 
     /// True when the fields that follow the container hold anything.
     pub fn has_cluster_part(&self) -> bool {
-        let empty = State::new(self.vmid);
-        self.render_cluster() != empty.render_cluster()
+        // The fields of CLUSTER_KEYS against a new state's, unrendered
+        // (`cluster_part_is_what_the_cluster_file_renders` keeps them in step).
+        let new = State::new(self.vmid);
+        self.owned != new.owned
+            || self.runtime_user != new.runtime_user
+            || self.container_groups != new.container_groups
+            || self.dev_fallback != new.dev_fallback
+            || self.first_boot_groups != new.first_boot_groups
+            || self.files_idmap != new.files_idmap
+            || self.shift != new.shift
     }
 
     /// One state from the two files: the fields that follow the container
@@ -530,6 +538,68 @@ mod tests {
             ..RuntimeUser::default()
         });
         assert_eq!(State::parse(&s.render()).unwrap(), s);
+    }
+
+    /// `has_cluster_part` compares fields, not renders: one field set at a
+    /// time, it says yes exactly when the cluster file's text changes.
+    #[test]
+    fn cluster_part_is_what_the_cluster_file_renders() {
+        let edits: Vec<fn(&mut State)> = vec![
+            |s| {
+                s.owned
+                    .conf_lines
+                    .push(OwnedLine::new("lxc.idmap", "g 20 20 1"))
+            },
+            |s| {
+                s.owned
+                    .dev_entries
+                    .push(OwnedLine::new("dev0", "/dev/ttyUSB0"))
+            },
+            |s| s.owned.dev_options.push(OwnedLine::new("dev0", "gid=20")),
+            |s| {
+                s.owned
+                    .adopted
+                    .push(OwnedLine::new("lxc.idmap", "u 0 100000 65536"))
+            },
+            |s| {
+                s.owned
+                    .mp_options
+                    .push(OwnedLine::new("mp0", "idmap=u:1:1:1"))
+            },
+            |s| s.runtime_user = Some(RuntimeUser::default()),
+            |s| _ = s.container_groups.insert("dialout".into(), 20),
+            |s| s.dev_fallback.push(DevFallback::default()),
+            |s| s.first_boot_groups = true,
+            |s| s.files_idmap = Some(Vec::new()),
+            |s| {
+                s.shift
+                    .steps
+                    .push(crate::model::shift::ShiftStep::new(vec![], vec![]))
+            },
+            |s| s.changes.push("x".into()),
+            |s| s.devices.push(DeviceVerdict::default()),
+            |s| s.group_collisions.push(GroupCollision::default()),
+            |s| s.last_shift = Some(ShiftRecord::default()),
+            |s| {
+                s.last_run = Some(LastRun {
+                    phase: PhaseName::PreStart,
+                    outcome: Outcome::Ok,
+                    message: String::new(),
+                    at: 1,
+                })
+            },
+        ];
+        let empty = State::new(105).render_cluster();
+        let mut cluster_fields = 0;
+        for edit in edits {
+            let mut s = State::new(105);
+            edit(&mut s);
+            let renders = s.render_cluster() != empty;
+            assert_eq!(s.has_cluster_part(), renders, "{}", s.render());
+            cluster_fields += usize::from(renders);
+        }
+        assert_eq!(cluster_fields, 11);
+        assert!(!State::new(105).has_cluster_part());
     }
 
     /// The two files hold disjoint fields, and joining them gives the

@@ -69,6 +69,16 @@ fn in_root<'p>(paths: &Paths, path: &'p Path) -> Result<Option<&'p Path>> {
     if paths.is_real_root() {
         return Ok(None);
     }
+    // The common case, `<root>/<rest>` as `Paths::host` builds it.
+    let (p, r) = (
+        path.as_os_str().as_bytes(),
+        paths.root().as_os_str().as_bytes(),
+    );
+    if let Some(rest) = p.strip_prefix(r).and_then(|t| t.strip_prefix(b"/")) {
+        if !rest.is_empty() && !rest.starts_with(b"/") {
+            return Ok(Some(Path::new(OsStr::from_bytes(rest))));
+        }
+    }
     match path.strip_prefix(paths.root()) {
         Ok(rel) if rel.as_os_str().is_empty() => Ok(Some(Path::new("."))),
         Ok(rel) => Ok(Some(rel)),

@@ -11,4 +11,5 @@ pub mod ns;
 pub mod proc;
 pub mod shadow;
 pub mod shift;
+pub mod start;
 pub mod worker;
