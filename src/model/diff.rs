@@ -215,6 +215,7 @@ mod tests {
             old: old.map(str::to_string),
             new: new.into(),
             reasons: vec![format!("why {path}")],
+            state: None,
         };
         let out = render_changes(
             "/tmp/r/",

@@ -475,6 +475,30 @@ impl State {
         self.render_keys(|k| !CLUSTER_KEYS.contains(&k))
     }
 
+    /// The cluster file's and the node file's texts, from one rendering.
+    pub fn render_split(&self) -> (String, String) {
+        let (mut cluster, mut node) = (serde_json::Map::new(), serde_json::Map::new());
+        if let Ok(serde_json::Value::Object(map)) = serde_json::to_value(self) {
+            for (k, v) in map {
+                if COMMON_KEYS.contains(&k.as_str()) {
+                    cluster.insert(k.clone(), v.clone());
+                    node.insert(k, v);
+                } else if CLUSTER_KEYS.contains(&k.as_str()) {
+                    cluster.insert(k, v);
+                } else {
+                    node.insert(k, v);
+                }
+            }
+        }
+        let text = |mut map: serde_json::Map<String, serde_json::Value>| {
+            map.insert("version".into(), STATE_VERSION.into());
+            let mut s = serde_json::to_string_pretty(&map).unwrap_or_else(|_| "{}".into());
+            s.push('\n');
+            s
+        };
+        (text(cluster), text(node))
+    }
+
     fn render_keys(&self, keep: impl Fn(&str) -> bool) -> String {
         let mut value = serde_json::to_value(self).unwrap_or_default();
         if let serde_json::Value::Object(map) = &mut value {
@@ -538,6 +562,21 @@ mod tests {
             ..RuntimeUser::default()
         });
         assert_eq!(State::parse(&s.render()).unwrap(), s);
+    }
+
+    #[test]
+    fn render_split_is_both_renders() {
+        let mut s = State::new(105);
+        s.owned
+            .conf_lines
+            .push(OwnedLine::new("lxc.idmap", "g 20 20 1"));
+        s.changes.push("added svc to dialout".into());
+        assert_eq!(s.render_split(), (s.render_cluster(), s.render_node()));
+        let empty = State::new(7);
+        assert_eq!(
+            empty.render_split(),
+            (empty.render_cluster(), empty.render_node())
+        );
     }
 
     /// `has_cluster_part` compares fields, not renders: one field set at a

@@ -265,12 +265,11 @@ pub fn update_state(
         .state
         .unwrap_or_else(|| State::new(vmid.get()));
     f(&mut state);
-    let new_cluster = state.render_cluster();
+    let (new_cluster, mut node_text) = state.render_split();
     let cluster_changes = match cluster.text() {
         Some(old) => old != new_cluster,
         None => state.has_cluster_part(),
     };
-    let mut node_text = state.render_node();
     // The node file is reports every post-start writes again (verdicts,
     // changes, the last run): a crash may cost it, never a start. Only
     // while it holds the whole state is it flushed.

@@ -10,7 +10,7 @@ use super::{chain, io, Ctx};
 use crate::model::idmap::IdKind;
 use crate::model::prestart::{self, Decision, FileTarget, Refusal};
 use crate::model::pveconf;
-use crate::model::state::{Outcome, PhaseName, State};
+use crate::model::state::{Outcome, PhaseName};
 use crate::model::subid::SubidNeed;
 use crate::paths::Paths;
 use crate::sys::devnode;
@@ -268,7 +268,11 @@ fn apply_subids(ctx: &mut Ctx, decision: &Decision) -> Result<()> {
 /// pre-start's; the rest may have been updated by a post-start worker since
 /// it was read.
 fn apply_state(ctx: &mut Ctx, decision: &Decision, c: &prestart::FileChange) -> Result<()> {
-    let decided = State::parse(&c.new).map_err(|e| anyhow!("{}: {e}", c.path))?;
+    let decided = c
+        .state
+        .as_deref()
+        .ok_or_else(|| anyhow!("{}: the decision holds no state to write", c.path))?
+        .clone();
     let last = (c.target == FileTarget::State).then(|| crate::model::state::LastRun {
         phase: PhaseName::PreStart,
         outcome: Outcome::Changed,

@@ -528,7 +528,7 @@ pub fn create_dir_all(paths: &Paths, dir: &Path) -> Result<bool> {
         )
     };
     let mut made = false;
-    make_dir_in_root(paths, rel, &mut made)?
+    make_dir_in_root(paths, rel, &mut made, false)?
         .ok_or_else(missing_root)?
         .map(drop)
         .map_err(io_err)
@@ -537,12 +537,14 @@ pub fn create_dir_all(paths: &Paths, dir: &Path) -> Result<bool> {
 }
 
 /// Opens `rel` (relative to the root) as a directory, making it and any
-/// missing parent first. `Ok(None)` when the root itself is missing.
+/// missing parent first. `Ok(None)` when the root itself is missing. A
+/// directory this call made is opened only when `open_made` (a parent).
 fn make_dir_in_root(
     paths: &Paths,
     rel: &Path,
     made: &mut bool,
-) -> Result<Option<Result<OwnedFd, Errno>>> {
+    open_made: bool,
+) -> Result<Option<Result<Option<OwnedFd>, Errno>>> {
     let how = OpenHow::new()
         .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
         .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
@@ -551,17 +553,21 @@ fn make_dir_in_root(
     };
     let name = match (found, rel.components().next_back()) {
         (Err(Errno::ENOENT), Some(Component::Normal(name))) => name,
-        (r, _) => return Ok(Some(r)),
+        (r, _) => return Ok(Some(r.map(Some))),
     };
     let parent = match rel.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    let parent_fd = match make_dir_in_root(paths, parent, made)? {
-        Some(Ok(fd)) => fd,
+    let parent_fd = match make_dir_in_root(paths, parent, made, true)? {
+        Some(Ok(Some(fd))) => fd,
         other => return Ok(other),
     };
     match mkdirat(&parent_fd, name, Mode::from_bits_truncate(0o755)) {
+        Ok(()) if !open_made => {
+            *made = true;
+            return Ok(Some(Ok(None)));
+        }
         Ok(()) => *made = true,
         // Made by someone else since the lookup.
         Err(Errno::EEXIST) => {}
@@ -570,12 +576,15 @@ fn make_dir_in_root(
                 .with_context(|| format!("{}: cannot create", paths.root().join(rel).display()))
         }
     }
-    Ok(Some(openat(
-        &parent_fd,
-        name,
-        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
-        Mode::empty(),
-    )))
+    Ok(Some(
+        openat(
+            &parent_fd,
+            name,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+            Mode::empty(),
+        )
+        .map(Some),
+    ))
 }
 
 /// True when the file system holding `path` (or its nearest existing
@@ -643,10 +652,11 @@ pub fn replace_file(
     new_mode: u32,
     durability: Durability,
 ) -> Result<()> {
-    replace_file_with(paths, path, contents, new_mode, durability, |_| Ok(()))
+    replace_file_with(paths, path, contents, new_mode, durability, |_, _| Ok(()))
 }
 
-/// [`replace_file`], calling `before_rename` with the target once the new
+/// [`replace_file`], calling `before_rename` with the target (and its stat
+/// from before, if it was there) once the new
 /// contents are complete (and flushed), right before the rename: the last
 /// moment to keep the old file, as shadow's backup does. A failure there
 /// leaves the target as it was, and no temp file.
@@ -656,7 +666,7 @@ pub fn replace_file_with(
     contents: &[u8],
     new_mode: u32,
     durability: Durability,
-    before_rename: impl FnOnce(&DirEntry) -> Result<()>,
+    before_rename: impl FnOnce(&DirEntry, Option<&FileStat>) -> Result<()>,
 ) -> Result<()> {
     let (target, old) = resolve_write_target_stat(paths, path)?;
     if let Some(st) = &old {
@@ -705,7 +715,7 @@ fn write_temp_and_rename(
     chmod: Option<u32>,
     old: Option<&FileStat>,
     durability: Durability,
-    before_rename: impl FnOnce(&DirEntry) -> Result<()>,
+    before_rename: impl FnOnce(&DirEntry, Option<&FileStat>) -> Result<()>,
 ) -> Result<()> {
     let tmp_path = target.sibling_path(tmp);
     file.write_all(contents)
@@ -744,7 +754,7 @@ fn write_temp_and_rename(
         // Test hook: die as a crash would.
         let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
     }
-    before_rename(target)?;
+    before_rename(target, old)?;
     target.rename(tmp, target.name())?;
     if durability == Durability::Flush {
         sync_tolerant(

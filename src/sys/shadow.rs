@@ -123,10 +123,23 @@ impl Drop for LinkLock {
 /// symlink, a filesystem without hard links) gets a copy `old` through the
 /// atomic replace. No temp name survives a failure. A file not there (yet)
 /// has nothing to keep.
-fn backup(paths: &Paths, entry: &DirEntry, old: &[u8]) -> Result<()> {
+fn backup(
+    paths: &Paths,
+    entry: &DirEntry,
+    old: &[u8],
+    known: Option<&nix::sys::stat::FileStat>,
+) -> Result<()> {
     let dst = entry.sibling("-");
-    let Some(st) = entry.stat(entry.name())? else {
-        return Ok(());
+    let stat;
+    let st = match known {
+        Some(st) => st,
+        None => match entry.stat(entry.name())? {
+            Some(st) => {
+                stat = st;
+                &stat
+            }
+            None => return Ok(()),
+        },
     };
     if st.st_mode & libc::S_IFMT == libc::S_IFREG {
         let tmp = entry.sibling(&format!("-.tmp.{}", std::process::id()));
@@ -511,17 +524,21 @@ pub fn append_coverage(
             new.as_bytes(),
             0o644,
             Durability::Flush,
-            |target| {
+            |target, target_stat| {
                 // The backup is of the name (`/etc/subgid-`), even where
                 // that is a link to the file written.
                 let named;
-                let entry = if target.path() == path.as_path() {
-                    target
+                let (entry, known) = if target.path() == path.as_path() {
+                    // Not there before: nothing to keep.
+                    let Some(st) = target_stat else {
+                        return Ok(());
+                    };
+                    (target, Some(st))
                 } else {
                     named = open_parent(paths, path)?;
-                    &named
+                    (&named, None)
                 };
-                backup(paths, entry, old.as_bytes())
+                backup(paths, entry, old.as_bytes(), known)
                     .with_context(|| format!("{}: cannot write the backup", path.display()))
             },
         )

@@ -155,6 +155,9 @@ pub struct FileChange {
     pub old: Option<String>,
     pub new: String,
     pub reasons: Vec<String>,
+    /// For a state change: the state `new` renders, so that applying it
+    /// does not parse it back.
+    pub state: Option<Box<State>>,
 }
 
 /// Where the tool's private nodes for this start live (see [`PrivateNode`]).
@@ -317,6 +320,7 @@ impl Draft {
                 old: old_state_text.clone(),
                 new: first.render_cluster(),
                 reasons: vec!["record the lines the tool owns before writing them".into()],
+                state: Some(Box::new(first)),
             });
         }
         changes.extend(self.subid_changes(facts));
@@ -327,6 +331,7 @@ impl Draft {
                 old: Some(old_conf),
                 new: new_conf,
                 reasons: self.conf_reasons.clone(),
+                state: None,
             });
         }
         if let Some(new) = &self.lxc {
@@ -338,6 +343,7 @@ impl Draft {
                     old,
                     new: new.clone(),
                     reasons: self.lxc_reasons.clone(),
+                    state: None,
                 });
             }
         }
@@ -348,6 +354,7 @@ impl Draft {
                 old: old_state_text,
                 new: self.state.render_cluster(),
                 reasons: vec!["record the lines the tool owns in the container config".into()],
+                state: Some(Box::new(self.state.clone())),
             });
         }
         Decision {
@@ -410,6 +417,7 @@ impl Draft {
                         need.kind.word(),
                         ranges.join(", ")
                     )],
+                    state: None,
                 });
             }
         }
