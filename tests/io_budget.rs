@@ -482,7 +482,7 @@ fn own_syscalls(root: &Path, args: &[&str]) -> Vec<String> {
 fn syscall_budget_per_start() {
     for (build, settle, budget) in [
         (shapes::nothing as fn(&Path) -> _, false, 10),
-        (shapes::typical, false, 135),
+        (shapes::typical, false, 130),
         (shapes::typical, true, 40),
     ] {
         let dir = root_with(build);
