@@ -418,6 +418,15 @@ impl std::fmt::Display for StateProblem {
     }
 }
 
+/// A state file's text: `map` with this release's version, pretty, one
+/// final newline.
+fn file_text(mut map: serde_json::Map<String, serde_json::Value>) -> String {
+    map.insert("version".into(), STATE_VERSION.into());
+    let mut s = serde_json::to_string_pretty(&map).unwrap_or_else(|_| "{}".into());
+    s.push('\n');
+    s
+}
+
 impl State {
     /// The uid/gid post-start found the service needs on the node at `path`
     /// (host path as the config names it), for the devices step.
@@ -490,24 +499,16 @@ impl State {
                 }
             }
         }
-        let text = |mut map: serde_json::Map<String, serde_json::Value>| {
-            map.insert("version".into(), STATE_VERSION.into());
-            let mut s = serde_json::to_string_pretty(&map).unwrap_or_else(|_| "{}".into());
-            s.push('\n');
-            s
-        };
-        (text(cluster), text(node))
+        (file_text(cluster), file_text(node))
     }
 
     fn render_keys(&self, keep: impl Fn(&str) -> bool) -> String {
-        let mut value = serde_json::to_value(self).unwrap_or_default();
-        if let serde_json::Value::Object(map) = &mut value {
-            map.retain(|k, _| COMMON_KEYS.contains(&k.as_str()) || keep(k));
-            map.insert("version".into(), STATE_VERSION.into());
-        }
-        let mut s = serde_json::to_string_pretty(&value).unwrap_or_else(|_| "{}".into());
-        s.push('\n');
-        s
+        let mut map = match serde_json::to_value(self) {
+            Ok(serde_json::Value::Object(map)) => map,
+            _ => serde_json::Map::new(),
+        };
+        map.retain(|k, _| COMMON_KEYS.contains(&k.as_str()) || keep(k));
+        file_text(map)
     }
 
     /// True when the fields that follow the container hold anything.

@@ -121,26 +121,15 @@ impl Drop for LinkLock {
 /// there is nothing to write or flush, and the directory fsync of the
 /// replacement that follows makes the rename durable. Anything else (a
 /// symlink, a filesystem without hard links) gets a copy `old` through the
-/// atomic replace. No temp name survives a failure. A file not there (yet)
-/// has nothing to keep.
+/// atomic replace. No temp name survives a failure. `st` is the name's own
+/// (unfollowed) stat.
 fn backup(
     paths: &Paths,
     entry: &DirEntry,
     old: &[u8],
-    known: Option<&nix::sys::stat::FileStat>,
+    st: &nix::sys::stat::FileStat,
 ) -> Result<()> {
     let dst = entry.sibling("-");
-    let stat;
-    let st = match known {
-        Some(st) => st,
-        None => match entry.stat(entry.name())? {
-            Some(st) => {
-                stat = st;
-                &stat
-            }
-            None => return Ok(()),
-        },
-    };
     if st.st_mode & libc::S_IFMT == libc::S_IFREG {
         let tmp = entry.sibling(&format!("-.tmp.{}", std::process::id()));
         let link = || {
@@ -528,17 +517,18 @@ pub fn append_coverage(
                 // The backup is of the name (`/etc/subgid-`), even where
                 // that is a link to the file written.
                 let named;
-                let (entry, known) = if target.path() == path.as_path() {
-                    // Not there before: nothing to keep.
-                    let Some(st) = target_stat else {
-                        return Ok(());
-                    };
-                    (target, Some(st))
+                let (entry, st) = if target.path() == path.as_path() {
+                    (target, target_stat.copied())
                 } else {
                     named = open_parent(paths, path)?;
-                    (&named, None)
+                    let st = named.stat(named.name())?;
+                    (&named, st)
                 };
-                backup(paths, entry, old.as_bytes(), known)
+                // Not there before: nothing to keep.
+                let Some(st) = st else {
+                    return Ok(());
+                };
+                backup(paths, entry, old.as_bytes(), &st)
                     .with_context(|| format!("{}: cannot write the backup", path.display()))
             },
         )
