@@ -482,8 +482,8 @@ fn own_syscalls(root: &Path, args: &[&str]) -> Vec<String> {
 fn syscall_budget_per_start() {
     for (build, settle, budget) in [
         (shapes::nothing as fn(&Path) -> _, false, 10),
-        (shapes::typical, false, 130),
-        (shapes::typical, true, 40),
+        (shapes::typical, false, 125),
+        (shapes::typical, true, 38),
     ] {
         let dir = root_with(build);
         let root = dir.path().join("r");

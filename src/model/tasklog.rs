@@ -43,6 +43,15 @@ pub fn lines_within(prefix: &str, message: &str, width: usize) -> Vec<String> {
 /// clauses (cut after `; `) where they fit, else words; a word longer than
 /// the width (a path) stays whole.
 pub fn wrap(text: &str, first: usize, rest: usize) -> Vec<String> {
+    // Bytes bound characters: a text this short is one line.
+    if text.len() <= first {
+        return vec![text.to_string()];
+    }
+    wrap_clauses(text, first, rest)
+}
+
+/// [`wrap`] without its one-line shortcut.
+fn wrap_clauses(text: &str, first: usize, rest: usize) -> Vec<String> {
     let width = |n: usize| if n == 0 { first } else { rest };
     let mut out: Vec<String> = Vec::new();
     let mut cur = String::new();
@@ -134,6 +143,12 @@ mod tests {
     }
 
     proptest! {
+        /// The one-line shortcut gives what the clause cutter gives.
+        #[test]
+        fn a_short_text_is_the_line_the_cutter_makes(text in "[a-z;, ]{0,40}", first in 0usize..50) {
+            prop_assert_eq!(wrap(&text, first, 20), wrap_clauses(&text, first, 20));
+        }
+
         /// Nothing is lost: the words come back in order; no line is wider
         /// than WIDTH unless it is one word (or a fix).
         #[test]

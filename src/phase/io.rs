@@ -15,7 +15,7 @@ use crate::model::pveconf::{self, main_section, PveConfig};
 use crate::model::state::{LastRun, Outcome, PhaseName, State, LEGACY_VERSION};
 use crate::model::text::{check_size, Limits};
 use crate::paths::{Paths, Vmid};
-use crate::sys::fs::{is_read_only, read_bytes, read_text, replace_file, Durability};
+use crate::sys::fs::{is_read_only, read_bytes, read_text, replace_file_making_dir, Durability};
 use crate::sys::lock::flock_exclusive;
 
 /// Seconds since the epoch.
@@ -223,13 +223,7 @@ fn write_cluster_state(paths: &Paths, vmid: Vmid, text: &str) -> Result<()> {
     if let Some(why) = cluster_read_only(paths) {
         return Err(anyhow!("{}: cannot write: {why}", path.display()));
     }
-    let dir = paths.host("/etc/pve/pct-passthrough");
-    let made = crate::sys::fs::create_dir_all(paths, &dir)?;
-    let written = replace_file(paths, &path, text.as_bytes(), 0o600, Durability::Volatile);
-    if written.is_err() && made {
-        let _ = std::fs::remove_dir(&dir);
-    }
-    written
+    replace_file_making_dir(paths, &path, text.as_bytes(), 0o600, Durability::Volatile)
 }
 
 /// Read-modify-write of the state under the tool's own (node-local) lock.
@@ -287,8 +281,7 @@ pub fn update_state(
             durability = Durability::Flush;
         }
     }
-    crate::sys::fs::create_dir_all(paths, &paths.state_dir())?;
-    replace_file(paths, &node_path, node_text.as_bytes(), 0o644, durability)?;
+    replace_file_making_dir(paths, &node_path, node_text.as_bytes(), 0o644, durability)?;
     Ok((!notes.is_empty()).then(|| notes.join("; ")))
 }
 

@@ -434,6 +434,12 @@ impl DirEntry {
 /// Opens the directory of `path` inside the root. `path` itself is not
 /// followed: it may be missing, or a symlink.
 pub fn open_parent(paths: &Paths, path: &Path) -> Result<DirEntry> {
+    open_parent_or_make(paths, path, false).map(|(entry, _)| entry)
+}
+
+/// The directory of `path` (see [`open_parent`]), made first when it is
+/// missing and `make` says so; true when it was made.
+fn open_parent_or_make(paths: &Paths, path: &Path, make: bool) -> Result<(DirEntry, bool)> {
     let name = match path.components().next_back() {
         Some(Component::Normal(n)) => n.to_os_string(),
         _ => bail!("{}: not a file path", path.display()),
@@ -443,28 +449,33 @@ pub fn open_parent(paths: &Paths, path: &Path) -> Result<DirEntry> {
         _ => Path::new("."),
     };
     let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
-    let dir = match open_raw(paths, parent, flags, Mode::empty())? {
-        Ok(fd) => File::from(fd),
-        Err(Errno::ENOENT) => bail!(
-            "{}: the directory {} does not exist{}; create it",
-            path.display(),
-            parent.display(),
-            if paths.is_real_root() {
-                String::new()
-            } else {
-                format!(" under PCT_PASSTHROUGH_ROOT {}", paths.root().display())
+    let mut made = false;
+    let dir = loop {
+        match open_raw(paths, parent, flags, Mode::empty())? {
+            Ok(fd) => break File::from(fd),
+            Err(Errno::ENOENT) if make && !made => made = create_missing_dir_all(paths, parent)?,
+            Err(Errno::ENOENT) => bail!(
+                "{}: the directory {} does not exist{}; create it",
+                path.display(),
+                parent.display(),
+                if paths.is_real_root() {
+                    String::new()
+                } else {
+                    format!(" under PCT_PASSTHROUGH_ROOT {}", paths.root().display())
+                }
+            ),
+            Err(e) => {
+                return Err(io_err(e))
+                    .with_context(|| format!("{}: cannot open the directory", parent.display()))
             }
-        ),
-        Err(e) => {
-            return Err(io_err(e))
-                .with_context(|| format!("{}: cannot open the directory", parent.display()))
         }
     };
-    Ok(DirEntry {
+    let entry = DirEntry {
         dir,
         name,
         shown: path.to_path_buf(),
-    })
+    };
+    Ok((entry, made))
 }
 
 /// The file a write to `path` must replace, as a directory and a name:
@@ -472,15 +483,28 @@ pub fn open_parent(paths: &Paths, path: &Path) -> Result<DirEntry> {
 /// `/etc/pve/lxc/105.conf` lands in `/etc/pve/nodes/<node>/lxc`, and a
 /// dangling link is written where it points.
 pub fn resolve_write_target(paths: &Paths, path: &Path) -> Result<DirEntry> {
-    Ok(resolve_write_target_stat(paths, path)?.0)
+    Ok(resolve_write_target_stat(paths, path, &mut None)?.0)
 }
 
 /// [`resolve_write_target`] with the target's `lstat` (not a link), or
-/// `None` when it does not exist yet: one lookup for both.
-fn resolve_write_target_stat(paths: &Paths, path: &Path) -> Result<(DirEntry, Option<FileStat>)> {
+/// `None` when it does not exist yet: one lookup for both. With
+/// `made: Some(_)`, a missing directory of `path` itself (not of a link's
+/// target) is made first, and `made` says whether it was.
+fn resolve_write_target_stat(
+    paths: &Paths,
+    path: &Path,
+    made: &mut Option<bool>,
+) -> Result<(DirEntry, Option<FileStat>)> {
     let mut current = path.to_path_buf();
-    for _ in 0..=MAX_LINKS {
-        let entry = open_parent(paths, &current)?;
+    for hop in 0..=MAX_LINKS {
+        let entry = match made {
+            Some(m) if hop == 0 => {
+                let (entry, was_made) = open_parent_or_make(paths, &current, true)?;
+                *m = was_made;
+                entry
+            }
+            _ => open_parent(paths, &current)?,
+        };
         let st = entry.stat(&entry.name)?;
         let is_link = st
             .as_ref()
@@ -512,6 +536,16 @@ fn resolve_write_target_stat(paths: &Paths, path: &Path) -> Result<(DirEntry, Op
 /// when the directory is there; else only the missing tail is made, each
 /// level with one `mkdirat` below its parent's descriptor.
 pub fn create_dir_all(paths: &Paths, dir: &Path) -> Result<bool> {
+    make_dirs(paths, dir, true)
+}
+
+/// [`create_dir_all`] for a directory a lookup just found missing: that
+/// lookup is not made again.
+pub fn create_missing_dir_all(paths: &Paths, dir: &Path) -> Result<bool> {
+    make_dirs(paths, dir, false)
+}
+
+fn make_dirs(paths: &Paths, dir: &Path, look_first: bool) -> Result<bool> {
     let Some(rel) = in_root(paths, dir)? else {
         if dir.is_dir() {
             return Ok(false);
@@ -528,7 +562,7 @@ pub fn create_dir_all(paths: &Paths, dir: &Path) -> Result<bool> {
         )
     };
     let mut made = false;
-    make_dir_in_root(paths, rel, &mut made, false)?
+    make_dir_in_root(paths, rel, &mut made, false, look_first)?
         .ok_or_else(missing_root)?
         .map(drop)
         .map_err(io_err)
@@ -539,17 +573,24 @@ pub fn create_dir_all(paths: &Paths, dir: &Path) -> Result<bool> {
 /// Opens `rel` (relative to the root) as a directory, making it and any
 /// missing parent first. `Ok(None)` when the root itself is missing. A
 /// directory this call made is opened only when `open_made` (a parent).
+/// Without `look_first`, `rel` is known missing and not looked up.
 fn make_dir_in_root(
     paths: &Paths,
     rel: &Path,
     made: &mut bool,
     open_made: bool,
+    look_first: bool,
 ) -> Result<Option<Result<Option<OwnedFd>, Errno>>> {
-    let how = OpenHow::new()
-        .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
-        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
-    let Some(found) = with_root(paths, |root| openat2_in_root(root, rel, how))? else {
-        return Ok(None);
+    let found = if look_first {
+        let how = OpenHow::new()
+            .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+            .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+        match with_root(paths, |root| openat2_in_root(root, rel, how))? {
+            Some(found) => found,
+            None => return Ok(None),
+        }
+    } else {
+        Err(Errno::ENOENT)
     };
     let name = match (found, rel.components().next_back()) {
         (Err(Errno::ENOENT), Some(Component::Normal(name))) => name,
@@ -559,7 +600,7 @@ fn make_dir_in_root(
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    let parent_fd = match make_dir_in_root(paths, parent, made, true)? {
+    let parent_fd = match make_dir_in_root(paths, parent, made, true, true)? {
         Some(Ok(Some(fd))) => fd,
         other => return Ok(other),
     };
@@ -655,6 +696,34 @@ pub fn replace_file(
     replace_file_with(paths, path, contents, new_mode, durability, |_, _| Ok(()))
 }
 
+/// [`replace_file`] into a directory made first (`mkdir -p`) when it is
+/// missing: one lookup when it is there. A directory it made goes again
+/// when the write fails.
+pub fn replace_file_making_dir(
+    paths: &Paths,
+    path: &Path,
+    contents: &[u8],
+    new_mode: u32,
+    durability: Durability,
+) -> Result<()> {
+    let mut made = Some(false);
+    let written = replace_in(
+        paths,
+        path,
+        contents,
+        new_mode,
+        durability,
+        &mut made,
+        |_, _| Ok(()),
+    );
+    if written.is_err() && made == Some(true) {
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+    written
+}
+
 /// [`replace_file`], calling `before_rename` with the target (and its stat
 /// from before, if it was there) once the new
 /// contents are complete (and flushed), right before the rename: the last
@@ -668,7 +737,28 @@ pub fn replace_file_with(
     durability: Durability,
     before_rename: impl FnOnce(&DirEntry, Option<&FileStat>) -> Result<()>,
 ) -> Result<()> {
-    let (target, old) = resolve_write_target_stat(paths, path)?;
+    replace_in(
+        paths,
+        path,
+        contents,
+        new_mode,
+        durability,
+        &mut None,
+        before_rename,
+    )
+}
+
+/// [`replace_file_with`]; `made` as [`resolve_write_target_stat`] takes it.
+fn replace_in(
+    paths: &Paths,
+    path: &Path,
+    contents: &[u8],
+    new_mode: u32,
+    durability: Durability,
+    made: &mut Option<bool>,
+    before_rename: impl FnOnce(&DirEntry, Option<&FileStat>) -> Result<()>,
+) -> Result<()> {
+    let (target, old) = resolve_write_target_stat(paths, path, made)?;
     if let Some(st) = &old {
         require_regular(target.path(), st.st_mode)?;
     }
@@ -903,6 +993,30 @@ mod tests {
             .to_string();
         assert!(e.contains("outside PCT_PASSTHROUGH_ROOT"), "{e}");
         assert!(!p.exists());
+    }
+
+    #[test]
+    fn replace_making_dir_makes_only_what_is_missing_and_undoes_it_on_failure() {
+        let d = tempfile::tempdir().unwrap();
+        let paths = Paths::with_root(d.path());
+        let file = d.path().join("var/lib/tool/105.json");
+        replace_file_making_dir(&paths, &file, b"one", 0o644, Durability::Volatile).unwrap();
+        assert_eq!(fs::read(&file).unwrap(), b"one");
+        replace_file_making_dir(&paths, &file, b"two", 0o644, Durability::Volatile).unwrap();
+        assert_eq!(fs::read(&file).unwrap(), b"two");
+        // The temp file's name is too long: the write fails after the
+        // directory was made, and the directory goes again.
+        let long = d.path().join("var/lib/other").join("n".repeat(250));
+        let e = replace_file_making_dir(&paths, &long, b"x", 0o644, Durability::Volatile)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cannot create"), "{e}");
+        assert!(!d.path().join("var/lib/other").exists());
+        assert!(d.path().join("var/lib/tool").is_dir());
+        // A directory that was there stays, written or not.
+        let long = d.path().join("var/lib/tool").join("n".repeat(250));
+        assert!(replace_file_making_dir(&paths, &long, b"x", 0o644, Durability::Volatile).is_err());
+        assert_eq!(fs::read(&file).unwrap(), b"two");
     }
 
     #[test]

@@ -100,7 +100,7 @@ pub fn open_lock_file(
         Some(f) => Some(f),
         None => match path.parent() {
             Some(dir) => {
-                crate::sys::fs::create_dir_all(paths, dir).with_context(|| {
+                crate::sys::fs::create_missing_dir_all(paths, dir).with_context(|| {
                     format!("{}: cannot create the lock directory", dir.display())
                 })?;
                 open()?

@@ -94,6 +94,9 @@ impl Log {
 
     /// Syslog only: for detail the task log does not need.
     pub fn audit(&mut self, event: &Event) {
+        if self.writer().is_none() {
+            return;
+        }
         let record = self.audit_record(event);
         if let Some(w) = self.writer() {
             let r = match event.level {

@@ -1,7 +1,7 @@
 //! The ID-map step: passthrough sources in, `lxc.idmap` lines, the
 //! subordinate-ID needs and the same-boot patch out.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::{Draft, Facts, Refusal};
 use crate::model::device::{self, DeviceClass};
@@ -186,7 +186,7 @@ struct MapLines {
     /// Every line with its index in the config, in order.
     at: Vec<(usize, IdmapEntry)>,
     /// Indexes of the tool's lines.
-    mine_at: HashSet<usize>,
+    mine_at: BTreeSet<usize>,
     mine: Vec<IdmapEntry>,
     theirs: Vec<IdmapEntry>,
     /// Every line in the config's order, as Proxmox copies them to LXC.
@@ -218,7 +218,7 @@ pub fn plan_idmap(facts: &Facts, d: &mut Draft) -> Result<(), Refusal> {
 /// edits count); a line Proxmox cannot parse refuses the start.
 fn read_map_lines(facts: &Facts, d: &Draft) -> Result<MapLines, Refusal> {
     // How many occurrences of each entry the tool owns.
-    let mut owned: HashMap<IdmapEntry, usize> = HashMap::new();
+    let mut owned: BTreeMap<IdmapEntry, usize> = BTreeMap::new();
     for e in d
         .state
         .owned
@@ -250,7 +250,7 @@ fn read_map_lines(facts: &Facts, d: &Draft) -> Result<MapLines, Refusal> {
     }
     // Each owned entry claims one occurrence, the last: the tool appends.
     // A person's copy of the same line stays theirs.
-    let mut mine_at: HashSet<usize> = HashSet::new();
+    let mut mine_at: BTreeSet<usize> = BTreeSet::new();
     for (n, e) in at.iter().rev() {
         if let Some(c) = owned.get_mut(e).filter(|c| **c > 0) {
             *c -= 1;
@@ -483,8 +483,8 @@ fn is_default_copy(theirs: &[IdmapEntry]) -> bool {
 
 /// Takes a person's copy of the default map out of the config, recording
 /// the exact lines so they come back when no passthrough is needed.
-fn adopt_default_copy(d: &mut Draft, lines: &[(usize, IdmapEntry)], mine_at: &HashSet<usize>) {
-    let theirs_at: HashSet<usize> = lines
+fn adopt_default_copy(d: &mut Draft, lines: &[(usize, IdmapEntry)], mine_at: &BTreeSet<usize>) {
+    let theirs_at: BTreeSet<usize> = lines
         .iter()
         .map(|(n, _)| *n)
         .filter(|n| !mine_at.contains(n))
@@ -546,7 +546,7 @@ fn main_end(conf: &PveConfig) -> usize {
 
 /// Removes the tool's `lxc.idmap` lines (main-section indexes `mine_at`)
 /// from the config and from the state; `reason` is recorded when a line goes.
-fn remove_owned_idmap(d: &mut Draft, mine_at: &HashSet<usize>, reason: Option<&str>) {
+fn remove_owned_idmap(d: &mut Draft, mine_at: &BTreeSet<usize>, reason: Option<&str>) {
     // remove_main_where visits the main section's lines in order.
     let mut n = 0;
     let removed = d.conf.remove_main_where(|_| {
