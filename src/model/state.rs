@@ -30,19 +30,30 @@ pub const STATE_VERSION: u32 = 2;
 /// Version 1: everything in the node-local file (release 0.1).
 pub const LEGACY_VERSION: u32 = 1;
 
-/// The fields that follow the container across nodes (the cluster file);
-/// every other field is node-local.
-pub const CLUSTER_KEYS: &[&str] = &[
-    "owned",
-    "runtime_user",
-    "container_groups",
-    "dev_fallback",
-    "first_boot_groups",
-    // The container's files move with it: the map they are owned under and
-    // the journal of changes not yet applied to them.
-    "files_idmap",
-    "shift",
-];
+/// The one list of the fields that follow the container across nodes (the
+/// cluster file), handed to `$then!` as identifiers; every other field is
+/// node-local. The container's files move with it: `files_idmap` (the map
+/// they are owned under) and `shift` (changes not yet applied to them).
+macro_rules! cluster_fields {
+    ($then:ident) => {
+        $then!(
+            owned,
+            runtime_user,
+            container_groups,
+            dev_fallback,
+            first_boot_groups,
+            files_idmap,
+            shift
+        )
+    };
+}
+
+macro_rules! field_names {
+    ($($field:ident),*) => { &[$(stringify!($field)),*] };
+}
+
+/// The JSON keys of the cluster file's fields.
+pub const CLUSTER_KEYS: &[&str] = cluster_fields!(field_names);
 
 /// Fields both files carry.
 const COMMON_KEYS: &[&str] = &["version", "vmid"];
@@ -513,16 +524,12 @@ impl State {
 
     /// True when the fields that follow the container hold anything.
     pub fn has_cluster_part(&self) -> bool {
-        // The fields of CLUSTER_KEYS against a new state's, unrendered
-        // (`cluster_part_is_what_the_cluster_file_renders` keeps them in step).
+        // Against a new state's fields, unrendered.
         let new = State::new(self.vmid);
-        self.owned != new.owned
-            || self.runtime_user != new.runtime_user
-            || self.container_groups != new.container_groups
-            || self.dev_fallback != new.dev_fallback
-            || self.first_boot_groups != new.first_boot_groups
-            || self.files_idmap != new.files_idmap
-            || self.shift != new.shift
+        macro_rules! any_differs {
+            ($($field:ident),*) => { false $(|| self.$field != new.$field)* };
+        }
+        cluster_fields!(any_differs)
     }
 
     /// One state from the two files: the fields that follow the container
@@ -531,13 +538,10 @@ impl State {
     pub fn join(vmid: u32, cluster: Option<State>, node: Option<State>) -> State {
         let mut s = node.unwrap_or_else(|| State::new(vmid));
         if let Some(c) = cluster {
-            s.owned = c.owned;
-            s.runtime_user = c.runtime_user;
-            s.container_groups = c.container_groups;
-            s.dev_fallback = c.dev_fallback;
-            s.first_boot_groups = c.first_boot_groups;
-            s.files_idmap = c.files_idmap;
-            s.shift = c.shift;
+            macro_rules! take {
+                ($($field:ident),*) => { $(s.$field = c.$field;)* };
+            }
+            cluster_fields!(take);
         }
         s.version = STATE_VERSION;
         s.vmid = vmid;
