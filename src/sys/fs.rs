@@ -40,10 +40,15 @@ const MAX_LINKS: usize = 40;
 pub enum Durability {
     /// The file is flushed before the rename and its directory after it
     /// (where the filesystem has fsync; pmxcfs has none): a crash leaves
-    /// the old file or the new one, complete. For what nothing regenerates:
-    /// `/etc/subuid`, `/etc/subgid`, and the state while the node file
-    /// holds all of it (before `/etc/pve` takes its part).
+    /// the old file or the new one, complete, and keeps the new one. For
+    /// what nothing regenerates: the state while the node file holds all of
+    /// it (before `/etc/pve` takes its part).
     Flush,
+    /// The file is flushed before the rename, its directory is not: as
+    /// shadow writes `/etc/subuid` and `/etc/subgid`. A crash leaves the old
+    /// file or the new one, complete, and may lose the rename: for a file
+    /// every start checks and writes again when it falls short.
+    FlushData,
     /// No fsync at all: a crash may lose the new file. Only for a file that
     /// is regenerated anyway, or one pmxcfs commits itself: Proxmox writes
     /// `/var/lib/lxc/<vmid>/config` afresh at every start and never flushes
@@ -836,7 +841,7 @@ fn write_temp_and_rename(
             .map_err(io_err)
             .with_context(|| format!("{}: cannot set mode {mode:o}", tmp_path.display()))?;
     }
-    if durability == Durability::Flush {
+    if durability != Durability::Volatile {
         sync_tolerant(&file, &tmp_path)?;
     }
     drop(file);

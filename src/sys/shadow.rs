@@ -118,8 +118,8 @@ impl Drop for LinkLock {
 /// Keeps the current file of `entry` as `<file>-`, as shadow does (same
 /// bytes, mode, owner and times). A regular file is hard-linked there
 /// through a temp name and a rename: its bytes are already on disk, so
-/// there is nothing to write or flush, and the directory fsync of the
-/// replacement that follows makes the rename durable. Anything else (a
+/// there is nothing to write or flush (a lost rename leaves the old backup,
+/// as shadow's own may). Anything else (a
 /// symlink, a filesystem without hard links) gets a copy `old` through the
 /// atomic replace. No temp name survives a failure. `st` is the name's own
 /// (unfollowed) stat.
@@ -161,7 +161,7 @@ fn backup(
         &entry.sibling_path(&dst),
         old,
         mode,
-        Durability::Flush,
+        Durability::FlushData,
     )
 }
 
@@ -504,7 +504,9 @@ pub fn append_coverage(
         let Some((new, added)) = SubidFile::parse(&old).plan(&wanted) else {
             continue;
         };
-        // shadow flushes these too: a lost line can stop a container. The
+        // Flushed as shadow flushes them: a crash leaves the old file or
+        // the new one, never a torn one, and a lost rename costs nothing
+        // (the next start finds the line missing and adds it again). The
         // backup is made once the new text is safely in its temp file, so
         // a write that fails (a full disk) changes nothing at all.
         replace_file_with(
@@ -512,7 +514,7 @@ pub fn append_coverage(
             path,
             new.as_bytes(),
             0o644,
-            Durability::Flush,
+            Durability::FlushData,
             |target, target_stat| {
                 // The backup is of the name (`/etc/subgid-`), even where
                 // that is a link to the file written.
