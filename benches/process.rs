@@ -545,7 +545,9 @@ fn target_rows(prepared: &[Prepared], floor: f64, size: f64, peak_rss: f64) -> S
         .iter()
         .find(|p| p.shape.id == "typical" && !p.baseline)
         .and_then(|p| p.syncs)
-        .map_or(String::new(), |n| format!("{n} fsyncs; "));
+        .map_or(String::new(), |n| {
+            format!("{n} fsync{}; ", if n == 1 { "" } else { "s" })
+        });
     match median_of(prepared, "typical") {
         Ok(m) => {
             let note = match median_of(prepared, "typical-tmpfs") {
