@@ -615,3 +615,29 @@ fn typical_first_start_flushes_only_what_a_crash_must_not_lose() {
         }
     }
 }
+
+/// What leaving `/etc/subgid`'s directory unflushed may cost: a crash that
+/// loses the rename leaves the old file, and the next start adds the line
+/// again (the config, already written, stays as it is).
+#[test]
+fn a_lost_subgid_rename_is_made_good_by_the_next_start() {
+    let dir = root_with(shapes::typical);
+    let root = dir.path().join("r");
+    let subgid = root.join("etc/subgid");
+    let conf = root.join("etc/pve/lxc/105.conf");
+    let old = std::fs::read_to_string(&subgid).unwrap();
+    let t = trace(&root, &[shapes::VMID, "pre-start"]);
+    assert!(t.status.success(), "{}", t.stderr);
+    let new = std::fs::read_to_string(&subgid).unwrap();
+    assert!(
+        new.contains("root:20:1\n") && !old.contains("root:20:1\n"),
+        "{new}"
+    );
+    let conf_text = std::fs::read(&conf).unwrap();
+    // The crash: the rename never reached the disk.
+    std::fs::write(&subgid, &old).unwrap();
+    let t = trace(&root, &[shapes::VMID, "pre-start"]);
+    assert!(t.status.success(), "{}", t.stderr);
+    assert_eq!(std::fs::read_to_string(&subgid).unwrap(), new);
+    assert_eq!(std::fs::read(&conf).unwrap(), conf_text);
+}

@@ -454,11 +454,14 @@ fn open_parent_or_make(paths: &Paths, path: &Path, make: bool) -> Result<(DirEnt
         _ => Path::new("."),
     };
     let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
-    let mut made = false;
+    let (mut made, mut tried) = (false, false);
     let dir = loop {
         match open_raw(paths, parent, flags, Mode::empty())? {
             Ok(fd) => break File::from(fd),
-            Err(Errno::ENOENT) if make && !made => made = create_missing_dir_all(paths, parent)?,
+            Err(Errno::ENOENT) if make && !tried => {
+                tried = true;
+                made = create_missing_dir_all(paths, parent)?;
+            }
             Err(Errno::ENOENT) => bail!(
                 "{}: the directory {} does not exist{}; create it",
                 path.display(),
