@@ -55,10 +55,8 @@ macro_rules! field_names {
 /// The JSON keys of the cluster file's fields.
 pub const CLUSTER_KEYS: &[&str] = cluster_fields!(field_names);
 
-/// Fields both files carry.
-const COMMON_KEYS: &[&str] = &["version", "vmid"];
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Written by [`StateFile`] (every field, by name), read by the derive.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 pub struct State {
     pub version: u32,
     pub vmid: u32,
@@ -96,19 +94,19 @@ pub struct State {
     pub first_boot_groups: bool,
     /// The ID map the container's files are owned under (`lxc.idmap`
     /// values): the map it last ran with, once that start's shift is done.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub files_idmap: Option<Vec<String>>,
     /// The shift journal: map changes not yet applied to the container's
     /// files, in order (pre-start records them before the config changes;
     /// the shift hook removes each once done), and the inode in flight.
-    #[serde(default, skip_serializing_if = "ShiftJournal::is_empty")]
+    #[serde(default)]
     pub shift: ShiftJournal,
     /// What the last shift re-owned; post-start puts it in the task log.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub last_shift: Option<ShiftRecord>,
     /// The last hotplug event per device (`udev add|remove`), newest
     /// handling only: one entry per host path and container path.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     pub hotplug: Vec<HotplugRecord>,
 }
 
@@ -429,13 +427,80 @@ impl std::fmt::Display for StateProblem {
     }
 }
 
-/// A state file's text: `map` with this release's version, pretty, one
-/// final newline.
-fn file_text(mut map: serde_json::Map<String, serde_json::Value>) -> String {
-    map.insert("version".into(), STATE_VERSION.into());
-    let mut s = serde_json::to_string_pretty(&map).unwrap_or_else(|_| "{}".into());
-    s.push('\n');
-    s
+/// Which fields a rendering holds: one of the two files, or all of them
+/// (`plan`, tests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    Whole,
+    Cluster,
+    Node,
+}
+
+impl Part {
+    fn holds(self, key: &str) -> bool {
+        match self {
+            Part::Whole => true,
+            Part::Cluster => CLUSTER_KEYS.contains(&key),
+            Part::Node => !CLUSTER_KEYS.contains(&key),
+        }
+    }
+}
+
+/// One state file as JSON, serialized straight from the state: the keys
+/// of `part` in alphabetical order, `version` and `vmid` in both files, an
+/// empty shift journal, hotplug list, `files_idmap` or `last_shift` left
+/// out.
+struct StateFile<'a>(&'a State, Part);
+
+impl Serialize for StateFile<'_> {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        // Every field by name: a new one does not build until it is here.
+        let State {
+            version: _,
+            vmid,
+            owned,
+            runtime_user,
+            container_groups,
+            changes,
+            devices,
+            last_run,
+            group_collisions,
+            dev_fallback,
+            first_boot_groups,
+            files_idmap,
+            shift,
+            last_shift,
+            hotplug,
+        } = self.0;
+        let part = self.1;
+        let mut map = ser.serialize_map(None)?;
+        macro_rules! entries {
+            ($($key:ident $(unless $empty:expr)?),* $(,)?) => {$(
+                if part.holds(stringify!($key)) $(&& !$empty)? {
+                    map.serialize_entry(stringify!($key), $key)?;
+                }
+            )*};
+        }
+        entries!(
+            changes,
+            container_groups,
+            dev_fallback,
+            devices,
+            files_idmap unless files_idmap.is_none(),
+            first_boot_groups,
+            group_collisions,
+            hotplug unless hotplug.is_empty(),
+            last_run,
+            last_shift unless last_shift.is_none(),
+            owned,
+            runtime_user,
+            shift unless shift.is_empty(),
+        );
+        map.serialize_entry("version", &STATE_VERSION)?;
+        map.serialize_entry("vmid", vmid)?;
+        map.end()
+    }
 }
 
 impl State {
@@ -482,44 +547,25 @@ impl State {
 
     /// The whole state as one JSON text (plan diffs, tests).
     pub fn render(&self) -> String {
-        self.render_keys(|_| true)
+        self.render_part(Part::Whole)
     }
 
     /// The cluster file's text: the fields that follow the container.
     pub fn render_cluster(&self) -> String {
-        self.render_keys(|k| CLUSTER_KEYS.contains(&k))
+        self.render_part(Part::Cluster)
     }
 
     /// The node-local file's text: every field that does not follow.
     pub fn render_node(&self) -> String {
-        self.render_keys(|k| !CLUSTER_KEYS.contains(&k))
+        self.render_part(Part::Node)
     }
 
-    /// The cluster file's and the node file's texts, from one rendering.
-    pub fn render_split(&self) -> (String, String) {
-        let (mut cluster, mut node) = (serde_json::Map::new(), serde_json::Map::new());
-        if let Ok(serde_json::Value::Object(map)) = serde_json::to_value(self) {
-            for (k, v) in map {
-                if COMMON_KEYS.contains(&k.as_str()) {
-                    cluster.insert(k.clone(), v.clone());
-                    node.insert(k, v);
-                } else if CLUSTER_KEYS.contains(&k.as_str()) {
-                    cluster.insert(k, v);
-                } else {
-                    node.insert(k, v);
-                }
-            }
-        }
-        (file_text(cluster), file_text(node))
-    }
-
-    fn render_keys(&self, keep: impl Fn(&str) -> bool) -> String {
-        let mut map = match serde_json::to_value(self) {
-            Ok(serde_json::Value::Object(map)) => map,
-            _ => serde_json::Map::new(),
-        };
-        map.retain(|k, _| COMMON_KEYS.contains(&k.as_str()) || keep(k));
-        file_text(map)
+    /// Pretty JSON, one final newline.
+    fn render_part(&self, part: Part) -> String {
+        let mut s =
+            serde_json::to_string_pretty(&StateFile(self, part)).unwrap_or_else(|_| "{}".into());
+        s.push('\n');
+        s
     }
 
     /// True when the fields that follow the container hold anything.
@@ -569,26 +615,10 @@ mod tests {
         assert_eq!(State::parse(&s.render()).unwrap(), s);
     }
 
-    #[test]
-    fn render_split_is_both_renders() {
-        let mut s = State::new(105);
-        s.owned
-            .conf_lines
-            .push(OwnedLine::new("lxc.idmap", "g 20 20 1"));
-        s.changes.push("added svc to dialout".into());
-        assert_eq!(s.render_split(), (s.render_cluster(), s.render_node()));
-        let empty = State::new(7);
-        assert_eq!(
-            empty.render_split(),
-            (empty.render_cluster(), empty.render_node())
-        );
-    }
-
-    /// `has_cluster_part` compares fields, not renders: one field set at a
-    /// time, it says yes exactly when the cluster file's text changes.
-    #[test]
-    fn cluster_part_is_what_the_cluster_file_renders() {
-        let edits: Vec<fn(&mut State)> = vec![
+    /// One edit per field (nested lists counted one each), each giving a
+    /// field a value a new state does not have.
+    fn one_field_edits() -> Vec<fn(&mut State)> {
+        vec![
             |s| {
                 s.owned
                     .conf_lines
@@ -632,7 +662,59 @@ mod tests {
                     at: 1,
                 })
             },
-        ];
+            |s| {
+                s.record_hotplug(HotplugRecord {
+                    path: "/dev/serial/by-id/x".into(),
+                    container_path: "/dev/ttyACM0".into(),
+                    action: HotplugAction::Add,
+                    node: "/dev/ttyACM0".into(),
+                    rule_id: Some("c 166:0".into()),
+                    outcome: Outcome::Ok,
+                    detail: String::new(),
+                    at: 2,
+                })
+            },
+        ]
+    }
+
+    /// Straight serialization writes every field: a state with all of them
+    /// set comes back whole, from one file and from the two; each file's
+    /// keys come in alphabetical order (byte-stable across releases).
+    #[test]
+    fn every_field_is_written_and_read_back() {
+        let mut s = State::new(105);
+        for edit in one_field_edits() {
+            edit(&mut s);
+        }
+        assert_eq!(State::parse(&s.render()).unwrap(), s);
+        let (cluster, node) = (s.render_cluster(), s.render_node());
+        let joined = State::join(
+            105,
+            Some(State::parse(&cluster).unwrap()),
+            Some(State::parse(&node).unwrap()),
+        );
+        assert_eq!(joined, s);
+        for text in [s.render(), cluster, node] {
+            let keys: Vec<&str> = text
+                .lines()
+                .filter_map(|l| l.strip_prefix("  \""))
+                .filter_map(|l| l.split('"').next())
+                .collect();
+            let mut sorted = keys.clone();
+            sorted.sort_unstable();
+            assert_eq!(keys, sorted, "{text}");
+            assert!(
+                keys.contains(&"version") && keys.contains(&"vmid"),
+                "{text}"
+            );
+        }
+    }
+
+    /// `has_cluster_part` compares fields, not renders: one field set at a
+    /// time, it says yes exactly when the cluster file's text changes.
+    #[test]
+    fn cluster_part_is_what_the_cluster_file_renders() {
+        let edits = one_field_edits();
         let empty = State::new(105).render_cluster();
         let mut cluster_fields = 0;
         for edit in edits {

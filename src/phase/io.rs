@@ -259,7 +259,7 @@ pub fn update_state(
         .state
         .unwrap_or_else(|| State::new(vmid.get()));
     f(&mut state);
-    let (new_cluster, mut node_text) = state.render_split();
+    let (new_cluster, mut node_text) = (state.render_cluster(), state.render_node());
     let cluster_changes = match cluster.text() {
         Some(old) => old != new_cluster,
         None => state.has_cluster_part(),
