@@ -535,14 +535,20 @@ impl State {
     /// Parses state text (either file, or version 1's single file). A
     /// problem means "treat as no state".
     pub fn parse(text: &str) -> Result<State, StateProblem> {
-        let value: serde_json::Value =
+        /// The version alone first: a state of another version may not
+        /// have this version's fields.
+        #[derive(Deserialize)]
+        struct Versioned {
+            version: Option<serde_json::Value>,
+        }
+        let head: Versioned =
             serde_json::from_str(text).map_err(|e| StateProblem::Corrupt(e.to_string()))?;
-        match value.get("version").and_then(serde_json::Value::as_u64) {
+        match head.version.as_ref().and_then(serde_json::Value::as_u64) {
             Some(v) if v == u64::from(STATE_VERSION) || v == u64::from(LEGACY_VERSION) => {}
             Some(v) => return Err(StateProblem::UnknownVersion(v)),
             None => return Err(StateProblem::Corrupt("no version field".into())),
         }
-        serde_json::from_value(value).map_err(|e| StateProblem::Corrupt(e.to_string()))
+        serde_json::from_str(text).map_err(|e| StateProblem::Corrupt(e.to_string()))
     }
 
     /// The whole state as one JSON text (plan diffs, tests).
@@ -847,5 +853,20 @@ mod tests {
             State::parse(r#"{"version": 1, "vmid": "x"}"#),
             Err(StateProblem::Corrupt(_))
         ));
+        // A later version's fields are its own: the version decides first.
+        assert_eq!(
+            State::parse(r#"{"owned": 7, "version": 3, "vmid": [105]}"#),
+            Err(StateProblem::UnknownVersion(3))
+        );
+        assert_eq!(
+            State::parse(r#"{"version": "2", "vmid": 105}"#),
+            Err(StateProblem::Corrupt("no version field".into()))
+        );
+        for not_an_object in ["[]", "[2]", "2", "null"] {
+            assert!(
+                matches!(State::parse(not_an_object), Err(StateProblem::Corrupt(_))),
+                "{not_an_object}"
+            );
+        }
     }
 }
