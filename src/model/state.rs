@@ -669,6 +669,15 @@ mod tests {
                 })
             },
             |s| {
+                s.shift.inflight = Some(crate::model::shift::Inflight {
+                    root: "/".into(),
+                    rel: b"usr/bin/ping".to_vec(),
+                    ino: 12,
+                    mode: 0o104755,
+                    cap: Some(vec![1, 2]),
+                })
+            },
+            |s| {
                 s.record_hotplug(HotplugRecord {
                     path: "/dev/serial/by-id/x".into(),
                     container_path: "/dev/ttyACM0".into(),
@@ -730,7 +739,7 @@ mod tests {
             assert_eq!(s.has_cluster_part(), renders, "{}", s.render());
             cluster_fields += usize::from(renders);
         }
-        assert_eq!(cluster_fields, 11);
+        assert_eq!(cluster_fields, 12);
         assert!(!State::new(105).has_cluster_part());
     }
 
