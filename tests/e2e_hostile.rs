@@ -16,7 +16,6 @@ use e2e::*;
 use pct_passthrough::paths::Vmid;
 use pct_passthrough::sys::ns::{self, CheckedDir, Resolve, Target, TimedOut};
 use pct_passthrough::sys::proc::{find_and_pin, init_from_cgroup, SingleThreaded};
-use serde_json::Value;
 
 /// Waits until someone has read `/etc/group` (inotify: closed without
 /// writing), then at once swaps it with `/etc/swap`, a symlink: the window
@@ -93,32 +92,6 @@ int main(int c, char **v) {
 }
 "#;
 
-/// Reads the state (both files) once it satisfies `ok`, or panics after `within`.
-fn wait_state(ct: &Ct, within: Duration, ok: impl Fn(&Value) -> bool) -> Value {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = ct.state() {
-            if ok(&v) {
-                return v;
-            }
-        }
-        assert!(
-            start.elapsed() < within,
-            "state of {} did not reach the expected shape within {within:?}: {:?}",
-            ct.vmid,
-            ct.state()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn pty_entry(pty: &PtySerial) -> String {
-    format!(
-        "lxc.mount.entry: {} dev/ttyUSB0 none bind,optional,create=file",
-        pty.by_id.display()
-    )
-}
-
 fn host_files() -> Vec<(String, Vec<u8>)> {
     ["/etc/passwd", "/etc/group", "/etc/shadow", "/etc/gshadow"]
         .iter()
@@ -170,7 +143,7 @@ fn symlink_swapped_in_after_the_read_is_never_written_through() {
             .file("/bin/dropto", &dropto, 0o755)
             .file("/bin/swapper", &swapper, 0o755)
             .file("/etc/target", target_text, 0o644)
-            .conf(&pty_entry(&pty))
+            .conf(&pty.bind_entry())
             .init(
                 "ln -s target /etc/swap\n/bin/swapper &\n/bin/dropto 1000 1000 /bin/sleep 1000 &\nwhile :; do sleep 3600; done\n",
             )
@@ -179,7 +152,7 @@ fn symlink_swapped_in_after_the_read_is_never_written_through() {
         // The group file lacks dialout: post-start has something to write.
         fs::write(ct.rootfs().join("etc/group"), "root:x:0:\nsvc:x:1000:\n").unwrap();
         ct.start().expect_started();
-        let v = wait_state(&ct, Duration::from_secs(20), |v| {
+        let (v, _) = ct.wait_recorded(Duration::from_secs(20), |v| {
             v["last_run"]["phase"] == "post-start"
         });
         let target = fs::read_to_string(ct.rootfs().join("etc/target")).unwrap();
@@ -261,7 +234,7 @@ fn nested_pid_namespace_decoy_is_not_taken_for_init() {
         .container(vmid)
         .service_user()
         .file("/bin/dropto", static_c("dropto", DROPTO), 0o755)
-        .conf(&pty_entry(&pty))
+        .conf(&pty.bind_entry())
         .init(&format!(
             "/bin/dropto 1000 1000 /bin/sleep 1000 &\nunshare -m -p -f sh -c {} &\nwhile :; do sleep 3600; done\n",
             sh_quote(decoy)
@@ -269,7 +242,7 @@ fn nested_pid_namespace_decoy_is_not_taken_for_init() {
         .hook(Hook::Binary)
         .create();
     ct.start().expect_started();
-    wait_state(&ct, Duration::from_secs(20), |v| {
+    ct.wait_recorded(Duration::from_secs(20), |v| {
         v["runtime_user"]["uid"].as_u64().is_some()
     });
     let init = ct.init_pid().unwrap();
@@ -324,7 +297,7 @@ fn nested_pid_namespace_decoy_is_not_taken_for_init() {
     let run = exec_hookscript(&Bed::hook_binary(), vmid, "post-start");
     assert!(run.success(), "{run}");
     assert!(run.stderr.contains("(lxc-info)"), "{}", run.stderr);
-    let st = wait_state(&ct, Duration::from_secs(20), |v| {
+    let (st, _) = ct.wait_recorded(Duration::from_secs(20), |v| {
         v["runtime_user"]["uid"].as_u64().is_some()
     });
     assert_eq!(st["runtime_user"]["uid"], 1000, "{st:#}");
@@ -349,13 +322,13 @@ fn control_characters_in_names_never_reach_a_log_raw() {
         // gid 44 is the host's video: its container name is looked up.
         .etc_group("root:x:0:\ndialout:x:20:\nvi\x1b[8mdeo:x:44:\n")
         .file("/bin/evilcomm", static_c("evilcomm", EVILCOMM), 0o755)
-        .conf(&pty_entry(&pty))
+        .conf(&pty.bind_entry())
         .init("/bin/evilcomm &\nwhile :; do sleep 3600; done\n")
         .hook(Hook::Binary)
         .create();
     let rep = ct.start();
     rep.expect_started();
-    let v = wait_state(&ct, Duration::from_secs(20), |v| {
+    let (v, _) = ct.wait_recorded(Duration::from_secs(20), |v| {
         v["runtime_user"]["uid"] == 1000
     });
     assert!(v["runtime_user"]["name"].is_null(), "{v:#}");
@@ -409,7 +382,7 @@ fn fuse_over_etc_is_refused_and_the_worker_finishes() {
         .service_user()
         .file("/bin/dropto", static_c("dropto", DROPTO), 0o755)
         .file("/bin/stallfuse", static_c("stallfuse", STALLFUSE), 0o755)
-        .conf(&pty_entry(&pty))
+        .conf(&pty.bind_entry())
         .conf("dev0: /dev/fuse,mode=0666")
         .init("/bin/stallfuse /etc &\nsleep 1\n/bin/dropto 1000 1000 /bin/sleep 1000 &\nwhile :; do sleep 3600; done\n")
         .hook(Hook::Binary)
@@ -417,7 +390,7 @@ fn fuse_over_etc_is_refused_and_the_worker_finishes() {
     let started = Instant::now();
     ct.start().expect_started();
     let init = ct.init_pid().unwrap();
-    let v = wait_state(&ct, Duration::from_secs(30), |v| {
+    let (v, _) = ct.wait_recorded(Duration::from_secs(30), |v| {
         v["last_run"]["phase"] == "post-start"
     });
     eprintln!("state after {:?}: {v:#}", started.elapsed());

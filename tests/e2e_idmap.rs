@@ -10,13 +10,6 @@ use std::time::Duration;
 
 use e2e::*;
 
-fn bind(pty: &PtySerial) -> String {
-    format!(
-        "lxc.mount.entry: {} dev/ttyUSB0 none bind,optional,create=file",
-        pty.by_id.display()
-    )
-}
-
 /// The exact cgroup rule the tool adds for a bound pty.
 fn rule(pty: &PtySerial) -> String {
     format!(
@@ -37,7 +30,7 @@ fn serial_bind_works_on_the_first_boot_with_the_hook() {
     let mut plain = bed
         .container(990_130)
         .service_user()
-        .conf(&bind(&pty))
+        .conf(&pty.bind_entry())
         .create();
     plain.start().expect_started();
     let w = plain.exec_as("svc", "echo denied > /dev/ttyUSB0");
@@ -49,7 +42,7 @@ fn serial_bind_works_on_the_first_boot_with_the_hook() {
     let mut ct = bed
         .container(990_131)
         .service_user()
-        .conf(&bind(&pty))
+        .conf(&pty.bind_entry())
         .hook(Hook::Binary)
         .create();
     let rep = ct.start();
@@ -141,7 +134,7 @@ fn second_start_writes_nothing_and_removing_the_device_removes_the_lines() {
     let mut ct = bed
         .container(990_134)
         .service_user()
-        .conf(&bind(&pty))
+        .conf(&pty.bind_entry())
         .hook(Hook::Binary)
         .create();
     ct.start().expect_started();
@@ -174,7 +167,7 @@ fn second_start_writes_nothing_and_removing_the_device_removes_the_lines() {
     ct.stop();
 
     // The device goes away: the tool's lines go too, at the next start.
-    let without_device = conf.replace(&format!("{}\n", bind(&pty)), "");
+    let without_device = conf.replace(&format!("{}\n", pty.bind_entry()), "");
     ct.set_pve_conf(&without_device);
     let rep = ct.start();
     rep.expect_started();

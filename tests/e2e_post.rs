@@ -15,25 +15,6 @@ use serde_json::Value;
 /// The bed's default map: container ID + 100000.
 const BASE: u32 = 100_000;
 
-/// Reads the state (both files) once it satisfies `ok`, or panics after `within`.
-fn wait_state(ct: &Ct, within: Duration, ok: impl Fn(&Value) -> bool) -> (Value, Instant) {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = ct.state() {
-            if ok(&v) {
-                return (v, Instant::now());
-            }
-        }
-        assert!(
-            start.elapsed() < within,
-            "state of {} did not reach the expected shape within {within:?}: {:?}",
-            ct.vmid,
-            ct.state()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn has_runtime_uid(v: &Value, uid: u64) -> bool {
     v["runtime_user"]["uid"].as_u64() == Some(uid)
 }
@@ -72,13 +53,6 @@ fn wait_host_uid(init: i32, host_uid: u32, within: Duration) -> Instant {
     }
 }
 
-fn pty_entry(pty: &PtySerial) -> String {
-    format!(
-        "lxc.mount.entry: {} dev/ttyUSB0 none bind,optional,create=file",
-        pty.by_id.display()
-    )
-}
-
 /// The map with GID 20 passed through, as the idmap work will write it.
 const GID20_MAP: [&str; 4] = [
     "lxc.idmap: u 0 100000 65536",
@@ -94,7 +68,7 @@ fn privilege_drop_is_detected_within_a_second_and_recorded() {
     let mut ct = bed
         .container(990_150)
         .service_user()
-        .conf(&pty_entry(&pty))
+        .conf(&pty.bind_entry())
         .init("sleep 2\nsu -s /bin/sh svc -c 'exec sleep 1000' &\nwhile :; do sleep 3600; done\n")
         .hook(Hook::Binary)
         .create();
@@ -108,7 +82,7 @@ fn privilege_drop_is_detected_within_a_second_and_recorded() {
     assert!(post.stderr.contains("pinned"), "{post}");
     let init = ct.init_pid().unwrap();
     let dropped = wait_host_uid(init, BASE + 1000, Duration::from_secs(10));
-    let (v, at) = wait_state(&ct, Duration::from_secs(10), |v| has_runtime_uid(v, 1000));
+    let (v, at) = ct.wait_recorded(Duration::from_secs(10), |v| has_runtime_uid(v, 1000));
     let lag = at.saturating_duration_since(dropped);
     eprintln!("recorded {lag:?} after the drop");
     assert!(lag < Duration::from_secs(1), "{lag:?}");
@@ -138,7 +112,7 @@ fn group_fix_creates_dialout_and_the_service_gets_it_after_a_restart() {
         .container(990_151)
         .etc_group("root:x:0:\nsvc:x:1000:\n")
         .user("svc", 1000, 1000, &[])
-        .conf(&pty_entry(&pty))
+        .conf(&pty.bind_entry())
         .init("su -s /bin/sh svc -c 'exec sleep 1000' &\nwhile :; do sleep 3600; done\n")
         .hook(Hook::Binary);
     for l in GID20_MAP {
@@ -146,7 +120,7 @@ fn group_fix_creates_dialout_and_the_service_gets_it_after_a_restart() {
     }
     let mut ct = b.create();
     ct.start().expect_started();
-    let (v, _) = wait_state(&ct, Duration::from_secs(10), |v| has_runtime_uid(v, 1000));
+    let (v, _) = ct.wait_recorded(Duration::from_secs(10), |v| has_runtime_uid(v, 1000));
     let group = fs::read_to_string(ct.rootfs().join("etc/group")).unwrap();
     assert_eq!(group, "root:x:0:\nsvc:x:1000:\ndialout:x:20:svc\n");
     let meta = fs::metadata(ct.rootfs().join("etc/group")).unwrap();
@@ -166,7 +140,7 @@ fn group_fix_creates_dialout_and_the_service_gets_it_after_a_restart() {
     // Next boot: the service starts with the group and can open the node.
     ct.remove_state();
     ct.start().expect_started();
-    let (v, _) = wait_state(&ct, Duration::from_secs(10), |v| has_runtime_uid(v, 1000));
+    let (v, _) = ct.wait_recorded(Duration::from_secs(10), |v| has_runtime_uid(v, 1000));
     assert_eq!(v["devices"][0]["verdict"], "ok", "{v:#}");
     assert_eq!(v["runtime_user"]["groups"], serde_json::json!([20, 1000]));
     assert_eq!(v["runtime_user"]["keeps_supplementary_groups"], true);
@@ -193,7 +167,7 @@ fn dropped_supplementary_groups_are_recorded_with_the_devn_fallback() {
         .container(990_152)
         .service_user()
         .file("/bin/dropto", static_c("dropto", DROPTO), 0o755)
-        .conf(&pty_entry(&pty))
+        .conf(&pty.bind_entry())
         .init("/bin/dropto 1000 1000 /bin/sleep 1000 &\nwhile :; do sleep 3600; done\n")
         .hook(Hook::Binary);
     for l in GID20_MAP {
@@ -201,7 +175,7 @@ fn dropped_supplementary_groups_are_recorded_with_the_devn_fallback() {
     }
     let mut ct = b.create();
     ct.start().expect_started();
-    let (v, _) = wait_state(&ct, Duration::from_secs(10), |v| has_runtime_uid(v, 1000));
+    let (v, _) = ct.wait_recorded(Duration::from_secs(10), |v| has_runtime_uid(v, 1000));
     let u = &v["runtime_user"];
     assert_eq!(u["groups"], serde_json::json!([]), "{v:#}");
     assert_eq!(u["keeps_supplementary_groups"], false, "{v:#}");
@@ -232,7 +206,7 @@ fn dropped_supplementary_groups_are_recorded_with_the_devn_fallback() {
             && !pre.stderr.contains("pct set"),
         "{pre}"
     );
-    let (v, _) = wait_state(&ct, Duration::from_secs(10), |v| {
+    let (v, _) = ct.wait_recorded(Duration::from_secs(10), |v| {
         v["devices"][0]["verdict"] == "ok"
     });
     assert_eq!(v["devices"][0]["inside"]["uid"], 1000, "{v:#}");
@@ -315,7 +289,7 @@ fn hostile_containers_never_touch_the_host_and_say_why() {
             .container(vmid)
             .service_user()
             .file("/bin/dropto", static_c("dropto", DROPTO), 0o755)
-            .conf(&pty_entry(&pty))
+            .conf(&pty.bind_entry())
             .init("/bin/dropto 1000 1000 /bin/sleep 1000 &\nwhile :; do sleep 3600; done\n")
             .hook(Hook::Binary)
             .create();
@@ -327,7 +301,7 @@ fn hostile_containers_never_touch_the_host_and_say_why() {
             post.success() && post.closed_after.is_some(),
             "{what}: {post}"
         );
-        let (v, _) = wait_state(&ct, Duration::from_secs(15), |v| {
+        let (v, _) = ct.wait_recorded(Duration::from_secs(15), |v| {
             v["last_run"]["phase"] == "post-start"
         });
         let changes = v["changes"].to_string();
@@ -368,7 +342,7 @@ fn eight_containers_at_once_each_get_their_own_state() {
     });
     for (i, ct) in cts.iter().enumerate() {
         let uid = 2000 + u64::try_from(i).unwrap();
-        let (v, _) = wait_state(ct, Duration::from_secs(20), |v| has_runtime_uid(v, uid));
+        let (v, _) = ct.wait_recorded(Duration::from_secs(20), |v| has_runtime_uid(v, uid));
         assert_eq!(v["vmid"], 990_170 + u64::try_from(i).unwrap());
         assert_eq!(v["runtime_user"]["name"], format!("u{i}"));
         // dev0 gid=20: the group exists, u<i> is added; the running service needs a restart.
@@ -390,7 +364,7 @@ fn first_boot_mount_hook_puts_the_recorded_user_in_dialout_before_init() {
         .container(990_153)
         .etc_group(BARE)
         .user("svc", 1000, 1000, &[])
-        .conf(&pty_entry(&pty))
+        .conf(&pty.bind_entry())
         .init("su -s /bin/sh svc -c 'exec sleep 1000' &\nwhile :; do sleep 3600; done\n")
         .hook(Hook::Binary)
         .create();
@@ -402,7 +376,7 @@ fn first_boot_mount_hook_puts_the_recorded_user_in_dialout_before_init() {
         "{}",
         ct.lxc_config()
     );
-    let (v, _) = wait_state(&ct, Duration::from_secs(10), |v| has_runtime_uid(v, 1000));
+    let (v, _) = ct.wait_recorded(Duration::from_secs(10), |v| has_runtime_uid(v, 1000));
     assert_eq!(v["devices"][0]["verdict"], "needs-restart", "{v:#}");
     ct.stop();
 
@@ -428,7 +402,7 @@ fn first_boot_mount_hook_puts_the_recorded_user_in_dialout_before_init() {
     assert!(lxc.lines().any(|l| l == line), "{lxc}");
     let pre = rep.pre_start.as_ref().unwrap();
     assert!(pre.stderr.contains("before init runs"), "{pre}");
-    let (v, _) = wait_state(&ct, Duration::from_secs(10), |v| {
+    let (v, _) = ct.wait_recorded(Duration::from_secs(10), |v| {
         v["runtime_user"]["detected_at"].as_u64() > Some(0)
     });
     // The service started with the group: it works on this boot.
@@ -522,7 +496,7 @@ fn privileged_container_gets_the_group_fix_without_a_user_namespace() {
         .privileged()
         .etc_group("root:x:0:\nsvc:x:1000:\n")
         .user("svc", 1000, 1000, &[])
-        .conf(&pty_entry(&pty))
+        .conf(&pty.bind_entry())
         .init("sleep 1\nsu -s /bin/sh svc -c 'exec sleep 1000' &\nwhile :; do sleep 3600; done\n")
         .hook(Hook::Binary)
         .create();
@@ -530,7 +504,7 @@ fn privileged_container_gets_the_group_fix_without_a_user_namespace() {
     rep.expect_started();
     let init = ct.init_pid().unwrap();
     let dropped = wait_host_uid(init, 1000, Duration::from_secs(10));
-    let (v, at) = wait_state(&ct, Duration::from_secs(10), |v| has_runtime_uid(v, 1000));
+    let (v, at) = ct.wait_recorded(Duration::from_secs(10), |v| has_runtime_uid(v, 1000));
     eprintln!(
         "privileged: recorded {:?} after the drop",
         at.saturating_duration_since(dropped)
@@ -553,12 +527,12 @@ fn all_root_container_records_root_and_the_devn_fallback() {
     let mut ct = bed
         .container(990_158)
         .service_user()
-        .conf(&pty_entry(&pty))
+        .conf(&pty.bind_entry())
         .init("sleep 1000 &\nwhile :; do sleep 3600; done\n")
         .hook(Hook::Binary)
         .create();
     ct.start().expect_started();
-    let (v, _) = wait_state(&ct, Duration::from_secs(10), |v| {
+    let (v, _) = ct.wait_recorded(Duration::from_secs(10), |v| {
         v["runtime_user"]["uid"].as_u64() == Some(0)
     });
     assert_eq!(v["runtime_user"]["name"], "root");

@@ -11,13 +11,6 @@ use e2e::ct::DEFAULT_INIT;
 use e2e::*;
 use pct_passthrough::model::tasklog::WIDTH;
 
-fn bind(pty: &PtySerial) -> String {
-    format!(
-        "lxc.mount.entry: {} dev/ttyUSB0 none bind,optional,create=file",
-        pty.by_id.display()
-    )
-}
-
 /// The hook's lines (its own prefix and the indented lines under it).
 fn hook_lines(task_log: &str) -> Vec<&str> {
     let mut ours = false;
@@ -55,7 +48,7 @@ fn first_start_second_start_and_a_refusal() {
     let mut ct = bed
         .container(990_198)
         .service_user()
-        .conf(&bind(&pty))
+        .conf(&pty.bind_entry())
         .init(&format!(
             "{}{DEFAULT_INIT}",
             drop_implicit("svc", "sleep 1000")
@@ -85,7 +78,7 @@ fn first_start_second_start_and_a_refusal() {
     let mut refused = bed
         .container(990_199)
         .service_user()
-        .conf(&bind(&pty))
+        .conf(&pty.bind_entry())
         .conf("lxc.idmap: u 0 100000 65536")
         .conf("lxc.idmap: g 0 100000 1000")
         .conf("lxc.idmap: g 1000 101000 64536")

@@ -574,6 +574,30 @@ impl Ct<'_> {
         }
     }
 
+    /// The state once it satisfies `ok`, and when it was seen so; panics
+    /// after `within`.
+    pub fn wait_recorded(
+        &self,
+        within: Duration,
+        ok: impl Fn(&serde_json::Value) -> bool,
+    ) -> (serde_json::Value, Instant) {
+        let start = Instant::now();
+        loop {
+            if let Some(v) = self.state() {
+                if ok(&v) {
+                    return (v, Instant::now());
+                }
+            }
+            assert!(
+                start.elapsed() < within,
+                "state of {} did not reach the expected shape within {within:?}: {:?}",
+                self.vmid,
+                self.state()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The state as the tool sees it: both files' fields in one object
     /// (`None` if neither exists), read under the tool's own state lock so
     /// that a write between the two files is never seen half done.

@@ -42,6 +42,15 @@ pub struct PtySerial {
 }
 
 impl PtySerial {
+    /// The `lxc.mount.entry` line that binds this stick at `/dev/ttyUSB0`,
+    /// as a person writes it for a serial device.
+    pub fn bind_entry(&self) -> String {
+        format!(
+            "lxc.mount.entry: {} dev/ttyUSB0 none bind,optional,create=file",
+            self.by_id.display()
+        )
+    }
+
     pub(crate) fn create(tag: &str) -> PtySerial {
         let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
             .unwrap_or_else(|e| panic!("e2e: posix_openpt: {e}"));
