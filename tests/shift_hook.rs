@@ -78,16 +78,21 @@ fn hook(root: &Path) -> Output {
         .unwrap()
 }
 
-#[test]
-fn the_inode_in_flight_is_finished_first() {
-    let (t, _) = setup(0);
-    let app = t.path().join("var/lib/lxc/105/rootfs/app");
-    let o = hook(t.path());
+/// Runs the hook and requires it to succeed, showing its task log if not.
+fn hook_succeeds(root: &Path) {
+    let o = hook(root);
     assert!(
         o.status.success(),
         "{}",
         common::joined(&String::from_utf8_lossy(&o.stderr))
     );
+}
+
+#[test]
+fn the_inode_in_flight_is_finished_first() {
+    let (t, _) = setup(0);
+    let app = t.path().join("var/lib/lxc/105/rootfs/app");
+    hook_succeeds(t.path());
     let m = fs::metadata(app.join("cap")).unwrap();
     assert_eq!(m.mode() & 0o7777, 0o4755, "set-user-ID bit back");
     assert_eq!((m.uid(), m.gid()), (1000, 101_000));
@@ -109,12 +114,7 @@ fn the_inode_in_flight_is_finished_first() {
 fn another_inode_at_that_path_is_left_alone() {
     let (t, _) = setup(1);
     let app = t.path().join("var/lib/lxc/105/rootfs/app");
-    let o = hook(t.path());
-    assert!(
-        o.status.success(),
-        "{}",
-        common::joined(&String::from_utf8_lossy(&o.stderr))
-    );
+    hook_succeeds(t.path());
     assert_eq!(
         fs::metadata(app.join("cap")).unwrap().mode() & 0o7777,
         0o755
